@@ -1,0 +1,1 @@
+//! The RACS protocol, free of GStreamer types.
