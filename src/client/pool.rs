@@ -1,0 +1,221 @@
+//! The plugin-global connection pool: one registry for the process, one pool per server
+//! address shared by every element, one shared tokio runtime, and the bridge that lets a
+//! GStreamer thread wait on the network without ever outliving a cancel.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use once_cell::sync::Lazy;
+use tokio::runtime::Runtime;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+
+use super::error::{Error, Result};
+use super::wire::Connection;
+
+static RUNTIME: Lazy<Runtime> = Lazy::new(|| {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("racs-io")
+        .enable_all()
+        .build()
+        .expect("cannot start the RACS I/O runtime")
+});
+
+static POOLS: Lazy<Mutex<HashMap<String, Arc<Pool>>>> = Lazy::new(Default::default);
+
+/// The one runtime every element's network I/O runs on.
+pub fn runtime() -> &'static Runtime {
+    &RUNTIME
+}
+
+/// Cancels waits from another thread (GStreamer's `unlock()`), and stays cancelled until reset
+/// (`unlock_stop()`), so that a wait started after the cancel also returns at once.
+#[derive(Clone, Debug)]
+pub struct Canceller {
+    state: Arc<watch::Sender<bool>>,
+}
+
+impl Default for Canceller {
+    fn default() -> Self {
+        Canceller {
+            state: Arc::new(watch::channel(false).0),
+        }
+    }
+}
+
+impl Canceller {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn cancel(&self) {
+        self.state.send_replace(true);
+    }
+
+    pub fn reset(&self) {
+        self.state.send_replace(false);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        *self.state.borrow()
+    }
+
+    /// Resolves once cancelled.
+    pub async fn cancelled(&self) {
+        let mut rx = self.state.subscribe();
+        // The sender lives as long as `self`, so this only ends by cancellation.
+        let _ = rx.wait_for(|cancelled| *cancelled).await;
+    }
+}
+
+/// Runs `fut` on the shared runtime from a non-async thread and waits for it, returning
+/// `Error::Cancelled` as soon as `canceller` fires. Must not be called from inside the runtime.
+pub fn block_on<T>(canceller: &Canceller, fut: impl Future<Output = Result<T>>) -> Result<T> {
+    if canceller.is_cancelled() {
+        return Err(Error::Cancelled);
+    }
+    RUNTIME.block_on(async {
+        tokio::select! {
+            biased;
+            _ = canceller.cancelled() => Err(Error::Cancelled),
+            out = fut => out,
+        }
+    })
+}
+
+/// At most `size` connections to one server, shared by every element that talks to it.
+#[derive(Debug)]
+pub struct Pool {
+    addr: String,
+    permits: Arc<Semaphore>,
+    state: Mutex<PoolState>,
+}
+
+#[derive(Debug)]
+struct PoolState {
+    size: usize,
+    idle: Vec<Connection>,
+}
+
+impl Pool {
+    /// The pool for `host:port`, created on first use. `size` raises the pool's limit if it is
+    /// larger than what earlier users asked for; the limit is never lowered while in use.
+    pub fn get(host: &str, port: u16, size: usize) -> Arc<Pool> {
+        let addr = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let size = size.max(1);
+        let mut pools = POOLS.lock().unwrap();
+        let pool = pools.entry(addr.clone()).or_insert_with(|| {
+            Arc::new(Pool {
+                addr,
+                permits: Arc::new(Semaphore::new(size)),
+                state: Mutex::new(PoolState {
+                    size,
+                    idle: Vec::new(),
+                }),
+            })
+        });
+        let mut state = pool.state.lock().unwrap();
+        if size > state.size {
+            pool.permits.add_permits(size - state.size);
+            state.size = size;
+        }
+        drop(state);
+        pool.clone()
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The most connections this pool opens at once.
+    pub fn size(&self) -> usize {
+        self.state.lock().unwrap().size
+    }
+
+    /// Connections open and waiting to be checked out.
+    pub fn idle(&self) -> usize {
+        self.state.lock().unwrap().idle.len()
+    }
+
+    /// Checks a connection out, waiting at most `timeout` for a free slot and for the connect.
+    /// Idle connections the server has closed meanwhile are dropped, not handed out.
+    pub async fn checkout(self: &Arc<Self>, timeout: Duration) -> Result<PooledConnection> {
+        let permit = tokio::time::timeout(timeout, self.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| Error::Timeout {
+                addr: self.addr.clone(),
+                what: format!(
+                    "a free pooled connection (all {} in use; raise pool-size)",
+                    self.size()
+                ),
+                after: timeout,
+            })?
+            .expect("the pool's semaphore is never closed");
+        let reused = {
+            let mut state = self.state.lock().unwrap();
+            let mut found = None;
+            while let Some(conn) = state.idle.pop() {
+                if !conn.is_stale() {
+                    found = Some(conn);
+                    break;
+                }
+            }
+            found
+        };
+        let mut conn = match reused {
+            Some(conn) => conn,
+            None => Connection::connect(&self.addr, timeout).await?,
+        };
+        conn.set_timeout(timeout);
+        Ok(PooledConnection {
+            conn: Some(conn),
+            pool: self.clone(),
+            _permit: permit,
+        })
+    }
+}
+
+/// A checked-out connection; it goes back to the pool when dropped, unless it broke.
+#[derive(Debug)]
+pub struct PooledConnection {
+    conn: Option<Connection>,
+    pool: Arc<Pool>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl PooledConnection {
+    /// Drops the connection instead of returning it (for example after a cancelled request,
+    /// whose reply may still be on its way).
+    pub fn discard(mut self) {
+        self.conn.take();
+    }
+}
+
+impl std::ops::Deref for PooledConnection {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn.as_ref().expect("present until dropped")
+    }
+}
+
+impl std::ops::DerefMut for PooledConnection {
+    fn deref_mut(&mut self) -> &mut Connection {
+        self.conn.as_mut().expect("present until dropped")
+    }
+}
+
+impl Drop for PooledConnection {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            if !conn.is_broken() {
+                self.pool.state.lock().unwrap().idle.push(conn);
+            }
+        }
+    }
+}
