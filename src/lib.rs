@@ -2,8 +2,12 @@
 //! GStreamer plugin `racs`: `racssink` stores PCM in a RACS stream, `racssrc` extracts it again.
 
 pub mod client;
+mod racssink;
+mod racssrc;
 
-fn plugin_init(_plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    racssink::register(plugin)?;
+    racssrc::register(plugin)?;
     Ok(())
 }
 
