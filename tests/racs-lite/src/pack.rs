@@ -107,6 +107,14 @@ pub fn write_int(out: &mut Vec<u8>, v: i64) {
 
 /// Append the msgpack encoding of one reply object.
 pub fn encode(v: &Value, out: &mut Vec<u8>) {
+    if let Some(tail) = encode_split(v, out) {
+        out.extend_from_slice(tail);
+    }
+}
+
+/// Like [`encode`], but for `s32v`/`u8v` values the bin content is not copied: it is returned,
+/// to be sent right after `out`.
+pub fn encode_split<'a>(v: &'a Value, out: &mut Vec<u8>) -> Option<&'a [u8]> {
     match v {
         Value::Null => {
             array_header(out, 1);
@@ -136,18 +144,17 @@ pub fn encode(v: &Value, out: &mut Vec<u8>) {
         }
         Value::S32v(b) | Value::U8v(b) => {
             array_header(out, 2);
-            write_str(
-                out,
-                if matches!(v, Value::S32v(_)) {
-                    b"s32v"
-                } else {
-                    b"u8v"
-                },
-            );
+            let name: &[u8] = if matches!(v, Value::S32v(_)) {
+                b"s32v"
+            } else {
+                b"u8v"
+            };
+            write_str(out, name);
             write_bin_header(out, b.len());
-            out.extend_from_slice(b);
+            return Some(b);
         }
     }
+    None
 }
 
 #[cfg(test)]

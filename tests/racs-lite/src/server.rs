@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::exec::{handle_payload, Outcome};
-use crate::pack::encode;
+use crate::pack::{encode, encode_split};
 use crate::storage::Store;
 use crate::{log, Config};
 
@@ -228,12 +228,24 @@ async fn connection(mut sock: TcpStream, sh: &Shared) -> io::Result<()> {
             Outcome::Reply(values) => {
                 out.clear();
                 out.extend_from_slice(&[0u8; 8]);
-                for v in &values {
-                    encode(v, &mut out);
+                let mut tail: Option<&[u8]> = None;
+                if let [single] = values.as_slice() {
+                    tail = encode_split(single, &mut out);
+                } else {
+                    for v in &values {
+                        encode(v, &mut out);
+                    }
                 }
-                let n = (out.len() - 8) as u64;
+                let n = (out.len() - 8 + tail.map_or(0, |t| t.len())) as u64;
                 out[..8].copy_from_slice(&n.to_le_bytes());
-                match tokio::time::timeout(sh.idle_timeout, sock.write_all(&out)).await {
+                let write = async {
+                    sock.write_all(&out).await?;
+                    if let Some(t) = tail {
+                        sock.write_all(t).await?;
+                    }
+                    Ok::<(), io::Error>(())
+                };
+                match tokio::time::timeout(sh.idle_timeout, write).await {
                     Ok(r) => r?,
                     Err(_) => {
                         return Err(io::Error::new(

@@ -212,7 +212,22 @@ fn widen(ch: u16, bd: u16, block: &[u8], out: &mut Vec<u8>) -> Result<(), &'stat
 impl ExtractPlan {
     /// Read the planned tables (files in path order, then the in-memory snapshot).
     pub fn run(self) -> Result<Vec<u8>, String> {
-        let mut out = Vec::new();
+        // Size the output once (an upper bound; untouched capacity costs nothing).
+        let widen_factor = match self.bd {
+            16 => 2,
+            24 => 2,
+            _ => 0,
+        };
+        let stored: u64 = self
+            .segs
+            .iter()
+            .map(|s| match s {
+                Seg::Pending(t) => t.data.len() as u64,
+                Seg::Disk(p) => fs::metadata(p).map(|m| m.len()).unwrap_or(0),
+            })
+            .sum();
+        let cap = (stored * widen_factor) as usize + self.mem.len();
+        let mut out = Vec::with_capacity(cap.min(1 << 34));
         let in_range = |h: u64, ts: u64| h == self.hash && self.from <= ts && ts <= self.to;
         for seg in &self.segs {
             match seg {
