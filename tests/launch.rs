@@ -1,0 +1,420 @@
+//! The plugin as a user meets it on the command line: the built libgstracs.so found through
+//! GST_PLUGIN_PATH by gst-inspect-1.0 and gst-launch-1.0, recording files into racs-lite and
+//! exporting streams to WAV, MP3 and Opus files that decode back to the right length.
+
+mod tools;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use racs_lite::TestServer;
+use tools::{
+    decode_to_wav, element_exists, gst_command, gst_launch, gst_launch_ok, info, read_wav, run,
+};
+
+const T: Duration = Duration::from_secs(60);
+
+/// One property as gst-inspect-1.0 prints it.
+#[derive(Debug)]
+struct Prop {
+    blurb: String,
+    default: Option<String>,
+    text: String,
+}
+
+/// The "Element Properties:" section of `gst-inspect-1.0 <element>`, by property name.
+fn inspect_properties(element: &str) -> BTreeMap<String, Prop> {
+    let mut cmd = gst_command("gst-inspect-1.0");
+    cmd.arg(element);
+    let out = run(cmd, T);
+    assert!(
+        out.success(),
+        "gst-inspect-1.0 {element} failed:\n{}",
+        out.dump()
+    );
+    let mut props = BTreeMap::new();
+    let mut in_props = false;
+    let mut current: Option<(String, Prop)> = None;
+    for line in out.stdout.lines() {
+        if line.starts_with("Element Properties:") {
+            in_props = true;
+            continue;
+        }
+        if !in_props {
+            continue;
+        }
+        if !line.is_empty() && !line.starts_with(' ') {
+            break; // the next section
+        }
+        // A property starts with two spaces, its name, padding, and ": blurb".
+        let is_start = line.starts_with("  ") && !line.starts_with("   ") && line.contains(" : ");
+        if is_start {
+            if let Some((name, p)) = current.take() {
+                props.insert(name, p);
+            }
+            let (name, blurb) = line.trim_start().split_once(" : ").unwrap();
+            current = Some((
+                name.trim().to_string(),
+                Prop {
+                    blurb: blurb.trim().to_string(),
+                    default: None,
+                    text: line.to_string(),
+                },
+            ));
+        } else if let Some((_, p)) = current.as_mut() {
+            p.text.push('\n');
+            p.text.push_str(line);
+            if let Some(i) = line.find("Default: ") {
+                p.default = Some(line[i + "Default: ".len()..].trim().to_string());
+            }
+        }
+    }
+    if let Some((name, p)) = current.take() {
+        props.insert(name, p);
+    }
+    assert!(
+        !props.is_empty(),
+        "no properties found in gst-inspect-1.0 {element}:\n{}",
+        out.dump()
+    );
+    props
+}
+
+/// Asserts that `props` lists `name` with a blurb and a default that starts with `default`.
+fn assert_prop(props: &BTreeMap<String, Prop>, element: &str, name: &str, default: &str) {
+    let p = props.get(name).unwrap_or_else(|| {
+        panic!(
+            "gst-inspect-1.0 {element} does not list property {name}; it lists {:?}",
+            props.keys()
+        )
+    });
+    assert!(
+        p.blurb.len() > 10,
+        "{element}::{name} has no useful blurb:\n{}",
+        p.text
+    );
+    let d = p
+        .default
+        .as_deref()
+        .unwrap_or_else(|| panic!("{element}::{name} shows no default:\n{}", p.text));
+    assert!(
+        d.starts_with(default),
+        "{element}::{name}: expected default {default:?}, gst-inspect-1.0 shows {d:?}:\n{}",
+        p.text
+    );
+}
+
+#[test]
+fn inspect_racssink_lists_every_property_with_blurb_and_default() {
+    let props = inspect_properties("racssink");
+    let element = "racssink";
+    for (name, default) in [
+        ("host", "\"localhost\""),
+        ("port", "6381"),
+        ("stream-id", ""),
+        ("pool-size", "3"),
+        ("chunk-size", "32768"),
+        ("create-if-missing", "true"),
+        ("takeover", "false"),
+        ("timeout", ""),
+        ("retry-timeout", ""),
+        ("gap-policy", "0, \"silence\""),
+        ("stats", ""),
+    ] {
+        assert_prop(&props, element, name, default);
+    }
+    // The URI handler is listed too.
+    let mut cmd = gst_command("gst-inspect-1.0");
+    cmd.arg(element);
+    let out = run(cmd, T);
+    assert!(
+        out.stdout.contains("URI handling capabilities"),
+        "{}",
+        out.dump()
+    );
+    assert!(out.stdout.contains("racs"), "{}", out.dump());
+}
+
+#[test]
+fn inspect_racssrc_lists_every_property_with_blurb_and_default() {
+    let props = inspect_properties("racssrc");
+    let element = "racssrc";
+    for (name, default) in [
+        ("host", "\"localhost\""),
+        ("port", "6381"),
+        ("stream-id", ""),
+        ("pool-size", "3"),
+        ("start", ""),
+        ("stop", ""),
+        ("start-offset", ""),
+        ("duration", ""),
+        ("chunk-duration", ""),
+        ("follow", "false"),
+        ("timeout", ""),
+    ] {
+        assert_prop(&props, element, name, default);
+    }
+}
+
+/// Makes `secs` seconds of a 440 Hz sine in an audio file through gst-launch-1.0.
+fn make_file(path: &Path, caps: &str, encoder: &str, secs: u32) {
+    gst_launch_ok(
+        &format!(
+            "audiotestsrc wave=sine freq=440 num-buffers={} samplesperbuffer=4800 ! {caps} ! audioconvert ! {encoder} ! filesink location={}",
+            secs * 10,
+            path.display()
+        ),
+        T,
+    );
+}
+
+#[test]
+fn transcode_wav_and_ogg_files_into_racs() {
+    let srv = TestServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let wav = work.path().join("in.wav");
+    let ogg = work.path().join("in.ogg");
+    // 48 kHz mono float WAV: 2 s = 96000 sample frames.
+    make_file(
+        &wav,
+        "audio/x-raw,format=F32LE,rate=48000,channels=1",
+        "wavenc",
+        2,
+    );
+    // 48 kHz stereo Ogg/Vorbis, 2 s.
+    make_file(
+        &ogg,
+        "audio/x-raw,format=F32LE,rate=48000,channels=2",
+        "vorbisenc ! oggmux",
+        2,
+    );
+
+    // A new stream takes the decoded file's rate and channels; audioconvert picks S16LE.
+    gst_launch_ok(
+        &format!(
+            "filesrc location={} ! decodebin ! audioconvert ! audioresample ! racssink host=127.0.0.1 port={} stream-id=tones",
+            wav.display(),
+            srv.port()
+        ),
+        T,
+    );
+    assert_eq!(info(srv.addr(), "tones", "sample_rate"), Some(48000));
+    assert_eq!(info(srv.addr(), "tones", "channels"), Some(1));
+    let bits = info(srv.addr(), "tones", "bit_depth").expect("bit_depth");
+    assert!(bits == 16 || bits == 24, "bit depth {bits}");
+    let bytes_per_frame = bits / 8;
+    assert_eq!(
+        info(srv.addr(), "tones", "size"),
+        Some(96_000 * bytes_per_frame),
+        "the WAV file's 96000 sample frames are stored"
+    );
+
+    // Appending the stereo Ogg file: racssink answers the stream's stored format in the caps
+    // query, so audioconvert downmixes to mono and the stream keeps its format.
+    gst_launch_ok(
+        &format!(
+            "filesrc location={} ! decodebin ! audioconvert ! audioresample ! racssink host=127.0.0.1 port={} stream-id=tones",
+            ogg.display(),
+            srv.port()
+        ),
+        T,
+    );
+    assert_eq!(info(srv.addr(), "tones", "channels"), Some(1));
+    assert_eq!(info(srv.addr(), "tones", "sample_rate"), Some(48000));
+    let size = info(srv.addr(), "tones", "size").unwrap();
+    let appended = size / bytes_per_frame - 96_000;
+    // Vorbis decodes to the encoded length give or take its block overlap.
+    assert!(
+        (appended - 96_000).abs() <= 2048,
+        "appended {appended} sample frames from a 2 s Ogg file, expected about 96000"
+    );
+}
+
+/// Records 3 s of a 44.1 kHz stereo S16LE sine into `id` and returns the same signal as a WAV.
+fn record_reference(srv: &TestServer, work: &Path, id: &str) -> tools::Wav {
+    let src = "audiotestsrc wave=sine freq=440 volume=0.5 num-buffers=30 samplesperbuffer=4410 ! audio/x-raw,format=S16LE,rate=44100,channels=2,layout=interleaved";
+    gst_launch_ok(
+        &format!(
+            "{src} ! racssink host=127.0.0.1 port={} stream-id={id}",
+            srv.port()
+        ),
+        T,
+    );
+    let reference = work.join("reference.wav");
+    gst_launch_ok(
+        &format!("{src} ! wavenc ! filesink location={}", reference.display()),
+        T,
+    );
+    let wav = read_wav(&reference);
+    assert_eq!(wav.frames(), 132_300);
+    wav
+}
+
+/// Where `part` (whole sample frames) starts inside `whole`, if it occurs there.
+fn find_frames(
+    whole: &[i16],
+    part: &[i16],
+    channels: usize,
+    around: usize,
+    slack: usize,
+) -> Option<usize> {
+    let lo = around.saturating_sub(slack);
+    let hi = (around + slack).min(whole.len() / channels);
+    (lo..=hi).find(|&f| {
+        let s = f * channels;
+        s + part.len() <= whole.len() && whole[s..s + part.len()] == *part
+    })
+}
+
+#[test]
+fn export_to_wav_is_sample_exact() {
+    let srv = TestServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let reference = record_reference(&srv, work.path(), "sine");
+
+    // The whole stream.
+    let all = work.path().join("all.wav");
+    gst_launch_ok(
+        &format!(
+            "racssrc host=127.0.0.1 port={} stream-id=sine ! audioconvert ! wavenc ! filesink location={}",
+            srv.port(),
+            all.display()
+        ),
+        T,
+    );
+    let got = read_wav(&all);
+    assert_eq!((got.channels, got.rate, got.bits), (2, 44100, 16));
+    assert_eq!(got.frames(), 132_300, "the whole 3 s stream comes back");
+    assert!(
+        got.data == reference.data,
+        "what came back differs from what went in"
+    );
+
+    // Seconds 1.0 to 2.0 through the relative form: within 1 ms at both ends.
+    let part = work.path().join("part.wav");
+    gst_launch_ok(
+        &format!(
+            "racssrc host=127.0.0.1 port={} stream-id=sine start-offset=1000000000 duration=1000000000 ! audioconvert ! wavenc ! filesink location={}",
+            srv.port(),
+            part.display()
+        ),
+        T,
+    );
+    let got = read_wav(&part);
+    assert!(
+        got.frames().abs_diff(44_100) <= 88,
+        "1 s asked, {} sample frames came back",
+        got.frames()
+    );
+    let at = find_frames(&reference.samples_i16(), &got.samples_i16(), 2, 44_100, 441)
+        .expect("the extracted second is not a slice of what was recorded");
+    assert!(
+        at.abs_diff(44_100) <= 44,
+        "the range starts at frame {at}, asked 44100"
+    );
+}
+
+#[test]
+fn export_to_mp3_and_opus_decodes_to_the_right_length() {
+    let srv = TestServer::start();
+    let work = tempfile::tempdir().unwrap();
+    record_reference(&srv, work.path(), "sine");
+    let mut checked = 0;
+
+    if element_exists("lamemp3enc") {
+        let mp3 = work.path().join("out.mp3");
+        gst_launch_ok(
+            &format!(
+                "racssrc host=127.0.0.1 port={} stream-id=sine ! audioconvert ! lamemp3enc ! filesink location={}",
+                srv.port(),
+                mp3.display()
+            ),
+            T,
+        );
+        let back = decode_to_wav(&mp3, work.path(), T);
+        assert_eq!(back.channels, 2);
+        assert!(
+            (back.seconds() - 3.0).abs() < 0.1,
+            "the MP3 file decodes to {:.3} s, expected 3 s",
+            back.seconds()
+        );
+        checked += 1;
+    } else {
+        eprintln!("lamemp3enc is not installed: MP3 export not checked (install gstreamer1.0-plugins-ugly)");
+    }
+
+    if element_exists("opusenc") && element_exists("oggmux") {
+        let opus = work.path().join("out.opus");
+        gst_launch_ok(
+            &format!(
+                "racssrc host=127.0.0.1 port={} stream-id=sine ! audioconvert ! audioresample ! opusenc ! oggmux ! filesink location={}",
+                srv.port(),
+                opus.display()
+            ),
+            T,
+        );
+        let back = decode_to_wav(&opus, work.path(), T);
+        assert!(
+            (back.seconds() - 3.0).abs() < 0.05,
+            "the Opus file decodes to {:.3} s, expected 3 s",
+            back.seconds()
+        );
+        checked += 1;
+    } else {
+        eprintln!("opusenc/oggmux are not installed: Opus export not checked (install gstreamer1.0-plugins-base)");
+    }
+    // scripts/setup.sh installs both, so on a machine it has set up both are checked.
+    if std::env::var_os("CI").is_some() {
+        assert_eq!(checked, 2, "CI must check both MP3 and Opus export");
+    }
+}
+
+#[test]
+fn missing_stream_fails_with_a_message_naming_it() {
+    let srv = TestServer::start();
+    let out = gst_launch(
+        &format!(
+            "racssrc host=127.0.0.1 port={} stream-id=nosuchstream ! fakesink",
+            srv.port()
+        ),
+        T,
+    );
+    assert!(
+        !out.success(),
+        "extracting a missing stream succeeded:\n{}",
+        out.dump()
+    );
+    assert!(
+        out.stderr.contains("nosuchstream") || out.stdout.contains("nosuchstream"),
+        "the error does not name the stream:\n{}",
+        out.dump()
+    );
+}
+
+#[test]
+fn server_down_fails_with_a_message_naming_the_server() {
+    // A port nobody listens on: bind, note it, close.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = gst_launch(
+        &format!(
+            "audiotestsrc num-buffers=10 ! audio/x-raw,format=S16LE,rate=44100,channels=2 ! racssink host=127.0.0.1 port={port} stream-id=x timeout=2000 retry-timeout=0"
+        ),
+        T,
+    );
+    assert!(
+        !out.success(),
+        "recording with the server down succeeded:\n{}",
+        out.dump()
+    );
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        all.contains(&format!("127.0.0.1:{port}")),
+        "the error does not name the server:\n{}",
+        out.dump()
+    );
+}

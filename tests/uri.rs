@@ -1,0 +1,229 @@
+//! The racs:// URI handler as applications use it: playbin and uridecodebin playing a stream,
+//! and racssink made from a URI, all against racs-lite.
+
+mod common;
+mod tools;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use gst::prelude::*;
+use racs_lite::TestServer;
+
+const DEADLINE: gst::ClockTime = gst::ClockTime::from_seconds(30);
+
+/// Plays `pipeline` to EOS; panics with the error message or on a timeout.
+fn run_to_eos(pipeline: &gst::Element) {
+    let bus = pipeline.bus().unwrap();
+    pipeline
+        .set_state(gst::State::Playing)
+        .unwrap_or_else(|_| panic!("cannot start the pipeline: {:?}", error_text(&bus)));
+    let msg = bus.timed_pop_filtered(DEADLINE, &[gst::MessageType::Eos, gst::MessageType::Error]);
+    pipeline.set_state(gst::State::Null).unwrap();
+    match msg.as_ref().map(|m| m.view()) {
+        Some(gst::MessageView::Eos(_)) => {}
+        Some(gst::MessageView::Error(e)) => {
+            panic!("pipeline error: {} ({:?})", e.error(), e.debug())
+        }
+        _ => panic!("no EOS within {DEADLINE}"),
+    }
+}
+
+fn error_text(bus: &gst::Bus) -> Option<String> {
+    let msg = bus.timed_pop_filtered(gst::ClockTime::ZERO, &[gst::MessageType::Error])?;
+    match msg.view() {
+        gst::MessageView::Error(e) => Some(format!("{} ({:?})", e.error(), e.debug())),
+        _ => None,
+    }
+}
+
+/// Records `secs` seconds of a sine, S16LE stereo 44.1 kHz, into `id`.
+fn record(srv: &TestServer, id: &str, secs: u32) {
+    let p = gst::parse::launch(&format!(
+        "audiotestsrc wave=sine num-buffers={} samplesperbuffer=4410 ! audio/x-raw,format=S16LE,rate=44100,channels=2 ! racssink host=127.0.0.1 port={} stream-id={id}",
+        secs * 10,
+        srv.port()
+    ))
+    .unwrap();
+    run_to_eos(&p);
+}
+
+/// A fakesink that counts the sample frames reaching it.
+fn counting_sink() -> (gst::Element, Arc<AtomicUsize>) {
+    let sink = gst::ElementFactory::make("fakesink")
+        .property("sync", false)
+        .build()
+        .unwrap();
+    let frames = Arc::new(AtomicUsize::new(0));
+    let counter = frames.clone();
+    let pad = sink.static_pad("sink").unwrap();
+    pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+        if let Some(buf) = info.buffer() {
+            let caps = pad.current_caps().expect("caps before buffers");
+            let ai = gst_audio::AudioInfo::from_caps(&caps).expect("raw audio caps");
+            counter.fetch_add(buf.size() / ai.bpf() as usize, Ordering::SeqCst);
+        }
+        gst::PadProbeReturn::Ok
+    });
+    (sink, frames)
+}
+
+#[test]
+fn playbin_plays_a_racs_uri() {
+    common::init();
+    let srv = TestServer::start();
+    record(&srv, "radio", 2);
+    let (sink, frames) = counting_sink();
+    let playbin = gst::ElementFactory::make("playbin")
+        .property("uri", format!("racs://127.0.0.1:{}/radio", srv.port()))
+        .property("audio-sink", &sink)
+        .build()
+        .unwrap();
+    run_to_eos(&playbin);
+    assert_eq!(
+        frames.load(Ordering::SeqCst),
+        88_200,
+        "playbin played the whole 2 s stream"
+    );
+}
+
+#[test]
+fn playbin_plays_a_time_range_given_in_the_uri() {
+    common::init();
+    let srv = TestServer::start();
+    record(&srv, "radio", 3);
+    let ref_ms = tools::info(srv.addr(), "radio", "ref").expect("the stream has a reference time");
+    let start = tools::rfc3339_ms(ref_ms + 500);
+    let stop = tools::rfc3339_ms(ref_ms + 2500);
+    let (sink, frames) = counting_sink();
+    let uri = format!(
+        "racs://127.0.0.1:{}/radio?start={start}&stop={stop}",
+        srv.port()
+    );
+    let playbin = gst::ElementFactory::make("playbin")
+        .property("uri", &uri)
+        .property("audio-sink", &sink)
+        .build()
+        .unwrap();
+    run_to_eos(&playbin);
+    let n = frames.load(Ordering::SeqCst);
+    assert!(
+        n.abs_diff(88_200) <= 88,
+        "{uri}: 2 s asked, {n} sample frames played"
+    );
+}
+
+#[test]
+fn uridecodebin_plays_a_racs_uri() {
+    common::init();
+    let srv = TestServer::start();
+    record(&srv, "radio", 1);
+    let pipeline = gst::parse::launch(&format!(
+        "uridecodebin uri=racs://127.0.0.1:{}/radio ! audioconvert ! fakesink name=sink sync=false",
+        srv.port()
+    ))
+    .unwrap();
+    let bin = pipeline.downcast_ref::<gst::Bin>().unwrap();
+    let sink = bin.by_name("sink").unwrap();
+    let frames = Arc::new(AtomicUsize::new(0));
+    let counter = frames.clone();
+    sink.static_pad("sink")
+        .unwrap()
+        .add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+            if let Some(buf) = info.buffer() {
+                let caps = pad.current_caps().unwrap();
+                let ai = gst_audio::AudioInfo::from_caps(&caps).unwrap();
+                counter.fetch_add(buf.size() / ai.bpf() as usize, Ordering::SeqCst);
+            }
+            gst::PadProbeReturn::Ok
+        });
+    run_to_eos(&pipeline);
+    assert_eq!(frames.load(Ordering::SeqCst), 44_100);
+}
+
+#[test]
+fn racssink_made_from_a_uri_records() {
+    common::init();
+    let srv = TestServer::start();
+    let uri = format!("racs://127.0.0.1:{}/from-uri?chunk-size=4096", srv.port());
+    let sink = gst::Element::make_from_uri(gst::URIType::Sink, &uri, None)
+        .unwrap_or_else(|e| panic!("no sink for {uri}: {e}"));
+    assert_eq!(sink.factory().unwrap().name(), "racssink");
+    assert_eq!(
+        sink.property::<Option<String>>("host").as_deref(),
+        Some("127.0.0.1")
+    );
+    assert_eq!(sink.property::<u32>("port"), u32::from(srv.port()));
+    assert_eq!(
+        sink.property::<Option<String>>("stream-id").as_deref(),
+        Some("from-uri")
+    );
+    assert_eq!(sink.property::<u32>("chunk-size"), 4096);
+    let uri_handler = sink.dynamic_cast_ref::<gst::URIHandler>().unwrap();
+    assert!(uri_handler.uri().unwrap().starts_with("racs://127.0.0.1:"));
+
+    let pipeline = gst::Pipeline::new();
+    let src = gst::ElementFactory::make("audiotestsrc")
+        .property("num-buffers", 10i32)
+        .property("samplesperbuffer", 4410i32)
+        .build()
+        .unwrap();
+    let caps = gst::ElementFactory::make("capsfilter")
+        .property(
+            "caps",
+            gst::Caps::builder("audio/x-raw")
+                .field("format", "S16LE")
+                .field("rate", 44100i32)
+                .field("channels", 1i32)
+                .build(),
+        )
+        .build()
+        .unwrap();
+    pipeline.add_many([&src, &caps, &sink]).unwrap();
+    gst::Element::link_many([&src, &caps, &sink]).unwrap();
+    run_to_eos(pipeline.upcast_ref());
+    assert_eq!(
+        tools::info(srv.addr(), "from-uri", "size"),
+        Some(44_100 * 2)
+    );
+}
+
+#[test]
+fn racssrc_made_from_a_uri_takes_its_range() {
+    common::init();
+    let uri =
+        "racs://example.org:7000/air?start=2026-01-09T10:00:00.250Z&stop=2026-01-09T10:05:00.000Z";
+    let src = gst::Element::make_from_uri(gst::URIType::Src, uri, None)
+        .unwrap_or_else(|e| panic!("no source for {uri}: {e}"));
+    assert_eq!(src.factory().unwrap().name(), "racssrc");
+    assert_eq!(
+        src.property::<Option<String>>("host").as_deref(),
+        Some("example.org")
+    );
+    assert_eq!(src.property::<u32>("port"), 7000);
+    assert_eq!(
+        src.property::<Option<String>>("stream-id").as_deref(),
+        Some("air")
+    );
+    assert_eq!(
+        src.property::<Option<String>>("start").as_deref(),
+        Some("2026-01-09T10:00:00.250Z")
+    );
+    assert_eq!(
+        src.property::<Option<String>>("stop").as_deref(),
+        Some("2026-01-09T10:05:00.000Z")
+    );
+}
+
+#[test]
+fn a_uri_without_a_stream_id_is_refused_with_a_reason() {
+    common::init();
+    for ty in [gst::URIType::Src, gst::URIType::Sink] {
+        let err = gst::Element::make_from_uri(ty, "racs://127.0.0.1:6381/", None)
+            .expect_err("a racs:// URI without a stream id was accepted");
+        assert!(
+            err.to_string().to_lowercase().contains("stream"),
+            "the error does not say the stream id is missing: {err}"
+        );
+    }
+}
