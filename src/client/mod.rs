@@ -6,6 +6,7 @@ pub mod error;
 pub mod frame;
 pub mod pool;
 pub mod wire;
+pub mod writer;
 
 pub use command::{validate_stream_id, Command, InfoAttr};
 pub use error::{Error, Result};
