@@ -1,0 +1,87 @@
+//! The `racs-lite` binary: usage errors, serving, dual-stack, clean exit on SIGTERM/SIGINT.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use common::*;
+use racs_lite::client::RawClient;
+
+const BIN: &str = env!("CARGO_BIN_EXE_racs-lite");
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [
+        &[][..],
+        &["--port", "x", "--data-dir", "/tmp"][..],
+        &["--port", "1"][..],
+        &["--port", "1", "--data-dir", "/tmp", "--bogus"][..],
+        &["--port", "1", "--data-dir", "/tmp", "--entries", "0"][..],
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("usage: racs-lite"));
+    }
+}
+
+fn run_and_signal(signal: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["--port", "0", "--entries", "4", "--data-dir"])
+        .arg(dir.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    // "racs-lite: listening on [::]:PORT (...)" or "0.0.0.0:PORT"
+    let port: u16 = line
+        .split("]:")
+        .nth(1)
+        .or_else(|| line.split("0.0.0.0:").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"));
+    let mut c = RawClient::connect(("127.0.0.1", port)).unwrap();
+    assert_eq!(cmd(&mut c, "PING"), PONG);
+    if line.contains("[::]") {
+        let mut c6 = RawClient::connect(("::1", port)).unwrap();
+        assert_eq!(cmd(&mut c6, "PING"), PONG);
+    }
+    create_open(&mut c, "bin", 8000, 1, 16);
+    assert_eq!(send_frame(&mut c, &[1; 16], "bin", &pcm16(&[3; 80])), NULL);
+    let st = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "exit status after {signal}");
+    // The acknowledged block was flushed: it is on disk.
+    let seg = dir.path().join(".racs").join("seg");
+    let mut files = 0;
+    let mut stack = vec![seg];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                files += 1;
+            }
+        }
+    }
+    assert_eq!(files, 1);
+}
+
+#[test]
+fn sigterm_stops_cleanly() {
+    run_and_signal("-TERM");
+}
+
+#[test]
+fn sigint_stops_cleanly() {
+    run_and_signal("-INT");
+}
