@@ -5,6 +5,7 @@ pub mod command;
 pub mod error;
 pub mod frame;
 pub mod pool;
+pub mod reader;
 pub mod wire;
 pub mod writer;
 
