@@ -112,17 +112,36 @@ fn inspect_racssink_lists_every_property_with_blurb_and_default() {
     for (name, default) in [
         ("host", "\"localhost\""),
         ("port", "6381"),
-        ("stream-id", ""),
+        ("stream-id", "null"),
         ("pool-size", "3"),
         ("chunk-size", "32768"),
         ("create-if-missing", "true"),
         ("takeover", "false"),
-        ("timeout", ""),
-        ("retry-timeout", ""),
+        ("timeout", "5000"),
+        ("retry-timeout", "10000"),
         ("gap-policy", "0, \"silence\""),
-        ("stats", ""),
+        ("sync", "false"),
     ] {
         assert_prop(&props, element, name, default);
+    }
+    // stats is a read-only structure: gst-inspect-1.0 shows its fields instead of a default.
+    let stats = &props["stats"];
+    assert!(stats.blurb.len() > 10, "{}", stats.text);
+    for field in [
+        "bytes-sent",
+        "bytes-acked",
+        "frames-sent",
+        "frames-acked",
+        "reconnects",
+        "silence-bytes",
+        "rtt-avg-us",
+        "rtt-max-us",
+    ] {
+        assert!(
+            stats.text.contains(&format!("{field}: 0")),
+            "racssink::stats does not show {field}:\n{}",
+            stats.text
+        );
     }
     // The URI handler is listed too.
     let mut cmd = gst_command("gst-inspect-1.0");
