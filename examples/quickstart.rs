@@ -154,11 +154,18 @@ fn run() -> Res<()> {
         took,
         sent_frames as f64 / RATE as f64 / took.max(1e-6)
     );
-    if let Some(stats) = sink
-        .find_property("stats")
-        .map(|_| sink.property::<gst::Structure>("stats"))
-    {
-        println!("      racssink stats: {stats}");
+    if sink.find_property("stats").is_some() {
+        let stats = sink.property::<gst::Structure>("stats");
+        let n = |f: &str| stats.get::<u64>(f).unwrap_or(0);
+        println!(
+            "      racssink stats: {} frames ({} bytes) sent, {} acknowledged by the server, {} reconnects,\n      round trip {} us on average, {} us at most.",
+            n("frames-sent"),
+            n("bytes-sent"),
+            n("frames-acked"),
+            n("reconnects"),
+            n("rtt-avg-us"),
+            n("rtt-max-us")
+        );
     }
     if sent_frames != RECORD_SECONDS * RATE {
         return Err(format!(
@@ -356,14 +363,21 @@ fn run_to_eos(pipeline: &gst::Element, what: &str) -> Res<()> {
                     let (_, code, text) = p.get();
                     println!("      progress: {code}: {text}");
                 }
-                gst::MessageView::Element(e) => {
-                    if let Some(s) = e.structure() {
-                        println!(
-                            "      message from {}: {s}",
-                            msg.src().map(|s| s.name()).unwrap_or_default()
-                        );
+                gst::MessageView::Element(e) => match e.structure() {
+                    Some(s) if s.name() == "racssink-ref" => {
+                        if let Ok(ms) = s.get::<i64>("ref-ms") {
+                            println!(
+                                "      message: the server acknowledged the first frame; the stream's reference time is {}",
+                                rfc3339(ms)
+                            );
+                        }
                     }
-                }
+                    Some(s) => println!(
+                        "      message from {}: {s}",
+                        msg.src().map(|s| s.name()).unwrap_or_default()
+                    ),
+                    None => {}
+                },
                 _ => {}
             }
         }
