@@ -437,3 +437,59 @@ fn server_down_fails_with_a_message_naming_the_server() {
         out.dump()
     );
 }
+
+/// The errors a user meets most on the command line, as gst-launch-1.0 prints them.
+#[test]
+fn stream_in_use_and_format_mismatch_say_what_to_do() {
+    let srv = TestServer::start();
+    let tone = "audiotestsrc num-buffers=10 ! audio/x-raw,format=S16LE,rate=44100,channels=2";
+    gst_launch_ok(
+        &format!(
+            "{tone} ! racssink host=127.0.0.1 port={} stream-id=busy",
+            srv.port()
+        ),
+        T,
+    );
+
+    // A fixed format that differs from the stored one.
+    let out = gst_launch(
+        &format!(
+            "audiotestsrc num-buffers=10 ! audio/x-raw,format=S16LE,rate=48000,channels=1 ! racssink host=127.0.0.1 port={} stream-id=busy",
+            srv.port()
+        ),
+        T,
+    );
+    assert!(!out.success(), "{}", out.dump());
+    assert!(
+        out.stderr.contains("44100 Hz, 2 channels, 16-bit")
+            && out.stderr.contains("48000 Hz, 1 channel, 16-bit")
+            && out.stderr.contains("audioconvert ! audioresample"),
+        "the mismatch error names both formats and the fix:\n{}",
+        out.dump()
+    );
+
+    // A stream left open by a writer that crashed (OPEN without CLOSE).
+    let mut c = racs_lite::client::RawClient::connect(srv.addr()).unwrap();
+    c.command("OPEN 'busy'").unwrap();
+    let out = gst_launch(
+        &format!(
+            "{tone} ! racssink host=127.0.0.1 port={} stream-id=busy",
+            srv.port()
+        ),
+        T,
+    );
+    assert!(!out.success(), "{}", out.dump());
+    assert!(
+        out.stderr.contains("already open") && out.stderr.contains("takeover=true"),
+        "the stream-in-use error says how to take the stream over:\n{}",
+        out.dump()
+    );
+    gst_launch_ok(
+        &format!(
+            "{tone} ! racssink host=127.0.0.1 port={} stream-id=busy takeover=true",
+            srv.port()
+        ),
+        T,
+    );
+    assert_eq!(info(srv.addr(), "busy", "size"), Some(2 * 10 * 1024 * 4));
+}
