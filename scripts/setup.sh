@@ -56,11 +56,14 @@ if command -v dpkg-query >/dev/null 2>&1; then
     fi
     say "installing ${#missing[@]} Debian package(s): ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq </dev/null >/dev/null ||
-      die "apt-get update failed"
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      -o Dpkg::Use-Pty=0 "${missing[@]}" </dev/null >/dev/null ||
-      die "apt-get install ${missing[*]} failed"
+    log="$(mktemp)"
+    trap 'rm -f "$log"' EXIT
+    # apt's output is shown only when it fails.
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null >"$log" 2>&1 ||
+      { cat "$log" >&2; die "apt-get update failed"; }
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+      -o Dpkg::Use-Pty=0 "${missing[@]}" </dev/null >"$log" 2>&1 ||
+      { cat "$log" >&2; die "apt-get install ${missing[*]} failed"; }
     for p in "${missing[@]}"; do
       installed "$p" || die "package $p is still not installed after apt-get install"
     done
