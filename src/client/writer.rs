@@ -689,16 +689,42 @@ impl StreamWriter {
     /// Appends PCM; every full chunk is sent and acknowledged before this returns.
     pub fn write(&mut self, mut pcm: &[u8]) -> Result<(), WriteError> {
         self.ensure_writable()?;
-        self.deliver_pending(true)?;
+        self.deliver_pending(true)
+            .map_err(|e| self.add_unstored(e, pcm.len()))?;
         while !pcm.is_empty() {
             let take = (self.chunk - self.held.len()).min(pcm.len());
             self.held.extend_from_slice(&pcm[..take]);
             pcm = &pcm[take..];
             if self.held.len() == self.chunk {
-                self.send_held(true)?;
+                self.send_held(true)
+                    .map_err(|e| self.add_unstored(e, pcm.len()))?;
             }
         }
         Ok(())
+    }
+
+    /// Counts the rest of a write that failed half-way as not stored too.
+    fn add_unstored(&self, err: WriteError, rest: usize) -> WriteError {
+        match err {
+            WriteError::Unstored {
+                stream,
+                bytes,
+                retry_for,
+                last,
+                ..
+            } => {
+                let bytes = bytes + rest as u64;
+                let bps = self.format.map(|f| f.bytes_per_second()).unwrap_or(1);
+                WriteError::Unstored {
+                    stream,
+                    bytes,
+                    seconds: bytes as f64 / bps as f64,
+                    retry_for,
+                    last,
+                }
+            }
+            other => other,
+        }
     }
 
     /// Appends `bytes` of silence (zero samples); counted in the stats.

@@ -879,14 +879,26 @@ impl BaseSinkImpl for RacsSink {
     }
 
     fn set_caps(&self, caps: &gst::Caps) -> Result<(), gst::LoggableError> {
-        let info = gst_audio::AudioInfo::from_caps(caps)
-            .map_err(|_| gst::loggable_error!(CAT, "cannot parse caps {caps}"))?;
-        let Some(bit_depth) = bit_depth_of(info.format()) else {
+        // Read the fields directly: AudioInfo refuses more than 2 channels without a
+        // channel-mask, which RACS neither stores nor needs.
+        let s = caps
+            .structure(0)
+            .ok_or_else(|| gst::loggable_error!(CAT, "empty caps"))?;
+        let parsed = (
+            s.get::<&str>("format").ok(),
+            s.get::<i32>("rate").ok(),
+            s.get::<i32>("channels").ok(),
+        );
+        let (Some(audio_format), Some(rate), Some(channels)) = parsed else {
+            return Err(gst::loggable_error!(CAT, "incomplete caps {caps}"));
+        };
+        let Some(bit_depth) = bit_depth_of(gst_audio::AudioFormat::from_string(audio_format))
+        else {
             return Err(gst::loggable_error!(CAT, "unsupported format in {caps}"));
         };
-        let format = match u16::try_from(info.channels())
-            .map_err(|_| Error::InvalidArgument(format!("{} channels", info.channels())))
-            .and_then(|channels| StreamFormat::new(info.rate(), channels, bit_depth))
+        let format = match u16::try_from(channels)
+            .map_err(|_| Error::InvalidArgument(format!("{channels} channels is too many")))
+            .and_then(|channels| StreamFormat::new(rate.max(0) as u32, channels, bit_depth))
         {
             Ok(format) => format,
             Err(e) => {

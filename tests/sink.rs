@@ -1,0 +1,1254 @@
+// SPDX-License-Identifier: MPL-2.0
+//! racssink against racs-lite started in-process: what goes in must come out of EXTRACT
+//! byte for byte, and every error a user can cause must say what to do.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use gst::prelude::*;
+use gstracs::client::{runtime, Connection, SessionId, StreamFormat};
+use racs_lite::TestServer;
+
+/// Far enough in the future to cover every block (epoch ms, year 2100).
+const FAR_MS: u64 = 4_102_444_800_000;
+const WAIT: Duration = Duration::from_secs(30);
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+
+/// Deterministic pseudo-random bytes (every byte pattern is a valid 16/24-bit sample).
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn caps_for(format: &StreamFormat) -> gst::Caps {
+    gst_audio::AudioCapsBuilder::new_interleaved()
+        .format(if format.bit_depth == 24 {
+            gst_audio::AudioFormat::S24le
+        } else {
+            gst_audio::AudioFormat::S16le
+        })
+        .rate(format.sample_rate as i32)
+        .channels(i32::from(format.channels))
+        .build()
+}
+
+fn connect(addr: SocketAddr) -> Connection {
+    runtime()
+        .block_on(Connection::connect(
+            &addr.to_string(),
+            Duration::from_secs(5),
+        ))
+        .expect("connect to racs-lite")
+}
+
+/// EXTRACT from 0, narrowed back from int32 to the stream's sample width.
+fn extract_once(addr: SocketAddr, id: &str, from_ms: u64, bit_depth: u16) -> Vec<u8> {
+    let mut conn = connect(addr);
+    let s32 = runtime()
+        .block_on(conn.extract(id, from_ms, FAR_MS))
+        .expect("EXTRACT");
+    let width = usize::from(bit_depth / 8);
+    s32.chunks_exact(4)
+        .flat_map(|s| s[..width].to_vec())
+        .collect()
+}
+
+/// EXTRACT until `len` bytes are visible (a real server hides a table while it flushes).
+fn extract(addr: SocketAddr, id: &str, from_ms: u64, bit_depth: u16, len: usize) -> Vec<u8> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let data = extract_once(addr, id, from_ms, bit_depth);
+        if data.len() >= len || Instant::now() > deadline {
+            return data;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn info(addr: SocketAddr, id: &str) -> Option<gstracs::client::StreamInfo> {
+    let mut conn = connect(addr);
+    runtime().block_on(conn.stream_info(id)).expect("INFO")
+}
+
+fn make_sink(srv: &TestServer, id: &str, props: &[(&str, &str)]) -> gst::Element {
+    common::init();
+    let sink = gst::ElementFactory::make("racssink")
+        .property("host", srv.host())
+        .property("port", u32::from(srv.port()))
+        .property("stream-id", id)
+        .build()
+        .expect("racssink");
+    for (name, value) in props {
+        sink.set_property_from_str(name, value);
+    }
+    sink
+}
+
+/// What a pipeline run left behind.
+#[derive(Debug)]
+struct Outcome {
+    messages: Vec<gst::Message>,
+    error: Option<(glib::Error, String)>,
+    stats: gst::Structure,
+    took: Duration,
+}
+
+impl Outcome {
+    fn error_text(&self) -> String {
+        match &self.error {
+            Some((e, debug)) => format!("{e} | {debug}"),
+            None => String::new(),
+        }
+    }
+
+    fn refs(&self) -> Vec<(String, i64, u64)> {
+        self.messages
+            .iter()
+            .filter_map(|m| match m.view() {
+                gst::MessageView::Element(e) => e
+                    .structure()
+                    .filter(|s| s.name() == "racssink-ref")
+                    .map(|s| {
+                        (
+                            s.get::<String>("stream-id").unwrap(),
+                            s.get::<i64>("ref-ms").unwrap(),
+                            s.get::<u64>("size").unwrap(),
+                        )
+                    }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        self.messages
+            .iter()
+            .filter_map(|m| match m.view() {
+                gst::MessageView::Warning(w) => Some(w.error().to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn stat(&self, name: &str) -> u64 {
+        self.stats.get::<u64>(name).unwrap()
+    }
+}
+
+/// Collects bus messages until EOS or an error, or `WAIT`.
+fn wait_done(
+    pipeline: &gst::Pipeline,
+    messages: &mut Vec<gst::Message>,
+) -> Option<(glib::Error, String)> {
+    let bus = pipeline.bus().unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(msg) = bus.timed_pop(gst::ClockTime::from_nseconds(left.as_nanos() as u64)) else {
+            panic!("no EOS or error within {WAIT:?}");
+        };
+        messages.push(msg.clone());
+        match msg.view() {
+            gst::MessageView::Eos(_) => return None,
+            gst::MessageView::Error(e) => {
+                return Some((
+                    e.error(),
+                    e.debug().map(|d| d.to_string()).unwrap_or_default(),
+                ))
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Drains what is left on the bus without waiting.
+fn drain(pipeline: &gst::Pipeline, messages: &mut Vec<gst::Message>) {
+    let bus = pipeline.bus().unwrap();
+    while let Some(msg) = bus.pop() {
+        messages.push(msg);
+    }
+}
+
+fn set_null_within(pipeline: &gst::Pipeline, limit: Duration) -> Duration {
+    let started = Instant::now();
+    pipeline.set_state(gst::State::Null).unwrap();
+    let took = started.elapsed();
+    assert!(took < limit, "going to NULL took {took:?}");
+    took
+}
+
+/// `appsrc ! racssink`: pushes `buffers` (with PTS from the byte count when `timed`), then EOS.
+fn run_appsrc(sink: gst::Element, caps: &gst::Caps, buffers: &[&[u8]], timed: bool) -> Outcome {
+    let started = Instant::now();
+    let pipeline = gst::Pipeline::new();
+    let src = gst::ElementFactory::make("appsrc")
+        .property("caps", caps)
+        .property_from_str("format", "time")
+        .build()
+        .unwrap();
+    pipeline.add_many([&src, &sink]).unwrap();
+    src.link(&sink).unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let s = caps.structure(0).unwrap();
+    let rate = s.get::<i32>("rate").unwrap() as u64;
+    let width = if s.get::<&str>("format").unwrap() == "S24LE" {
+        3
+    } else {
+        2
+    };
+    let bpf = s.get::<i32>("channels").unwrap() as u64 * width;
+    let mut offset = 0u64;
+    for data in buffers {
+        let mut buffer = gst::Buffer::from_slice(data.to_vec());
+        if timed {
+            let pts = offset / bpf * 1_000_000_000 / rate;
+            let end = (offset + data.len() as u64) / bpf * 1_000_000_000 / rate;
+            let b = buffer.get_mut().unwrap();
+            b.set_pts(gst::ClockTime::from_nseconds(pts));
+            b.set_duration(gst::ClockTime::from_nseconds(end - pts));
+        }
+        offset += data.len() as u64;
+        let _ = src.emit_by_name::<gst::FlowReturn>("push-buffer", &[&buffer]);
+    }
+    let _ = src.emit_by_name::<gst::FlowReturn>("end-of-stream", &[]);
+    let mut messages = Vec::new();
+    let error = wait_done(&pipeline, &mut messages);
+    set_null_within(&pipeline, Duration::from_secs(10));
+    drain(&pipeline, &mut messages);
+    let stats = sink.property::<gst::Structure>("stats");
+    Outcome {
+        messages,
+        error,
+        stats,
+        took: started.elapsed(),
+    }
+}
+
+/// Splits `data` into buffers of whole frames with odd, varying frame counts.
+fn odd_splits(data: &[u8], bpf: usize) -> Vec<&[u8]> {
+    let counts = [1usize, 37, 1001, 4097, 333, 2, 7919];
+    let mut out = Vec::new();
+    let mut at = 0;
+    let mut i = 0;
+    while at < data.len() {
+        let n = (counts[i % counts.len()] * bpf).min(data.len() - at);
+        out.push(&data[at..at + n]);
+        at += n;
+        i += 1;
+    }
+    out
+}
+
+/// A source pad linked to racssink, driven from the test thread, for exact control of
+/// timestamps, GAP events and the moment of EOS.
+struct Feeder {
+    pipeline: gst::Pipeline,
+    sink: gst::Element,
+    pad: gst::Pad,
+    format: StreamFormat,
+    messages: Vec<gst::Message>,
+}
+
+impl Feeder {
+    fn new(sink: gst::Element, format: StreamFormat) -> Feeder {
+        let pipeline = gst::Pipeline::new();
+        pipeline.add(&sink).unwrap();
+        let pad = gst::Pad::builder(gst::PadDirection::Src)
+            .name("feed")
+            .build();
+        pad.set_active(true).unwrap();
+        pad.link(&sink.static_pad("sink").unwrap()).unwrap();
+        pipeline.set_state(gst::State::Playing).unwrap();
+        assert!(pad.push_event(gst::event::StreamStart::new("feed")));
+        let caps_ok = pad.push_event(gst::event::Caps::new(&caps_for(&format)));
+        let segment = gst::FormattedSegment::<gst::ClockTime>::new();
+        assert!(pad.push_event(gst::event::Segment::new(&segment)));
+        let mut feeder = Feeder {
+            pipeline,
+            sink,
+            pad,
+            format,
+            messages: Vec::new(),
+        };
+        if !caps_ok {
+            feeder.drain();
+        }
+        feeder
+    }
+
+    fn time_of(&self, bytes: usize) -> gst::ClockTime {
+        let frames = (bytes / self.format.bytes_per_frame()) as u64;
+        gst::ClockTime::from_nseconds(frames * 1_000_000_000 / u64::from(self.format.sample_rate))
+    }
+
+    fn push_at(
+        &self,
+        data: &[u8],
+        pts: Option<gst::ClockTime>,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let mut buffer = gst::Buffer::from_slice(data.to_vec());
+        if let Some(pts) = pts {
+            let b = buffer.get_mut().unwrap();
+            b.set_pts(pts);
+            b.set_duration(self.time_of(data.len()));
+        }
+        self.pad.push(buffer)
+    }
+
+    fn push(&self, data: &[u8]) -> Result<gst::FlowSuccess, gst::FlowError> {
+        self.push_at(data, None)
+    }
+
+    fn eos(&mut self) -> Option<(glib::Error, String)> {
+        self.pad.push_event(gst::event::Eos::new());
+        let mut messages = std::mem::take(&mut self.messages);
+        let error = wait_done(&self.pipeline, &mut messages);
+        self.messages = messages;
+        error
+    }
+
+    fn drain(&mut self) {
+        drain(&self.pipeline, &mut self.messages);
+    }
+
+    fn stats(&self) -> gst::Structure {
+        self.sink.property::<gst::Structure>("stats")
+    }
+
+    fn error(&mut self) -> Option<String> {
+        self.drain();
+        self.messages.iter().find_map(|m| match m.view() {
+            gst::MessageView::Error(e) => Some(e.error().to_string()),
+            _ => None,
+        })
+    }
+
+    fn stop(mut self) -> Vec<gst::Message> {
+        set_null_within(&self.pipeline, Duration::from_secs(10));
+        self.drain();
+        self.messages
+    }
+}
+
+fn fmt(rate: u32, channels: u16, bits: u16) -> StreamFormat {
+    StreamFormat::new(rate, channels, bits).unwrap()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+// ---------------------------------------------------------------------------------------
+// Round trips
+
+#[test]
+fn round_trips_are_byte_exact_across_formats() {
+    let cases = [
+        (fmt(8000, 1, 16), 32768),
+        (fmt(44100, 2, 16), 32768),
+        (fmt(48000, 2, 24), 32768),
+        (fmt(96000, 1, 24), 4000),
+        (fmt(192000, 6, 16), 65535),
+        (fmt(192000, 6, 24), 32768),
+        (fmt(22050, 6, 24), 1),
+    ];
+    for (i, (format, chunk)) in cases.iter().enumerate() {
+        // One server per case: EXTRACT reads the server's shared tables in name order, which
+        // is only chronological for one stream at a time (contract section 3).
+        let srv = TestServer::start();
+        let id = format!("rt {i} {format}");
+        // 0.4 s, plus a few frames so the last frame is partial.
+        let frames = format.sample_rate as usize * 2 / 5 + 3;
+        let data = noise(frames * format.bytes_per_frame(), i as u64);
+        let sink = make_sink(&srv, &id, &[("chunk-size", &chunk.to_string())]);
+        let out = run_appsrc(
+            sink,
+            &caps_for(format),
+            &odd_splits(&data, format.bytes_per_frame()),
+            true,
+        );
+        assert!(out.error.is_none(), "{id}: {}", out.error_text());
+        let back = extract(srv.addr(), &id, 0, format.bit_depth, data.len());
+        assert_eq!(back.len(), data.len(), "{id}");
+        if back != data {
+            let first = back.iter().zip(&data).position(|(a, b)| a != b).unwrap();
+            let chunk_bytes = gstracs::client::writer::chunk_bytes_for(format, *chunk).unwrap();
+            let block = first / chunk_bytes;
+            let moved = (0..data.len() / chunk_bytes)
+                .find(|k| back[first..].starts_with(&data[k * chunk_bytes..k * chunk_bytes + 64]));
+            panic!("{id}: stored bytes differ from byte {first} (block {block} of {chunk_bytes} bytes); found there: block {moved:?}");
+        }
+        let info = info(srv.addr(), &id).unwrap();
+        assert_eq!(info.format().unwrap(), *format);
+        assert_eq!(info.size, data.len() as u64);
+        assert_eq!(
+            out.stat("silence-bytes"),
+            0,
+            "{id}: no gaps in a continuous stream"
+        );
+    }
+}
+
+#[test]
+fn buffers_split_mid_frame_are_stored_whole() {
+    let srv = TestServer::start();
+    let format = fmt(44100, 2, 24);
+    let data = noise(44100 * 6 / 10 * format.bytes_per_frame(), 7);
+    // Byte splits that cut samples and frames; no timestamps.
+    let mut buffers = Vec::new();
+    let mut at = 0;
+    for n in [1usize, 3, 5, 7, 4095, 65537, 11].iter().cycle() {
+        if at >= data.len() {
+            break;
+        }
+        let n = (*n).min(data.len() - at);
+        buffers.push(&data[at..at + n]);
+        at += n;
+    }
+    let out = run_appsrc(
+        make_sink(&srv, "split", &[]),
+        &caps_for(&format),
+        &buffers,
+        false,
+    );
+    assert!(out.error.is_none(), "{}", out.error_text());
+    assert!(extract(srv.addr(), "split", 0, 24, data.len()) == data);
+    // Every frame but the last is exactly one chunk of whole sample frames.
+    let chunk = 32768 / 6 * 6;
+    assert_eq!(out.stat("frames-acked"), data.len().div_ceil(chunk) as u64);
+}
+
+#[test]
+fn appends_to_an_existing_stream_and_reports_its_ref() {
+    let srv = TestServer::start();
+    let format = fmt(16000, 1, 16);
+    let a = noise(16000 * 4, 1);
+    let b = noise(16000 * 4, 2);
+    let first = run_appsrc(
+        make_sink(&srv, "append", &[]),
+        &caps_for(&format),
+        &[&a],
+        false,
+    );
+    assert!(first.error.is_none(), "{}", first.error_text());
+    let second = run_appsrc(
+        make_sink(&srv, "append", &[]),
+        &caps_for(&format),
+        &[&b],
+        false,
+    );
+    assert!(second.error.is_none(), "{}", second.error_text());
+    let mut all = a.clone();
+    all.extend_from_slice(&b);
+    assert!(extract(srv.addr(), "append", 0, 16, all.len()) == all);
+    let (r1, r2) = (first.refs(), second.refs());
+    assert_eq!(r1.len(), 1);
+    assert_eq!(r2.len(), 1);
+    assert_eq!(r1[0].1, r2[0].1, "appending keeps the stream's ref");
+    assert_eq!(r1[0].2, 32768, "size after the first frame");
+    assert_eq!(r2[0].2, a.len() as u64 + 32768);
+}
+
+// ---------------------------------------------------------------------------------------
+// Formats and negotiation
+
+#[test]
+fn converters_negotiate_to_the_stored_format() {
+    let srv = TestServer::start();
+    let stored = fmt(44100, 2, 16);
+    let seed = noise(44100 * 4, 3);
+    let out = run_appsrc(
+        make_sink(&srv, "conv", &[]),
+        &caps_for(&stored),
+        &[&seed],
+        false,
+    );
+    assert!(out.error.is_none(), "{}", out.error_text());
+
+    common::init();
+    let pipeline = gst::parse::launch(&format!(
+        "audiotestsrc num-buffers=20 samplesperbuffer=480 ! \
+         audio/x-raw,format=S24LE,rate=48000,channels=1 ! audioconvert ! audioresample ! \
+         racssink name=sink host={} port={} stream-id=conv",
+        srv.host(),
+        srv.port()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let mut messages = Vec::new();
+    let error = wait_done(&pipeline, &mut messages);
+    assert!(error.is_none(), "{error:?}");
+    let sink = pipeline.by_name("sink").unwrap();
+    let caps = sink.static_pad("sink").unwrap().current_caps().unwrap();
+    let s = caps.structure(0).unwrap();
+    assert_eq!(s.get::<&str>("format").unwrap(), "S16LE");
+    assert_eq!(s.get::<i32>("rate").unwrap(), 44100);
+    assert_eq!(s.get::<i32>("channels").unwrap(), 2);
+    set_null_within(&pipeline, Duration::from_secs(10));
+    // 0.2 s at 48 kHz became about 0.2 s at 44.1 kHz stereo.
+    let grown = info(srv.addr(), "conv").unwrap().size - seed.len() as u64;
+    assert!((8800 * 4..=8840 * 4).contains(&grown), "grew by {grown}");
+}
+
+#[test]
+fn a_fixed_mismatching_format_names_both_formats() {
+    let srv = TestServer::start();
+    let stored = fmt(44100, 2, 16);
+    let out = run_appsrc(
+        make_sink(&srv, "fixed", &[]),
+        &caps_for(&stored),
+        &[&noise(4000, 1)],
+        false,
+    );
+    assert!(out.error.is_none());
+    // Through appsrc...
+    let out = run_appsrc(
+        make_sink(&srv, "fixed", &[]),
+        &caps_for(&fmt(48000, 1, 16)),
+        &[&noise(4000, 1)],
+        false,
+    );
+    let (err, _) = out.error.expect("a format error");
+    assert!(err.matches(gst::StreamError::Format), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("stores 44100 Hz, 2 channels, 16-bit"),
+        "{text}"
+    );
+    assert!(
+        text.contains("delivers 48000 Hz, 1 channel, 16-bit"),
+        "{text}"
+    );
+    assert!(
+        text.contains("'fixed'") && text.contains("audioconvert"),
+        "{text}"
+    );
+    // ...and through a capsfilter in a gst-launch line.
+    let pipeline = gst::parse::launch(&format!(
+        "audiotestsrc num-buffers=5 ! audio/x-raw,format=S24LE,rate=44100,channels=2 ! \
+         racssink host={} port={} stream-id=fixed",
+        srv.host(),
+        srv.port()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let mut messages = Vec::new();
+    let (err, _) = wait_done(&pipeline, &mut messages).expect("a format error");
+    set_null_within(&pipeline, Duration::from_secs(10));
+    assert!(
+        err.to_string()
+            .contains("delivers 44100 Hz, 2 channels, 24-bit"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_missing_stream_without_create_if_missing_is_not_found() {
+    let srv = TestServer::start();
+    let sink = make_sink(&srv, "nowhere", &[("create-if-missing", "false")]);
+    let out = run_appsrc(
+        sink,
+        &caps_for(&fmt(8000, 1, 16)),
+        &[&noise(1600, 1)],
+        false,
+    );
+    let (err, _) = out.error.expect("not found");
+    assert!(err.matches(gst::ResourceError::NotFound), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("stream 'nowhere' does not exist"), "{text}");
+    assert!(text.contains(&srv.addr().to_string()), "{text}");
+    assert!(text.contains("create-if-missing=true"), "{text}");
+    assert!(info(srv.addr(), "nowhere").is_none(), "nothing created");
+}
+
+// ---------------------------------------------------------------------------------------
+// Takeover
+
+/// A writer that crashed: CREATE, OPEN, one frame from its own session, no CLOSE.
+fn crashed_writer(addr: SocketAddr, id: &str, format: &StreamFormat, pcm: &[u8]) -> SessionId {
+    let mut conn = connect(addr);
+    let session = SessionId::random();
+    runtime().block_on(async {
+        conn.create(id, format).await.unwrap();
+        conn.open(id).await.unwrap();
+        conn.send_frame(&session, gstracs::client::stream_hash(id.as_bytes()), pcm)
+            .await
+            .unwrap();
+    });
+    session
+}
+
+#[test]
+fn a_stream_left_open_needs_takeover() {
+    let srv = TestServer::start();
+    let format = fmt(8000, 1, 16);
+    let before = noise(1600, 1);
+    let session = crashed_writer(srv.addr(), "left-open", &format, &before);
+
+    let data = noise(8000, 2);
+    let out = run_appsrc(
+        make_sink(&srv, "left-open", &[]),
+        &caps_for(&format),
+        &[&data],
+        false,
+    );
+    let (err, _) = out.error.expect("busy");
+    assert!(err.matches(gst::ResourceError::Busy), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("already open"), "{text}");
+    assert!(text.contains("set takeover=true"), "{text}");
+    assert_eq!(
+        info(srv.addr(), "left-open").unwrap().size,
+        before.len() as u64
+    );
+
+    let out = run_appsrc(
+        make_sink(&srv, "left-open", &[("takeover", "true")]),
+        &caps_for(&format),
+        &[&data],
+        false,
+    );
+    assert!(out.error.is_none(), "{}", out.error_text());
+    let mut all = before.clone();
+    all.extend_from_slice(&data);
+    assert!(extract(srv.addr(), "left-open", 0, 16, all.len()) == all);
+    // The crashed writer's session no longer passes.
+    let mut conn = connect(srv.addr());
+    let err = runtime()
+        .block_on(conn.send_frame(
+            &session,
+            gstracs::client::stream_hash(b"left-open"),
+            &before,
+        ))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("closed or currently in use"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_writer_taken_over_mid_stream_stops_with_a_clear_error() {
+    let srv = TestServer::start();
+    let format = fmt(8000, 1, 16);
+    let sink = make_sink(&srv, "stolen", &[("chunk-size", "1600")]);
+    let mut feeder = Feeder::new(sink, format);
+    feeder.push(&noise(3200, 1)).unwrap();
+    // Another writer takes over: CLOSE, OPEN, a frame from its session.
+    let mut conn = connect(srv.addr());
+    runtime().block_on(async {
+        conn.close("stolen").await.unwrap();
+        conn.open("stolen").await.unwrap();
+        conn.send_frame(
+            &SessionId::random(),
+            gstracs::client::stream_hash(b"stolen"),
+            &noise(1600, 9),
+        )
+        .await
+        .unwrap();
+    });
+    assert_eq!(feeder.push(&noise(3200, 2)), Err(gst::FlowError::Error));
+    let text = feeder.error().expect("an error message");
+    assert!(text.contains("was taken over by another writer"), "{text}");
+    feeder.stop();
+}
+
+// ---------------------------------------------------------------------------------------
+// Settings
+
+#[test]
+fn invalid_stream_ids_name_the_character() {
+    let srv = TestServer::start();
+    for (id, named) in [
+        ("it's", "single quote"),
+        ("back\\slash", "backslash"),
+        ("a |> SHUTDOWN", "pipe operator"),
+        ("tab\there", "control character"),
+    ] {
+        let sink = make_sink(&srv, id, &[]);
+        let pipeline = gst::Pipeline::new();
+        pipeline.add(&sink).unwrap();
+        assert!(pipeline.set_state(gst::State::Playing).is_err(), "{id:?}");
+        let msg = pipeline
+            .bus()
+            .unwrap()
+            .timed_pop_filtered(gst::ClockTime::from_seconds(5), &[gst::MessageType::Error])
+            .expect("an error message");
+        let gst::MessageView::Error(e) = msg.view() else {
+            unreachable!()
+        };
+        assert!(e.error().matches(gst::ResourceError::Settings), "{id:?}");
+        let text = e.error().to_string();
+        assert!(
+            text.contains("Invalid stream-id") && text.contains(named),
+            "{id:?}: {text}"
+        );
+        pipeline.set_state(gst::State::Null).unwrap();
+    }
+    // No stream-id at all.
+    let sink = gst::ElementFactory::make("racssink").build().unwrap();
+    let pipeline = gst::Pipeline::new();
+    pipeline.add(&sink).unwrap();
+    assert!(pipeline.set_state(gst::State::Ready).is_err());
+    let msg = pipeline
+        .bus()
+        .unwrap()
+        .timed_pop_filtered(gst::ClockTime::from_seconds(5), &[gst::MessageType::Error])
+        .unwrap();
+    let gst::MessageView::Error(e) = msg.view() else {
+        unreachable!()
+    };
+    assert!(
+        e.error().to_string().contains("No stream-id set"),
+        "{}",
+        e.error()
+    );
+    pipeline.set_state(gst::State::Null).unwrap();
+}
+
+#[test]
+fn uri_handler_sets_and_reports_the_settings() {
+    common::init();
+    let sink = gst::Element::make_from_uri(
+        gst::URIType::Sink,
+        "racs://127.0.0.1:7001/Beethoven%20Piano%20Sonata%20No.1?chunk-size=4096&takeover=true&retry-timeout=0&gap-policy=none",
+        None,
+    )
+    .unwrap();
+    assert_eq!(sink.factory().unwrap().name(), "racssink");
+    assert_eq!(sink.property::<String>("host"), "127.0.0.1");
+    assert_eq!(sink.property::<u32>("port"), 7001);
+    assert_eq!(
+        sink.property::<Option<String>>("stream-id").as_deref(),
+        Some("Beethoven Piano Sonata No.1")
+    );
+    assert_eq!(sink.property::<u32>("chunk-size"), 4096);
+    assert!(sink.property::<bool>("takeover"));
+    assert_eq!(sink.property::<u32>("retry-timeout"), 0);
+    let handler = sink.dynamic_cast_ref::<gst::URIHandler>().unwrap();
+    assert_eq!(
+        handler.uri().unwrap(),
+        "racs://127.0.0.1:7001/Beethoven%20Piano%20Sonata%20No.1?chunk-size=4096&retry-timeout=0&takeover=true&gap-policy=none"
+    );
+    // The default port, and IPv6.
+    handler.set_uri("racs://[::1]/x").unwrap();
+    assert_eq!(sink.property::<String>("host"), "::1");
+    assert_eq!(sink.property::<u32>("port"), 6381);
+    assert!(handler.uri().unwrap().starts_with("racs://[::1]:6381/x"));
+
+    for (uri, needle) in [
+        ("racs://host:6381", "names no stream"),
+        ("racs://host:99999/x", "1..=65535"),
+        ("racs://host/it's", "single quote"),
+        ("racs://host/x?chunk-size=70000", "1..=65535"),
+        (
+            "racs://host/x?colour=blue",
+            "unknown URI parameter \"colour\"",
+        ),
+        ("racs://host/x?takeover=maybe", "true or false"),
+        ("racs:host/x", "not a racs:// URI"),
+    ] {
+        let err = handler.set_uri(uri).unwrap_err();
+        assert!(
+            err.matches(gst::URIError::BadUri) || err.matches(gst::URIError::UnsupportedProtocol),
+            "{uri}: {err:?}"
+        );
+        assert!(err.to_string().contains(needle), "{uri}: {err}");
+    }
+    // A failed URI changes nothing.
+    assert_eq!(sink.property::<String>("host"), "::1");
+
+    // A URI-made sink writes.
+    let srv = TestServer::start();
+    let sink = gst::Element::make_from_uri(
+        gst::URIType::Sink,
+        &format!("racs://{}/via%20uri?chunk-size=800", srv.addr()),
+        None,
+    )
+    .unwrap();
+    let data = noise(8000, 5);
+    let out = run_appsrc(sink.clone(), &caps_for(&fmt(8000, 1, 16)), &[&data], false);
+    assert!(out.error.is_none(), "{}", out.error_text());
+    assert_eq!(out.stat("frames-acked"), 10);
+    assert!(extract(srv.addr(), "via uri", 0, 16, data.len()) == data);
+}
+
+#[test]
+fn uri_cannot_change_while_writing() {
+    let srv = TestServer::start();
+    let sink = make_sink(&srv, "busy-uri", &[]);
+    let feeder = Feeder::new(sink.clone(), fmt(8000, 1, 16));
+    feeder.push(&noise(800, 1)).unwrap();
+    let err = sink
+        .dynamic_cast_ref::<gst::URIHandler>()
+        .unwrap()
+        .set_uri("racs://other:1/x")
+        .unwrap_err();
+    assert!(err.matches(gst::URIError::BadState), "{err:?}");
+    assert!(err.to_string().contains("while it is writing"), "{err}");
+    feeder.stop();
+}
+
+// ---------------------------------------------------------------------------------------
+// Faults
+
+#[test]
+fn server_down_at_start_is_a_clear_error_without_a_hang() {
+    let port = free_port();
+    common::init();
+    let sink = gst::ElementFactory::make("racssink")
+        .property("host", "127.0.0.1")
+        .property("port", u32::from(port))
+        .property("stream-id", "down")
+        .build()
+        .unwrap();
+    let out = run_appsrc(
+        sink,
+        &caps_for(&fmt(8000, 1, 16)),
+        &[&noise(1600, 1)],
+        false,
+    );
+    let (err, _) = out.error.expect("connect error");
+    assert!(err.matches(gst::ResourceError::OpenWrite), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!(
+            "cannot connect to the RACS server at 127.0.0.1:{port}"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("check that the server is running"), "{text}");
+    assert!(out.took < Duration::from_secs(5), "took {:?}", out.took);
+}
+
+/// A TCP peer that accepts and reads but never answers (`garbage`: answers every read with
+/// an HTTP error instead).
+fn fake_server(garbage: bool) -> (SocketAddr, std::thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let handle = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut conns = Vec::new();
+        while Instant::now() < deadline {
+            if let Ok((mut s, _)) = listener.accept() {
+                s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+                if garbage {
+                    let mut buf = [0u8; 1024];
+                    let _ = s.read(&mut buf);
+                    let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+                }
+                conns.push(s);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    (addr, handle)
+}
+
+fn sink_at(addr: SocketAddr, id: &str, props: &[(&str, &str)]) -> gst::Element {
+    common::init();
+    let sink = gst::ElementFactory::make("racssink")
+        .property("host", addr.ip().to_string())
+        .property("port", u32::from(addr.port()))
+        .property("stream-id", id)
+        .build()
+        .unwrap();
+    for (name, value) in props {
+        sink.set_property_from_str(name, value);
+    }
+    sink
+}
+
+#[test]
+fn a_stalled_server_times_out() {
+    let (addr, _server) = fake_server(false);
+    let sink = sink_at(addr, "stall", &[("timeout", "300")]);
+    let out = run_appsrc(
+        sink,
+        &caps_for(&fmt(8000, 1, 16)),
+        &[&noise(1600, 1)],
+        false,
+    );
+    let (err, _) = out.error.expect("timeout");
+    assert!(err.matches(gst::ResourceError::OpenWrite), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("did not answer") && text.contains("300 ms"),
+        "{text}"
+    );
+    assert!(text.contains("raise the timeout property"), "{text}");
+    assert!(out.took < Duration::from_secs(5), "took {:?}", out.took);
+}
+
+#[test]
+fn stopping_while_waiting_on_a_stalled_server_is_immediate() {
+    let (addr, _server) = fake_server(false);
+    let sink = sink_at(addr, "stall-stop", &[("timeout", "60000")]);
+    let pipeline = gst::Pipeline::new();
+    let src = gst::ElementFactory::make("appsrc")
+        .property("caps", caps_for(&fmt(8000, 1, 16)))
+        .property_from_str("format", "time")
+        .build()
+        .unwrap();
+    pipeline.add_many([&src, &sink]).unwrap();
+    src.link(&sink).unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let _ = src.emit_by_name::<gst::FlowReturn>(
+        "push-buffer",
+        &[&gst::Buffer::from_slice(noise(1600, 1))],
+    );
+    // Wait until the sink is blocked on the server: the Progress start message says so.
+    let msg = pipeline
+        .bus()
+        .unwrap()
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(10),
+            &[gst::MessageType::Progress],
+        )
+        .expect("progress start");
+    let gst::MessageView::Progress(p) = msg.view() else {
+        unreachable!()
+    };
+    assert_eq!(p.get().0, gst::ProgressType::Start);
+    let took = set_null_within(&pipeline, Duration::from_secs(2));
+    eprintln!("NULL after {took:?}");
+}
+
+#[test]
+fn a_garbage_answering_server_is_a_protocol_error() {
+    let (addr, _server) = fake_server(true);
+    let sink = sink_at(addr, "garbage", &[("timeout", "2000")]);
+    let out = run_appsrc(
+        sink,
+        &caps_for(&fmt(8000, 1, 16)),
+        &[&noise(1600, 1)],
+        false,
+    );
+    let (err, _) = out.error.expect("protocol error");
+    let text = err.to_string();
+    assert!(text.contains("does not speak the RACS protocol"), "{text}");
+    assert!(out.took < Duration::from_secs(5), "took {:?}", out.took);
+}
+
+#[test]
+fn eight_sinks_share_one_pool_of_three() {
+    // The server refuses a 4th connection, so the pool must never open more than 3.
+    let srv = TestServer::start_with(|c| c.max_connections = 3);
+    common::init();
+    let format = fmt(44100, 2, 16);
+    let datas: Vec<Vec<u8>> = (0..8).map(|i| noise(44100 * 4 / 2, 100 + i)).collect();
+    let mut runs = Vec::new();
+    for (i, data) in datas.iter().enumerate() {
+        let sink = make_sink(
+            &srv,
+            &format!("par{i}"),
+            &[("pool-size", "3"), ("chunk-size", "8192")],
+        );
+        let pipeline = gst::Pipeline::new();
+        let src = gst::ElementFactory::make("appsrc")
+            .property("caps", caps_for(&format))
+            .build()
+            .unwrap();
+        pipeline.add_many([&src, &sink]).unwrap();
+        src.link(&sink).unwrap();
+        pipeline.set_state(gst::State::Playing).unwrap();
+        for piece in odd_splits(data, 4) {
+            let _ = src.emit_by_name::<gst::FlowReturn>(
+                "push-buffer",
+                &[&gst::Buffer::from_slice(piece.to_vec())],
+            );
+        }
+        let _ = src.emit_by_name::<gst::FlowReturn>("end-of-stream", &[]);
+        runs.push(pipeline);
+    }
+    for (i, pipeline) in runs.iter().enumerate() {
+        let mut messages = Vec::new();
+        let error = wait_done(pipeline, &mut messages);
+        assert!(error.is_none(), "par{i}: {error:?}");
+        set_null_within(pipeline, Duration::from_secs(10));
+    }
+    // The server takes no 4th connection: read back through the pool's own.
+    let pool = gstracs::client::Pool::get(&srv.host(), srv.port(), 1);
+    assert_eq!(pool.size(), 3);
+    for (i, data) in datas.iter().enumerate() {
+        let s32 = runtime()
+            .block_on(async {
+                let mut conn = pool.checkout(Duration::from_secs(5)).await?;
+                conn.extract(&format!("par{i}"), 0, FAR_MS).await
+            })
+            .unwrap();
+        let back: Vec<u8> = s32.chunks_exact(4).flat_map(|s| s[..2].to_vec()).collect();
+        assert!(back == *data, "par{i}");
+    }
+}
+
+/// Feeds `data` in chunk-sized pieces, with `fault` applied to the server after `at` bytes.
+fn restart_run(
+    mut srv: TestServer,
+    id: &str,
+    data: &[u8],
+    at: usize,
+    concurrent: bool,
+    fault: impl FnOnce(&mut TestServer) + Send + 'static,
+) -> (TestServer, Vec<gst::Message>, gst::Structure) {
+    let format = fmt(16000, 1, 16);
+    let sink = make_sink(
+        &srv,
+        id,
+        &[("chunk-size", "3200"), ("retry-timeout", "10000")],
+    );
+    let mut feeder = Feeder::new(sink, format);
+    for piece in data[..at].chunks(1000) {
+        feeder.push(piece).unwrap();
+    }
+    // Either the fault happens between two frames, or it runs while the feeder goes on (and
+    // blocks in a frame until the server is back).
+    let mut fault = Some(fault);
+    if !concurrent {
+        (fault.take().unwrap())(&mut srv);
+    }
+    let fault_thread = std::thread::spawn(move || {
+        if let Some(fault) = fault {
+            fault(&mut srv);
+        }
+        srv
+    });
+    for piece in data[at..].chunks(1000) {
+        feeder.push(piece).unwrap();
+    }
+    let srv = fault_thread.join().unwrap();
+    assert!(feeder.eos().is_none());
+    let stats = feeder.stats();
+    let messages = feeder.stop();
+    (srv, messages, stats)
+}
+
+#[test]
+fn a_clean_server_restart_loses_and_duplicates_nothing() {
+    let srv = TestServer::start();
+    let data = noise(16000 * 2 * 3, 11);
+    // Stopped and restarted between two frames.
+    let (srv, _, stats) = restart_run(srv, "restart-idle", &data, 16000, false, |s| s.restart());
+    assert!(extract(srv.addr(), "restart-idle", 0, 16, data.len()) == data);
+    assert!(stats.get::<u64>("reconnects").unwrap() >= 1, "{stats}");
+    assert_eq!(stats.get::<u64>("lost-acked-bytes").unwrap(), 0);
+    assert_eq!(stats.get::<u64>("bytes-acked").unwrap(), data.len() as u64);
+
+    // Down for a while: the writer keeps retrying until it is back.
+    let (srv, _, stats) = restart_run(srv, "restart-down", &data, 40000, true, |s| {
+        s.stop();
+        std::thread::sleep(Duration::from_millis(400));
+        s.restart();
+    });
+    assert!(extract(srv.addr(), "restart-down", 0, 16, data.len()) == data);
+    assert!(stats.get::<u64>("reconnects").unwrap() >= 1, "{stats}");
+    assert_eq!(stats.get::<u64>("lost-acked-bytes").unwrap(), 0);
+}
+
+#[test]
+fn a_killed_server_that_lost_acknowledged_data_is_reported() {
+    let srv = TestServer::start();
+    let data = noise(16000 * 2 * 3, 12);
+    let at = 16000; // 5 frames of 3200 bytes, all still in the server's memory table
+    let (srv, messages, stats) = restart_run(srv, "killed", &data, at, false, |s| {
+        s.kill();
+        s.restart();
+    });
+    let lost = stats.get::<u64>("lost-acked-bytes").unwrap();
+    assert_eq!(lost, 16000, "{stats}");
+    let warning = messages
+        .iter()
+        .find_map(|m| match m.view() {
+            gst::MessageView::Warning(w) => Some(w.error().to_string()),
+            _ => None,
+        })
+        .expect("a warning about lost data");
+    assert!(
+        warning.contains("lost 16000 bytes (0.500 s)") && warning.contains("'killed'"),
+        "{warning}"
+    );
+    // The server lost exactly what it had acknowledged; everything after is there once.
+    assert!(extract(srv.addr(), "killed", 0, 16, data.len() - at) == data[at..]);
+    // The stream got a new timeline: a second ref message.
+    let refs: Vec<_> = messages
+        .iter()
+        .filter(|m| m.structure().is_some_and(|s| s.name() == "racssink-ref"))
+        .collect();
+    assert_eq!(refs.len(), 2);
+}
+
+#[test]
+fn past_retry_timeout_the_error_says_how_much_audio_was_not_stored() {
+    let srv = TestServer::start();
+    let format = fmt(16000, 1, 16);
+    let sink = make_sink(
+        &srv,
+        "gone",
+        &[("chunk-size", "3200"), ("retry-timeout", "300")],
+    );
+    let mut feeder = Feeder::new(sink, format);
+    feeder.push(&noise(6400, 1)).unwrap();
+    let mut srv = srv;
+    srv.kill();
+    let started = Instant::now();
+    assert_eq!(feeder.push(&noise(4000, 2)), Err(gst::FlowError::Error));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let text = feeder.error().expect("an error");
+    assert!(text.contains("gave up after 300 ms of retrying"), "{text}");
+    assert!(
+        // The frame in flight and the rest of the buffer: 4000 bytes at 32000 bytes/s.
+        text.contains("0.125 s of audio (4000 bytes) were not stored in stream 'gone'"),
+        "{text}"
+    );
+    feeder.stop();
+}
+
+#[test]
+fn stopping_without_eos_stores_what_is_held_and_closes() {
+    let srv = TestServer::start();
+    let format = fmt(8000, 2, 16);
+    let data = noise(32768 + 1000, 13);
+    let feeder = Feeder::new(make_sink(&srv, "no-eos", &[]), format);
+    feeder.push(&data).unwrap();
+    feeder.stop();
+    assert!(extract(srv.addr(), "no-eos", 0, 16, data.len()) == data);
+    // Closed: a fresh OPEN succeeds.
+    let mut conn = connect(srv.addr());
+    runtime().block_on(conn.open("no-eos")).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// Gaps
+
+#[test]
+fn timestamp_gaps_and_gap_events_are_filled_with_silence() {
+    let srv = TestServer::start();
+    let format = fmt(8000, 1, 16); // 16 bytes per ms
+    let ms = |n: u64| gst::ClockTime::from_mseconds(n);
+    let (a, b, c) = (noise(1600, 1), noise(1600, 2), noise(1600, 3));
+    for (policy, id) in [("silence", "gaps"), ("none", "no-gaps")] {
+        let mut feeder = Feeder::new(make_sink(&srv, id, &[("gap-policy", policy)]), format);
+        feeder.push_at(&a, Some(ms(1000))).unwrap(); // 1000..1100
+        feeder.push_at(&b, Some(ms(1300))).unwrap(); // gap of 200 ms
+        assert!(feeder
+            .pad
+            .push_event(gst::event::Gap::builder(ms(1400)).duration(ms(100)).build()));
+        feeder.push_at(&c, Some(ms(1500))).unwrap(); // after a 100 ms GAP event
+                                                     // Jitter below the threshold is not a gap.
+        feeder
+            .push_at(&c, Some(ms(1600) + gst::ClockTime::from_useconds(300)))
+            .unwrap();
+        assert!(feeder.eos().is_none());
+        let stats = feeder.stats();
+        feeder.stop();
+        let mut expected = a.clone();
+        if policy == "silence" {
+            expected.extend(vec![0u8; 200 * 16]);
+        }
+        expected.extend_from_slice(&b);
+        if policy == "silence" {
+            expected.extend(vec![0u8; 100 * 16]);
+        }
+        expected.extend_from_slice(&c);
+        expected.extend_from_slice(&c);
+        let back = extract(srv.addr(), id, 0, 16, expected.len());
+        assert_eq!(back.len(), expected.len(), "{policy}");
+        assert!(back == expected, "{policy}");
+        let silence = if policy == "silence" { 300 * 16 } else { 0 };
+        assert_eq!(stats.get::<u64>("silence-bytes").unwrap(), silence);
+        assert_eq!(
+            stats.get::<u64>("silence-duration").unwrap(),
+            silence / 16 * 1_000_000
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Messages and stats
+
+#[test]
+fn progress_ref_messages_and_stats() {
+    let srv = TestServer::start();
+    let format = fmt(44100, 2, 16);
+    let data = noise(44100 * 4, 21); // 1 s
+    let out = run_appsrc(
+        make_sink(&srv, "msgs", &[]),
+        &caps_for(&format),
+        &odd_splits(&data, 4),
+        true,
+    );
+    assert!(out.error.is_none(), "{}", out.error_text());
+
+    let progress: Vec<(gst::ProgressType, String, String)> = out
+        .messages
+        .iter()
+        .filter_map(|m| match m.view() {
+            gst::MessageView::Progress(p) => {
+                let (t, code, text) = p.get();
+                Some((t, code.to_string(), text.to_string()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(progress.len(), 2, "{progress:?}");
+    assert_eq!(progress[0].0, gst::ProgressType::Start);
+    assert!(
+        progress[0].2.contains("Connecting to stream 'msgs'"),
+        "{progress:?}"
+    );
+    assert_eq!(progress[1].0, gst::ProgressType::Complete);
+    assert!(progress[1].2.contains("(created)"), "{progress:?}");
+
+    let refs = out.refs();
+    assert_eq!(refs.len(), 1);
+    let (id, ref_ms, size) = &refs[0];
+    assert_eq!(id, "msgs");
+    assert_eq!(*size, 32768);
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!(
+        (now_ms - 60_000..=now_ms).contains(ref_ms),
+        "ref {ref_ms} vs now {now_ms}"
+    );
+    assert_eq!(*ref_ms, info(srv.addr(), "msgs").unwrap().ref_ms);
+
+    let frames = data.len().div_ceil(32768) as u64;
+    assert_eq!(out.stats.name(), "racssink-stats");
+    assert_eq!(out.stat("bytes-acked"), data.len() as u64);
+    assert_eq!(out.stat("bytes-sent"), data.len() as u64);
+    assert_eq!(out.stat("frames-acked"), frames);
+    assert_eq!(out.stat("frames-sent"), frames);
+    assert_eq!(out.stat("reconnects"), 0);
+    assert_eq!(out.stat("silence-bytes"), 0);
+    assert_eq!(out.stat("lost-acked-bytes"), 0);
+    assert!(out.stat("rtt-avg-us") > 0);
+    assert!(out.stat("rtt-max-us") >= out.stat("rtt-avg-us"));
+    assert!(out.warnings().is_empty(), "{:?}", out.warnings());
+}
