@@ -502,18 +502,21 @@ impl RangeReader {
     /// wanted sample's key.
     async fn locate(&mut self) -> Result<(), ReadError> {
         let target = self.next_out;
-        self.located = true;
+        // Set only once the cursor is right: a cancelled locate starts again.
+        self.located = false;
         let near_start =
             target / self.bpf <= u64::from(self.format.sample_rate) * self.page_ms() as u64 / 1000;
         if target == 0 || near_start {
             self.cursor = 0;
             self.uncertainty = 0;
+            self.located = true;
             return Ok(());
         }
         if target >= self.size {
             // Follow mode starting at the current end: the next block starts right there.
             self.cursor = self.size;
             self.uncertainty = 0;
+            self.located = true;
             return Ok(());
         }
         let t = self.key(target);
@@ -524,6 +527,7 @@ impl RangeReader {
                 // Nothing visible near the start point: count from the stream's first byte.
                 self.cursor = 0;
                 self.uncertainty = 0;
+                self.located = true;
                 return Ok(());
             }
             span = span.saturating_mul(4);
@@ -539,10 +543,27 @@ impl RangeReader {
                 lo = mid;
             }
         }
-        self.cursor = self.first_offset_at(lo).min(target);
+        let first_in_ms = self.first_offset_at(lo).min(target);
         let last_in_ms = self.first_offset_at(lo + 1).saturating_sub(self.bpf);
+        self.cursor = first_in_ms;
+        // Most streams are written in blocks of one size (racssink does that). If the block
+        // that size puts before the target has the key just found, start exactly there.
+        if let Some(block) = self.block_guess().await? {
+            let guess = target / block * block;
+            if self.key(guess) == lo && guess >= first_in_ms && guess <= last_in_ms {
+                self.cursor = guess;
+            }
+        }
         self.uncertainty = last_in_ms.saturating_sub(self.cursor);
+        self.located = true;
         Ok(())
+    }
+
+    /// The length of the stream's first block, if the server shows it.
+    async fn block_guess(&mut self) -> Result<Option<u64>, ReadError> {
+        let first = self.extract(0, self.ref_ms).await?;
+        let block = self.wide_to_stream(first.len());
+        Ok((block > 0).then_some(block))
     }
 
     /// The next page of the range, `None` at its end. In follow mode this waits for new audio.

@@ -1,0 +1,938 @@
+// SPDX-License-Identifier: MPL-2.0
+//! racssrc: a PushSrc in TIME format. All protocol work happens in
+//! [`crate::client::reader::RangeReader`]; this file translates GStreamer's world (caps,
+//! segments, seeks, flushing, state changes) into reader calls.
+
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+use gst_base::prelude::*;
+use gst_base::subclass::base_src::CreateSuccess;
+use gst_base::subclass::prelude::*;
+
+use super::narrow::{narrow_to_s16le, narrow_to_s24le};
+use crate::client::reader::{Bound, Page, RangeReader, ReadError, ReaderConfig};
+use crate::client::{block_on, validate_stream_id, Canceller, Error, Pool, StreamFormat};
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "racssrc",
+        gst::DebugColorFlags::empty(),
+        Some("RACS source"),
+    )
+});
+
+const DEFAULT_HOST: &str = "localhost";
+const DEFAULT_PORT: u32 = 6381;
+const DEFAULT_POOL_SIZE: u32 = 3;
+const DEFAULT_START_OFFSET: u64 = 0;
+const DEFAULT_DURATION: u64 = u64::MAX;
+const DEFAULT_CHUNK_DURATION: u64 = 10 * 1_000_000_000;
+const MIN_CHUNK_DURATION: u64 = 10_000_000;
+const DEFAULT_FOLLOW: bool = false;
+const DEFAULT_TIMEOUT_MS: u32 = 5000;
+/// Audio per output buffer.
+const BUFFER_MS: u64 = 100;
+const TIME_FORM: &str = "YYYY-MM-DDTHH:MM:SS[.fff]Z (RFC 3339, UTC), e.g. 2026-01-09T10:00:00.250Z";
+
+#[derive(Debug, Clone)]
+struct Settings {
+    host: String,
+    port: u32,
+    stream_id: Option<String>,
+    pool_size: u32,
+    start: Option<String>,
+    stop: Option<String>,
+    start_offset: u64,
+    duration: u64,
+    chunk_duration: u64,
+    follow: bool,
+    timeout: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            host: DEFAULT_HOST.into(),
+            port: DEFAULT_PORT,
+            stream_id: None,
+            pool_size: DEFAULT_POOL_SIZE,
+            start: None,
+            stop: None,
+            start_offset: DEFAULT_START_OFFSET,
+            duration: DEFAULT_DURATION,
+            chunk_duration: DEFAULT_CHUNK_DURATION,
+            follow: DEFAULT_FOLLOW,
+            timeout: DEFAULT_TIMEOUT_MS,
+        }
+    }
+}
+
+/// Parses an RFC 3339 time into ns since the epoch; the error names the expected form.
+fn parse_time(what: &str, value: &str) -> Result<i128, String> {
+    let t = chrono::DateTime::parse_from_rfc3339(value.trim())
+        .map_err(|e| format!("{what} '{value}' is not a time of the form {TIME_FORM}: {e}"))?;
+    Ok(i128::from(t.timestamp()) * 1_000_000_000 + i128::from(t.timestamp_subsec_nanos()))
+}
+
+fn non_empty(v: &Option<String>) -> Option<&str> {
+    v.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+impl Settings {
+    /// Checks the settings and turns them into the reader's configuration.
+    fn reader_config(&self) -> Result<ReaderConfig, String> {
+        let id = self.stream_id.as_deref().unwrap_or("");
+        if id.is_empty() {
+            return Err("no stream-id set: racssrc needs the name of the stream to read".into());
+        }
+        validate_stream_id(id).map_err(|e| e.to_string())?;
+        let start = non_empty(&self.start);
+        let stop = non_empty(&self.stop);
+        let relative =
+            self.start_offset != DEFAULT_START_OFFSET || self.duration != DEFAULT_DURATION;
+        if relative && (start.is_some() || stop.is_some()) {
+            return Err(
+                "start/stop (wall-clock times) and start-offset/duration (relative to the stream's \
+                 start) are two ways to give the range; set only one of them"
+                    .into(),
+            );
+        }
+        let mut cfg = ReaderConfig::new(id);
+        cfg.page_ms = (self.chunk_duration / 1_000_000).max(1);
+        cfg.follow = self.follow;
+        cfg.timeout = Duration::from_millis(u64::from(self.timeout.max(1)));
+        if relative {
+            // Frames need the rate, which only INFO tells; the reader gets ns offsets as
+            // wall-clock times later. Keep them here as relative marks.
+            return Ok(cfg);
+        }
+        let start_ns = start.map(|s| parse_time("start", s)).transpose()?;
+        let stop_ns = stop.map(|s| parse_time("stop", s)).transpose()?;
+        if let (Some(a), Some(b)) = (start_ns, stop_ns) {
+            if b <= a {
+                return Err(format!(
+                    "stop {} is not after start {}: the range would be empty",
+                    stop.unwrap_or_default(),
+                    start.unwrap_or_default()
+                ));
+            }
+        }
+        cfg.start = start_ns.map_or(Bound::Open, Bound::UnixNs);
+        cfg.stop = stop_ns.map_or(Bound::Open, Bound::UnixNs);
+        Ok(cfg)
+    }
+}
+
+/// Where the next buffer's samples come from.
+#[derive(Default)]
+struct State {
+    pool: Option<Arc<Pool>>,
+    base: Option<ReaderConfig>,
+    /// start-offset/duration in ns, resolved to frames once the rate is known.
+    relative: Option<(u64, u64)>,
+    reader: Option<RangeReader>,
+    format: Option<StreamFormat>,
+    caps: Option<gst::Caps>,
+    ref_ms: i64,
+    /// The range as first resolved, in frames from the stream's start.
+    range_first: u64,
+    range_end: Option<u64>,
+    opened: bool,
+    /// A seek waiting for the streaming thread: start and stop in ns from the range start.
+    seek: Option<(u64, Option<u64>)>,
+    /// The reader still starts at the range start and has delivered nothing.
+    fresh: bool,
+    seg_start: u64,
+    frames_out: u64,
+    page: Option<Page>,
+    page_pos: usize,
+    warned: bool,
+}
+
+#[derive(Default)]
+pub struct RacsSrc {
+    settings: Mutex<Settings>,
+    state: Mutex<State>,
+    canceller: Mutex<Canceller>,
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for RacsSrc {
+    const NAME: &'static str = "GstRacsSrc";
+    type Type = super::RacsSrc;
+    type ParentType = gst_base::PushSrc;
+    type Interfaces = (gst::URIHandler,);
+}
+
+fn ns_to_frames(ns: u64, rate: u32) -> u64 {
+    ((u128::from(ns) * u128::from(rate) + 500_000_000) / 1_000_000_000) as u64
+}
+
+fn frames_to_ns(frames: u64, rate: u32) -> u64 {
+    (u128::from(frames) * 1_000_000_000 / u128::from(rate)) as u64
+}
+
+impl RacsSrc {
+    fn canceller(&self) -> Canceller {
+        self.canceller.lock().unwrap().clone()
+    }
+
+    fn post_read_error(&self, err: &ReadError) {
+        let msg = err.to_string();
+        match err {
+            ReadError::NotFound { .. } => {
+                gst::element_imp_error!(self, gst::ResourceError::NotFound, ["{}", msg])
+            }
+            ReadError::Format(_) => {
+                gst::element_imp_error!(self, gst::StreamError::Format, ["{}", msg])
+            }
+            ReadError::Client(Error::Connect { .. }) => {
+                gst::element_imp_error!(self, gst::ResourceError::OpenRead, ["{}", msg])
+            }
+            ReadError::Client(Error::Timeout { what, .. }) if what.contains("pooled") => {
+                gst::element_imp_error!(self, gst::ResourceError::Busy, ["{}", msg])
+            }
+            ReadError::Client(Error::InvalidArgument(_)) => {
+                gst::element_imp_error!(self, gst::ResourceError::Settings, ["{}", msg])
+            }
+            _ => gst::element_imp_error!(self, gst::ResourceError::Read, ["{}", msg]),
+        }
+    }
+
+    /// Runs a reader future from the streaming thread; `Err(Flushing)` when cancelled.
+    fn wait<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, ReadError>>,
+    ) -> Result<T, gst::FlowError> {
+        let canceller = self.canceller();
+        let res = block_on(&canceller, async { Ok::<_, Error>(fut.await) });
+        match res {
+            Err(_) => Err(gst::FlowError::Flushing),
+            Ok(Err(e)) if e.is_cancelled() => Err(gst::FlowError::Flushing),
+            Ok(Err(e)) => {
+                gst::debug!(CAT, imp = self, "read failed: {e}");
+                self.post_read_error(&e);
+                Err(gst::FlowError::Error)
+            }
+            Ok(Ok(v)) => Ok(v),
+        }
+    }
+
+    /// Opens the reader for the configured range (first use) and learns the format.
+    fn ensure_open(&self) -> Result<(), gst::FlowError> {
+        let (pool, mut cfg, relative) = {
+            let state = self.state.lock().unwrap();
+            if state.opened {
+                return Ok(());
+            }
+            let (Some(pool), Some(cfg)) = (state.pool.clone(), state.base.clone()) else {
+                return Err(gst::FlowError::Flushing);
+            };
+            (pool, cfg, state.relative)
+        };
+        let mut reader = self.wait(RangeReader::open(pool.clone(), cfg.clone()))?;
+        if let Some((offset, duration)) = relative {
+            // The relative form needs the rate: reopen with frames.
+            let rate = reader.format().sample_rate;
+            let first = ns_to_frames(offset, rate);
+            cfg.start = Bound::Frame(first);
+            cfg.stop = if duration == u64::MAX {
+                Bound::Open
+            } else {
+                Bound::Frame(first + ns_to_frames(duration, rate).max(1))
+            };
+            reader = self.wait(RangeReader::open(pool, cfg))?;
+        }
+        let format = reader.format();
+        let caps = caps_for(&format);
+        gst::info!(
+            CAT,
+            imp = self,
+            "stream '{}' on {}: {format}, ref {}, {} bytes; range from frame {} to {:?}",
+            reader.stream_id(),
+            reader.addr(),
+            reader.ref_ms(),
+            reader.size(),
+            reader.first_frame(),
+            reader.end_frame()
+        );
+        if let Some(notice) = reader.notice() {
+            gst::element_imp_warning!(self, gst::ResourceError::Read, ["{}", notice]);
+        }
+        let mut state = self.state.lock().unwrap();
+        state.format = Some(format);
+        state.caps = Some(caps);
+        state.ref_ms = reader.ref_ms();
+        state.range_first = reader.first_frame();
+        state.range_end = reader.end_frame();
+        state.fresh = true;
+        state.reader = Some(reader);
+        state.opened = true;
+        Ok(())
+    }
+
+    /// A new reader for a seek, `start` and `stop` in ns from the range start.
+    fn reopen(&self, start: u64, stop: Option<u64>) -> Result<(), gst::FlowError> {
+        let (pool, mut cfg, rate, first, end) = {
+            let state = self.state.lock().unwrap();
+            let (Some(pool), Some(cfg), Some(format)) =
+                (state.pool.clone(), state.base.clone(), state.format)
+            else {
+                return Err(gst::FlowError::Flushing);
+            };
+            (
+                pool,
+                cfg,
+                format.sample_rate,
+                state.range_first,
+                state.range_end,
+            )
+        };
+        let from = first + ns_to_frames(start, rate);
+        let mut to = end;
+        if let Some(stop) = stop {
+            let s = first + ns_to_frames(stop, rate);
+            to = Some(to.map_or(s, |e| e.min(s)));
+        }
+        cfg.start = Bound::Frame(from);
+        cfg.stop = to.map_or(Bound::Open, Bound::Frame);
+        let reader = self.wait(RangeReader::open(pool, cfg))?;
+        let mut state = self.state.lock().unwrap();
+        state.reader = Some(reader);
+        state.fresh = start == 0 && stop.is_none();
+        Ok(())
+    }
+}
+
+fn caps_for(format: &StreamFormat) -> gst::Caps {
+    let audio_format = if format.bit_depth == 16 {
+        gst_audio::AudioFormat::S16le
+    } else {
+        gst_audio::AudioFormat::S24le
+    };
+    gst::Caps::builder("audio/x-raw")
+        .field("format", audio_format.to_str())
+        .field("rate", format.sample_rate as i32)
+        .field("channels", i32::from(format.channels))
+        .field("layout", "interleaved")
+        .build()
+}
+
+impl ObjectImpl for RacsSrc {
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            vec![
+                glib::ParamSpecString::builder("host")
+                    .nick("Host")
+                    .blurb("RACS server host name or address")
+                    .default_value(Some(DEFAULT_HOST))
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("port")
+                    .nick("Port")
+                    .blurb("RACS server TCP port")
+                    .minimum(1)
+                    .maximum(65535)
+                    .default_value(DEFAULT_PORT)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("stream-id")
+                    .nick("Stream ID")
+                    .blurb("Name of the RACS stream to read (required)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("pool-size")
+                    .nick("Pool size")
+                    .blurb(
+                        "Most connections open at once to this server, shared by every racs \
+                         element in the process",
+                    )
+                    .minimum(1)
+                    .maximum(64)
+                    .default_value(DEFAULT_POOL_SIZE)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("start")
+                    .nick("Start")
+                    .blurb(
+                        "Wall-clock time of the first sample, RFC 3339 UTC such as \
+                         2026-01-09T10:00:00.250Z; empty = the stream's start",
+                    )
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("stop")
+                    .nick("Stop")
+                    .blurb(
+                        "Wall-clock time where the range ends (exclusive), RFC 3339 UTC; empty = \
+                         the stream's end when the element starts (or no end with follow)",
+                    )
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt64::builder("start-offset")
+                    .nick("Start offset")
+                    .blurb(
+                        "Start of the range in ns from the stream's first sample (instead of \
+                         start/stop)",
+                    )
+                    .default_value(DEFAULT_START_OFFSET)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt64::builder("duration")
+                    .nick("Duration")
+                    .blurb(
+                        "Length of the range in ns from start-offset; -1 (the default) = to the \
+                         end (instead of start/stop)",
+                    )
+                    .default_value(DEFAULT_DURATION)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt64::builder("chunk-duration")
+                    .nick("Chunk duration")
+                    .blurb("Audio fetched per EXTRACT request, in ns (bounds memory)")
+                    .minimum(MIN_CHUNK_DURATION)
+                    .default_value(DEFAULT_CHUNK_DURATION)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("follow")
+                    .nick("Follow")
+                    .blurb("After the end, keep delivering audio as it is appended (a live source)")
+                    .default_value(DEFAULT_FOLLOW)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("timeout")
+                    .nick("Timeout")
+                    .blurb("Time limit for connecting and for each request, in ms")
+                    .minimum(1)
+                    .default_value(DEFAULT_TIMEOUT_MS)
+                    .mutable_ready()
+                    .build(),
+            ]
+        });
+        PROPERTIES.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let mut settings = self.settings.lock().unwrap();
+        match pspec.name() {
+            "host" => {
+                settings.host = value
+                    .get::<Option<String>>()
+                    .unwrap()
+                    .unwrap_or_else(|| DEFAULT_HOST.into())
+            }
+            "port" => settings.port = value.get().unwrap(),
+            "stream-id" => settings.stream_id = value.get().unwrap(),
+            "pool-size" => settings.pool_size = value.get().unwrap(),
+            "start" => settings.start = value.get().unwrap(),
+            "stop" => settings.stop = value.get().unwrap(),
+            "start-offset" => settings.start_offset = value.get().unwrap(),
+            "duration" => settings.duration = value.get().unwrap(),
+            "chunk-duration" => settings.chunk_duration = value.get().unwrap(),
+            "follow" => settings.follow = value.get().unwrap(),
+            "timeout" => settings.timeout = value.get().unwrap(),
+            _ => unimplemented!(),
+        }
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        let settings = self.settings.lock().unwrap();
+        match pspec.name() {
+            "host" => settings.host.to_value(),
+            "port" => settings.port.to_value(),
+            "stream-id" => settings.stream_id.to_value(),
+            "pool-size" => settings.pool_size.to_value(),
+            "start" => settings.start.to_value(),
+            "stop" => settings.stop.to_value(),
+            "start-offset" => settings.start_offset.to_value(),
+            "duration" => settings.duration.to_value(),
+            "chunk-duration" => settings.chunk_duration.to_value(),
+            "follow" => settings.follow.to_value(),
+            "timeout" => settings.timeout.to_value(),
+            _ => unimplemented!(),
+        }
+    }
+
+    fn constructed(&self) {
+        self.parent_constructed();
+        let obj = self.obj();
+        obj.set_format(gst::Format::Time);
+    }
+}
+
+impl GstObjectImpl for RacsSrc {}
+
+impl ElementImpl for RacsSrc {
+    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+        static METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+            gst::subclass::ElementMetadata::new(
+                "RACS source",
+                "Source/Audio/Network",
+                "Extracts a time range of a RACS (Remote Audio Caching Server) stream as raw \
+                 audio, seekable, with a live follow mode",
+                "gst-plugin-racs contributors",
+            )
+        });
+        Some(&*METADATA)
+    }
+
+    fn pad_templates() -> &'static [gst::PadTemplate] {
+        static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            let caps = gst::Caps::builder("audio/x-raw")
+                .field("format", gst::List::new(["S16LE", "S24LE"]))
+                .field("rate", gst::IntRange::new(1, i32::MAX))
+                .field("channels", gst::IntRange::new(1, i32::MAX))
+                .field("layout", "interleaved")
+                .build();
+            vec![gst::PadTemplate::new(
+                "src",
+                gst::PadDirection::Src,
+                gst::PadPresence::Always,
+                &caps,
+            )
+            .unwrap()]
+        });
+        PAD_TEMPLATES.as_ref()
+    }
+
+    fn change_state(
+        &self,
+        transition: gst::StateChange,
+    ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        if transition == gst::StateChange::ReadyToPaused {
+            let follow = self.settings.lock().unwrap().follow;
+            self.obj().set_live(follow);
+        }
+        self.parent_change_state(transition)
+    }
+}
+
+impl URIHandlerImpl for RacsSrc {
+    const URI_TYPE: gst::URIType = gst::URIType::Src;
+
+    fn protocols() -> &'static [&'static str] {
+        &["racs"]
+    }
+
+    fn uri(&self) -> Option<String> {
+        let s = self.settings.lock().unwrap();
+        let id = s.stream_id.as_deref()?;
+        let host = if s.host.contains(':') && !s.host.starts_with('[') {
+            format!("[{}]", s.host)
+        } else {
+            s.host.clone()
+        };
+        let mut uri = format!("racs://{host}:{}/{}", s.port, percent_encode(id));
+        let mut query = Vec::new();
+        if let Some(v) = non_empty(&s.start) {
+            query.push(format!("start={}", percent_encode(v)));
+        }
+        if let Some(v) = non_empty(&s.stop) {
+            query.push(format!("stop={}", percent_encode(v)));
+        }
+        if s.start_offset != DEFAULT_START_OFFSET {
+            query.push(format!("start-offset={}", s.start_offset));
+        }
+        if s.duration != DEFAULT_DURATION {
+            query.push(format!("duration={}", s.duration));
+        }
+        if s.follow {
+            query.push("follow=true".into());
+        }
+        if !query.is_empty() {
+            uri.push('?');
+            uri.push_str(&query.join("&"));
+        }
+        Some(uri)
+    }
+
+    fn set_uri(&self, uri: &str) -> Result<(), glib::Error> {
+        let parsed = parse_uri(uri).map_err(|msg| glib::Error::new(gst::URIError::BadUri, &msg))?;
+        let obj = self.obj();
+        if self.state.lock().unwrap().pool.is_some() {
+            return Err(glib::Error::new(
+                gst::URIError::BadState,
+                "cannot change the URI of a running racssrc",
+            ));
+        }
+        // Check every property first, so a bad URI changes nothing.
+        let mut props: Vec<(String, glib::Value)> = vec![
+            ("host".into(), parsed.host.to_value()),
+            ("stream-id".into(), Some(parsed.stream_id).to_value()),
+        ];
+        if let Some(port) = parsed.port {
+            props.push(("port".into(), u32::from(port).to_value()));
+        }
+        for (key, value) in parsed.query {
+            let Some(pspec) = obj.find_property(&key) else {
+                return Err(glib::Error::new(
+                    gst::URIError::BadUri,
+                    &format!("unknown racssrc property '{key}' in URI {uri}"),
+                ));
+            };
+            let v = glib::Value::deserialize(&value, pspec.value_type()).map_err(|_| {
+                glib::Error::new(
+                    gst::URIError::BadUri,
+                    &format!("bad value '{value}' for racssrc property '{key}' in URI {uri}"),
+                )
+            })?;
+            props.push((key, v));
+        }
+        for (key, value) in props {
+            obj.set_property_from_value(&key, &value);
+        }
+        Ok(())
+    }
+}
+
+struct ParsedUri {
+    host: String,
+    port: Option<u16>,
+    stream_id: String,
+    query: Vec<(String, String)>,
+}
+
+fn percent_decode(s: &str) -> Result<String, String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("bad percent escape in '{s}'"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("'{s}' does not decode to UTF-8"))
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `racs://host[:port]/stream-id[?key=value&...]`.
+fn parse_uri(uri: &str) -> Result<ParsedUri, String> {
+    let rest = uri
+        .strip_prefix("racs://")
+        .ok_or_else(|| format!("'{uri}' is not a racs:// URI"))?;
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, Some(q)),
+        None => (rest, None),
+    };
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let stream_id = percent_decode(path)?;
+    if stream_id.is_empty() {
+        return Err(format!(
+            "URI '{uri}' names no stream: use racs://host:port/stream-id"
+        ));
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("unclosed '[' in URI '{uri}'"))?;
+        (h.to_string(), after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (authority.to_string(), None),
+        }
+    };
+    let port = port
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("bad port '{p}' in URI '{uri}'"))
+        })
+        .transpose()?;
+    let host = if host.is_empty() {
+        DEFAULT_HOST.to_string()
+    } else {
+        percent_decode(&host)?
+    };
+    let mut pairs = Vec::new();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, "true"));
+        pairs.push((percent_decode(k)?, percent_decode(&v.replace('+', " "))?));
+    }
+    Ok(ParsedUri {
+        host,
+        port,
+        stream_id,
+        query: pairs,
+    })
+}
+
+impl BaseSrcImpl for RacsSrc {
+    fn start(&self) -> Result<(), gst::ErrorMessage> {
+        let settings = self.settings.lock().unwrap().clone();
+        let cfg = settings
+            .reader_config()
+            .map_err(|msg| gst::error_msg!(gst::ResourceError::Settings, ["{}", msg]))?;
+        let relative = (settings.start_offset != DEFAULT_START_OFFSET
+            || settings.duration != DEFAULT_DURATION)
+            .then_some((settings.start_offset, settings.duration));
+        if settings.duration == 0 {
+            return Err(gst::error_msg!(
+                gst::ResourceError::Settings,
+                ["duration is 0: the range would be empty"]
+            ));
+        }
+        // The pool connects lazily: nothing here waits on the network.
+        let pool = Pool::get(
+            &settings.host,
+            settings.port as u16,
+            settings.pool_size as usize,
+        );
+        *self.state.lock().unwrap() = State {
+            pool: Some(pool),
+            base: Some(cfg),
+            relative,
+            ..Default::default()
+        };
+        gst::debug!(CAT, imp = self, "started with {settings:?}");
+        Ok(())
+    }
+
+    fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        *self.state.lock().unwrap() = State::default();
+        gst::debug!(CAT, imp = self, "stopped");
+        Ok(())
+    }
+
+    fn unlock(&self) -> Result<(), gst::ErrorMessage> {
+        self.canceller.lock().unwrap().cancel();
+        Ok(())
+    }
+
+    fn unlock_stop(&self) -> Result<(), gst::ErrorMessage> {
+        self.canceller.lock().unwrap().reset();
+        Ok(())
+    }
+
+    fn is_seekable(&self) -> bool {
+        !self.settings.lock().unwrap().follow
+    }
+
+    fn caps(&self, filter: Option<&gst::Caps>) -> Option<gst::Caps> {
+        let caps = self
+            .state
+            .lock()
+            .unwrap()
+            .caps
+            .clone()
+            .unwrap_or_else(|| self.obj().src_pad().pad_template_caps());
+        Some(match filter {
+            Some(f) => f.intersect_with_mode(&caps, gst::CapsIntersectMode::First),
+            None => caps,
+        })
+    }
+
+    fn negotiate(&self) -> Result<(), gst::LoggableError> {
+        if self.ensure_open().is_err() {
+            return Err(gst::loggable_error!(CAT, "cannot read the stream's format"));
+        }
+        let caps = self.state.lock().unwrap().caps.clone().unwrap();
+        self.obj()
+            .set_caps(&caps)
+            .map_err(|_| gst::loggable_error!(CAT, "downstream refused {caps}"))
+    }
+
+    fn do_seek(&self, segment: &mut gst::Segment) -> bool {
+        let Some(segment) = segment.downcast_mut::<gst::format::Time>() else {
+            return false;
+        };
+        if segment.rate() < 0.0 {
+            gst::warning!(CAT, imp = self, "reverse playback is not supported");
+            return false;
+        }
+        let start = segment.start().map_or(0, |t| t.nseconds());
+        let stop = segment.stop().map(|t| t.nseconds());
+        let follow = self.settings.lock().unwrap().follow;
+        if follow && (start != 0 || stop.is_some()) {
+            return false;
+        }
+        let mut state = self.state.lock().unwrap();
+        segment.set_time(gst::ClockTime::from_nseconds(start));
+        state.seek = Some((start, stop));
+        state.seg_start = start;
+        state.frames_out = 0;
+        state.page = None;
+        state.page_pos = 0;
+        gst::debug!(CAT, imp = self, "seek to {start} ns, stop {stop:?}");
+        true
+    }
+
+    fn query(&self, query: &mut gst::QueryRef) -> bool {
+        match query.view_mut() {
+            gst::QueryViewMut::Duration(q) => {
+                if q.format() != gst::Format::Time {
+                    return false;
+                }
+                let state = self.state.lock().unwrap();
+                let (Some(format), Some(end)) = (state.format, state.range_end) else {
+                    return false;
+                };
+                let frames = end.saturating_sub(state.range_first);
+                q.set(gst::ClockTime::from_nseconds(frames_to_ns(
+                    frames,
+                    format.sample_rate,
+                )));
+                true
+            }
+            gst::QueryViewMut::Seeking(q) => {
+                if q.format() != gst::Format::Time {
+                    return false;
+                }
+                let follow = self.settings.lock().unwrap().follow;
+                let state = self.state.lock().unwrap();
+                let duration = match (state.format, state.range_end) {
+                    (Some(f), Some(end)) => Some(gst::ClockTime::from_nseconds(frames_to_ns(
+                        end.saturating_sub(state.range_first),
+                        f.sample_rate,
+                    ))),
+                    _ => None,
+                };
+                q.set(!follow, gst::ClockTime::ZERO, duration);
+                true
+            }
+            gst::QueryViewMut::Latency(q) => {
+                let settings = self.settings.lock().unwrap();
+                if settings.follow {
+                    q.set(
+                        true,
+                        gst::ClockTime::from_mseconds(BUFFER_MS),
+                        gst::ClockTime::NONE,
+                    );
+                } else {
+                    q.set(false, gst::ClockTime::ZERO, gst::ClockTime::NONE);
+                }
+                true
+            }
+            _ => BaseSrcImplExt::parent_query(self, query),
+        }
+    }
+}
+
+impl PushSrcImpl for RacsSrc {
+    fn create(
+        &self,
+        _buffer: Option<&mut gst::BufferRef>,
+    ) -> Result<CreateSuccess, gst::FlowError> {
+        self.ensure_open()?;
+        loop {
+            let mut state = self.state.lock().unwrap();
+            if let Some((start, stop)) = state.seek.take() {
+                if !(state.fresh && start == 0 && stop.is_none()) {
+                    drop(state);
+                    self.reopen(start, stop)?;
+                    continue;
+                }
+            }
+            let format = state.format.unwrap();
+            let rate = format.sample_rate;
+            let wide_bpf = 4 * usize::from(format.channels);
+            if let Some(page) = &state.page {
+                if state.page_pos < page.data.len() {
+                    let max = (u64::from(rate) * BUFFER_MS / 1000).max(1) as usize * wide_bpf;
+                    let n = (page.data.len() - state.page_pos).min(max);
+                    let frames = (n / wide_bpf) as u64;
+                    let first_frame = page.frame + (state.page_pos / wide_bpf) as u64;
+                    let src = &page.data[state.page_pos..state.page_pos + n];
+                    let bytes_per_sample = usize::from(format.bit_depth / 8);
+                    let mut buffer = gst::Buffer::with_size(n / 4 * bytes_per_sample)
+                        .map_err(|_| gst::FlowError::Error)?;
+                    {
+                        let buf = buffer.get_mut().unwrap();
+                        {
+                            let mut map = buf.map_writable().map_err(|_| gst::FlowError::Error)?;
+                            if bytes_per_sample == 2 {
+                                narrow_to_s16le(src, &mut map);
+                            } else {
+                                narrow_to_s24le(src, &mut map);
+                            }
+                        }
+                        let pts = state.seg_start + frames_to_ns(state.frames_out, rate);
+                        let next = state.seg_start + frames_to_ns(state.frames_out + frames, rate);
+                        buf.set_pts(gst::ClockTime::from_nseconds(pts));
+                        buf.set_duration(gst::ClockTime::from_nseconds(next - pts));
+                        buf.set_offset(state.frames_out);
+                        buf.set_offset_end(state.frames_out + frames);
+                        let unix_ns = i128::from(state.ref_ms) * 1_000_000
+                            + i128::from(frames_to_ns(first_frame, rate));
+                        static UNIX_CAPS: LazyLock<gst::Caps> =
+                            LazyLock::new(|| gst::Caps::new_empty_simple("timestamp/x-unix"));
+                        gst::ReferenceTimestampMeta::add(
+                            buf,
+                            &UNIX_CAPS,
+                            gst::ClockTime::from_nseconds(unix_ns.max(0) as u64),
+                            gst::ClockTime::from_nseconds(next - pts),
+                        );
+                    }
+                    if state.frames_out == 0 {
+                        buffer
+                            .get_mut()
+                            .unwrap()
+                            .set_flags(gst::BufferFlags::DISCONT);
+                    }
+                    state.page_pos += n;
+                    state.frames_out += frames;
+                    state.fresh = false;
+                    return Ok(CreateSuccess::NewBuffer(buffer));
+                }
+            }
+            // The page is used up: fetch the next one without holding the state lock, so
+            // queries and seeks are never stuck behind the network.
+            state.page = None;
+            state.page_pos = 0;
+            let Some(mut reader) = state.reader.take() else {
+                return Err(gst::FlowError::Flushing);
+            };
+            drop(state);
+            // Borrowed, not moved: a cancelled wait leaves the reader at an await point, where
+            // its state is consistent, and it is put back for the next create().
+            let page = self.wait(reader.next_page());
+            let mut state = self.state.lock().unwrap();
+            let empty = reader.empty_reason().map(str::to_string);
+            state.reader = Some(reader);
+            let page = page?;
+            match page {
+                Some(page) => {
+                    state.page = Some(page);
+                    state.page_pos = 0;
+                }
+                None => {
+                    if let (Some(reason), false) = (empty, state.warned) {
+                        state.warned = true;
+                        drop(state);
+                        gst::element_imp_warning!(
+                            self,
+                            gst::ResourceError::NotFound,
+                            ["nothing to read: {}", reason]
+                        );
+                    }
+                    gst::debug!(CAT, imp = self, "end of the range");
+                    return Err(gst::FlowError::Eos);
+                }
+            }
+        }
+    }
+}
