@@ -26,5 +26,5 @@ step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 step "cargo build --workspace"
 cargo build --workspace
-step "cargo test --workspace"
-cargo test --workspace
+step "cargo test --workspace --no-fail-fast"
+cargo test --workspace --no-fail-fast

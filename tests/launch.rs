@@ -162,18 +162,27 @@ fn inspect_racssrc_lists_every_property_with_blurb_and_default() {
     for (name, default) in [
         ("host", "\"localhost\""),
         ("port", "6381"),
-        ("stream-id", ""),
+        ("stream-id", "null"),
         ("pool-size", "3"),
-        ("start", ""),
-        ("stop", ""),
-        ("start-offset", ""),
-        ("duration", ""),
-        ("chunk-duration", ""),
+        ("start", "null"),
+        ("stop", "null"),
+        ("start-offset", "0"),
+        ("duration", "18446744073709551615"),
+        ("chunk-duration", "10000000000"),
         ("follow", "false"),
-        ("timeout", ""),
+        ("timeout", "5000"),
     ] {
         assert_prop(&props, element, name, default);
     }
+    let mut cmd = gst_command("gst-inspect-1.0");
+    cmd.arg(element);
+    let out = run(cmd, T);
+    assert!(
+        out.stdout.contains("Element can act as source."),
+        "{}",
+        out.dump()
+    );
+    assert!(out.stdout.contains("racs"), "{}", out.dump());
 }
 
 /// Makes `secs` seconds of a 440 Hz sine in an audio file through gst-launch-1.0.
