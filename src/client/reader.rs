@@ -204,6 +204,10 @@ pub struct RangeReader {
     /// Stream offset of the next byte to hand out.
     next_out: u64,
     tail: Vec<u8>,
+    /// The first samples of the block at the cursor, when known (after a locate).
+    head: Vec<u8>,
+    /// How far before a page's first key the server's tables may begin, in ms, as learned.
+    margin: i64,
     empty: Option<String>,
     notice: Option<String>,
     done: bool,
@@ -255,6 +259,8 @@ impl RangeReader {
             uncertainty: 0,
             next_out: 0,
             tail: Vec::new(),
+            head: Vec::new(),
+            margin: 0,
             empty: None,
             notice: None,
             done: false,
@@ -350,6 +356,13 @@ impl RangeReader {
 
     fn max_block_ms(&self) -> i64 {
         (MAX_BLOCK_BYTES as f64 / self.format.bytes_per_second() as f64 * 1000.0).ceil() as i64 + 1
+    }
+
+    /// The narrowest look-back that still holds the tail: one block plus the tail's length.
+    fn min_margin_ms(&self) -> i64 {
+        let tail_frames = (TAIL_BYTES as u64).div_ceil(self.wide_bpf);
+        let tail_ms = (tail_frames * 1000).div_ceil(u64::from(self.format.sample_rate)) as i64;
+        self.max_block_ms() + tail_ms + 1
     }
 
     fn page_ms(&self) -> i64 {
@@ -504,6 +517,8 @@ impl RangeReader {
         let target = self.next_out;
         // Set only once the cursor is right: a cancelled locate starts again.
         self.located = false;
+        self.head.clear();
+        self.tail.clear();
         let near_start =
             target / self.bpf <= u64::from(self.format.sample_rate) * self.page_ms() as u64 / 1000;
         if target == 0 || near_start {
@@ -522,7 +537,12 @@ impl RangeReader {
         let t = self.key(target);
         let mut span = self.max_block_ms();
         let mut lo = (t - span).max(self.ref_ms);
-        while self.extract(lo, t).await?.is_empty() {
+        let mut head;
+        loop {
+            head = self.extract(lo, t).await?;
+            if !head.is_empty() {
+                break;
+            }
             if lo <= self.ref_ms {
                 // Nothing visible near the start point: count from the stream's first byte.
                 self.cursor = 0;
@@ -537,24 +557,44 @@ impl RangeReader {
         let mut hi = t + 1;
         while hi - lo > 1 {
             let mid = lo + (hi - lo) / 2;
-            if self.extract(mid, t).await?.is_empty() {
+            let probe = self.extract(mid, t).await?;
+            if probe.is_empty() {
                 hi = mid;
             } else {
                 lo = mid;
+                head = probe;
             }
         }
+        // `lo` is the key of the block holding the target, or the name of the table holding
+        // that block when the table was named after another stream's block just before it.
+        // Either way the block starts in [first_offset_at(lo), target].
         let first_in_ms = self.first_offset_at(lo).min(target);
-        let last_in_ms = self.first_offset_at(lo + 1).saturating_sub(self.bpf);
         self.cursor = first_in_ms;
-        // Most streams are written in blocks of one size (racssink does that). If the block
-        // that size puts before the target has the key just found, start exactly there.
+        // Most streams are written in blocks of one size (racssink does that). If that size puts
+        // the first block with a key of at least `lo` (the first block the probe returned) at or
+        // before the target, start exactly there.
+        // The probe's length must match that block size too, which rules out most streams
+        // written in other sizes.
         if let Some(block) = self.block_guess().await? {
-            let guess = target / block * block;
-            if self.key(guess) == lo && guess >= first_in_ms && guess <= last_in_ms {
+            let guess = first_in_ms.div_ceil(block) * block;
+            let mut expected = 0;
+            let mut o = guess;
+            while o < self.size && self.key(o) <= t {
+                expected += block.min(self.size - o);
+                o += block;
+            }
+            if guess <= target
+                && self.key(guess) >= lo
+                && self.key(guess) <= t
+                && expected == self.wide_to_stream(head.len())
+            {
                 self.cursor = guess;
             }
         }
-        self.uncertainty = last_in_ms.saturating_sub(self.cursor);
+        self.uncertainty = target - self.cursor;
+        head.truncate(TAIL_BYTES);
+        self.head = head;
+        self.tail.clear();
         self.located = true;
         Ok(())
     }
@@ -691,6 +731,7 @@ impl RangeReader {
         self.cursor += len;
         data.drain(..skip);
         self.keep_tail(&data);
+        self.head.clear();
         Some((start, data))
     }
 
@@ -706,25 +747,30 @@ impl RangeReader {
         }
     }
 
-    /// Where in `data` the samples after the tail begin.
+    /// Where in `data` the samples at the cursor begin: right after the tail of what was
+    /// returned before, or where the known head of the cursor's block is.
     fn find_seam(&self, data: &[u8]) -> Seam {
-        let tail = &self.tail;
-        let n = tail.len();
-        if n == 0 || data.len() < n {
+        let (pattern, after) = if self.tail.is_empty() {
+            (&self.head, false)
+        } else {
+            (&self.tail, true)
+        };
+        let n = pattern.len();
+        if n < 4 || data.len() < n {
             return Seam::None;
         }
         let step = self.wide_bpf as usize;
-        let head = u32::from_le_bytes(tail[..4].try_into().unwrap());
+        let first = u32::from_le_bytes(pattern[..4].try_into().unwrap());
         let mut found = None;
         let mut start = 0;
         while start + n <= data.len() {
-            if u32::from_le_bytes(data[start..start + 4].try_into().unwrap()) == head
-                && data[start..start + n] == tail[..]
+            if u32::from_le_bytes(data[start..start + 4].try_into().unwrap()) == first
+                && data[start..start + n] == pattern[..]
             {
                 if found.is_some() {
                     return Seam::Many;
                 }
-                found = Some(start + n);
+                found = Some(if after { start + n } else { start });
             }
             start += step;
         }
@@ -744,31 +790,40 @@ impl RangeReader {
         // table that is still being flushed, and could not be told from a hole.
         upper = upper.min(self.key(self.size.max(c + self.bpf) - self.bpf));
         let need = self.first_offset_at(upper + 1).min(self.size);
-        let from = if c == 0 { 0 } else { kc };
-        let data = self.extract(from, upper).await?;
-        if let Some(page) = self.accept(data, 0, need, upper) {
-            return Ok(Some(page));
+        // Without anything returned before, the page is asked from its own first key and must
+        // start with the block found by `locate` (if any). After that, pages are asked from far
+        // enough back to include the last samples already returned, and are aligned on them:
+        // a page whose first blocks sit in a table named earlier cannot go unnoticed.
+        if c == 0 || self.tail.is_empty() {
+            let from = if c == 0 { 0 } else { kc };
+            let data = self.extract(from, upper).await?;
+            let starts_right = self.head.is_empty() || data.starts_with(&self.head);
+            if starts_right {
+                if let Some(page) = self.accept(data, 0, need, upper) {
+                    return Ok(Some(page));
+                }
+            }
+            if c == 0 {
+                return Ok(None);
+            }
         }
-        if c == 0 {
-            return Ok(None);
-        }
-        let mut span = self.page_ms();
+        let mut span = self.margin.max(self.min_margin_ms());
         loop {
             let from = kc.saturating_sub(span);
             let origin = from <= self.ref_ms;
             let from = if origin { 0 } else { from };
-            self.stats.fallbacks += 1;
+            if span > self.margin.max(self.min_margin_ms()) {
+                self.stats.fallbacks += 1;
+            }
             let data = self.extract(from, upper).await?;
             match self.find_seam(&data) {
                 Seam::One(p) => {
                     if let Some(page) = self.accept(data, p, need, upper) {
+                        if !origin {
+                            self.margin = span;
+                        }
                         return Ok(Some(page));
                     }
-                    if !origin {
-                        span = span.saturating_mul(4);
-                        continue;
-                    }
-                    return Ok(None);
                 }
                 Seam::Many if !origin => {
                     // Repetitive audio (silence, a pure tone) cannot be aligned by content:
@@ -776,13 +831,16 @@ impl RangeReader {
                     span = i64::MAX;
                     continue;
                 }
+                Seam::Many | Seam::None if origin => {
+                    let skip = self.stream_to_wide(c);
+                    return Ok(self.accept(data, skip, need, upper));
+                }
                 _ => {}
             }
             if origin {
-                let skip = self.stream_to_wide(c);
-                return Ok(self.accept(data, skip, need, upper));
+                return Ok(None);
             }
-            span = span.saturating_mul(4);
+            span = span.saturating_mul(2);
         }
     }
 }

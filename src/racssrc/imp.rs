@@ -185,21 +185,21 @@ impl RacsSrc {
         let msg = err.to_string();
         match err {
             ReadError::NotFound { .. } => {
-                gst::element_imp_error!(self, gst::ResourceError::NotFound, ["{}", msg])
+                gst::element_imp_error!(self, gst::ResourceError::NotFound, ("{}", msg))
             }
             ReadError::Format(_) => {
-                gst::element_imp_error!(self, gst::StreamError::Format, ["{}", msg])
+                gst::element_imp_error!(self, gst::StreamError::Format, ("{}", msg))
             }
             ReadError::Client(Error::Connect { .. }) => {
-                gst::element_imp_error!(self, gst::ResourceError::OpenRead, ["{}", msg])
+                gst::element_imp_error!(self, gst::ResourceError::OpenRead, ("{}", msg))
             }
             ReadError::Client(Error::Timeout { what, .. }) if what.contains("pooled") => {
-                gst::element_imp_error!(self, gst::ResourceError::Busy, ["{}", msg])
+                gst::element_imp_error!(self, gst::ResourceError::Busy, ("{}", msg))
             }
             ReadError::Client(Error::InvalidArgument(_)) => {
-                gst::element_imp_error!(self, gst::ResourceError::Settings, ["{}", msg])
+                gst::element_imp_error!(self, gst::ResourceError::Settings, ("{}", msg))
             }
-            _ => gst::element_imp_error!(self, gst::ResourceError::Read, ["{}", msg]),
+            _ => gst::element_imp_error!(self, gst::ResourceError::Read, ("{}", msg)),
         }
     }
 
@@ -261,7 +261,7 @@ impl RacsSrc {
             reader.end_frame()
         );
         if let Some(notice) = reader.notice() {
-            gst::element_imp_warning!(self, gst::ResourceError::Read, ["{}", notice]);
+            gst::element_imp_warning!(self, gst::ResourceError::Read, ("{}", notice));
         }
         let mut state = self.state.lock().unwrap();
         state.format = Some(format);
@@ -686,14 +686,14 @@ impl BaseSrcImpl for RacsSrc {
         let settings = self.settings.lock().unwrap().clone();
         let cfg = settings
             .reader_config()
-            .map_err(|msg| gst::error_msg!(gst::ResourceError::Settings, ["{}", msg]))?;
+            .map_err(|msg| gst::error_msg!(gst::ResourceError::Settings, ("{}", msg)))?;
         let relative = (settings.start_offset != DEFAULT_START_OFFSET
             || settings.duration != DEFAULT_DURATION)
             .then_some((settings.start_offset, settings.duration));
         if settings.duration == 0 {
             return Err(gst::error_msg!(
                 gst::ResourceError::Settings,
-                ["duration is 0: the range would be empty"]
+                ("duration is 0: the range would be empty")
             ));
         }
         // The pool connects lazily: nothing here waits on the network.
@@ -926,7 +926,7 @@ impl PushSrcImpl for RacsSrc {
                         gst::element_imp_warning!(
                             self,
                             gst::ResourceError::NotFound,
-                            ["nothing to read: {}", reason]
+                            ("nothing to read: {}", reason)
                         );
                     }
                     gst::debug!(CAT, imp = self, "end of the range");
