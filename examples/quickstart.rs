@@ -136,6 +136,9 @@ fn run() -> Res<()> {
         "      racssink creates the stream with the format of its caps, opens it, and sends the"
     );
     println!("      audio as fixed-size frames over a pooled connection. The pipeline:");
+    if plugin_dir.is_none() {
+        println!("      (to run these lines yourself, build the plugin library first: cargo build --release,\n      then export GST_PLUGIN_PATH=$PWD/target/release)");
+    }
     print_launch(&record, plugin_dir.as_deref());
     let pipeline = gst::parse::launch(&record)
         .map_err(|e| format!("cannot build the recording pipeline: {e}"))?;

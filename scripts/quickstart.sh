@@ -11,4 +11,7 @@ bash scripts/setup.sh
 if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
   export PATH="$HOME/.cargo/bin:$PATH"
 fi
+# The plugin library first, so that the gst-launch-1.0 lines the quickstart prints (with
+# GST_PLUGIN_PATH=target/release) work when copied.
+cargo build --release --lib
 exec cargo run --release --example quickstart -- "$@"
