@@ -398,14 +398,23 @@ fn export_to_mp3_and_opus_decodes_to_the_right_length() {
     }
 }
 
+/// The first line gst-launch-1.0 prints for an element's error or warning.
+fn first_line(out: &tools::Output, kind: &str) -> String {
+    out.stderr
+        .lines()
+        .chain(out.stdout.lines())
+        .find(|l| l.starts_with(&format!("{kind}: from element")))
+        .unwrap_or_else(|| panic!("no {kind} line:\n{}", out.dump()))
+        .to_string()
+}
+
 #[test]
-fn missing_stream_fails_with_a_message_naming_it() {
+fn racssrc_errors_say_what_is_wrong() {
     let srv = TestServer::start();
+    let port = srv.port();
+
     let out = gst_launch(
-        &format!(
-            "racssrc host=127.0.0.1 port={} stream-id=nosuchstream ! fakesink",
-            srv.port()
-        ),
+        &format!("racssrc host=127.0.0.1 port={port} stream-id=nosuchstream ! fakesink"),
         T,
     );
     assert!(
@@ -413,10 +422,46 @@ fn missing_stream_fails_with_a_message_naming_it() {
         "extracting a missing stream succeeded:\n{}",
         out.dump()
     );
+    let line = first_line(&out, "ERROR");
     assert!(
-        out.stderr.contains("nosuchstream") || out.stdout.contains("nosuchstream"),
-        "the error does not name the stream:\n{}",
+        line.contains("stream 'nosuchstream' does not exist")
+            && line.contains(&format!("127.0.0.1:{port}")),
+        "the error names the stream and the server: {line}"
+    );
+
+    gst_launch_ok(
+        &format!(
+            "audiotestsrc num-buffers=10 ! audio/x-raw,format=S16LE,rate=44100,channels=2 ! racssink host=127.0.0.1 port={port} stream-id=short"
+        ),
+        T,
+    );
+    let out = gst_launch(
+        &format!("racssrc host=127.0.0.1 port={port} stream-id=short start=yesterday ! fakesink"),
+        T,
+    );
+    assert!(!out.success(), "{}", out.dump());
+    let line = first_line(&out, "ERROR");
+    assert!(
+        line.contains("'yesterday'") && line.contains("YYYY-MM-DDTHH:MM:SS"),
+        "the error shows the expected time form: {line}"
+    );
+
+    // A range after the end of the stream: a warning saying what the stream holds, then EOS.
+    let out = gst_launch(
+        &format!(
+            "racssrc host=127.0.0.1 port={port} stream-id=short start-offset=60000000000 ! fakesink"
+        ),
+        T,
+    );
+    assert!(
+        out.success(),
+        "a range past the end must end cleanly:\n{}",
         out.dump()
+    );
+    let line = first_line(&out, "WARNING");
+    assert!(
+        line.contains("after the end of the stream"),
+        "the warning says the range is past the end: {line}"
     );
 }
 
@@ -439,11 +484,12 @@ fn server_down_fails_with_a_message_naming_the_server() {
         "recording with the server down succeeded:\n{}",
         out.dump()
     );
-    let all = format!("{}{}", out.stdout, out.stderr);
+    let line = first_line(&out, "ERROR");
     assert!(
-        all.contains(&format!("127.0.0.1:{port}")),
-        "the error does not name the server:\n{}",
-        out.dump()
+        line.contains(&format!(
+            "cannot connect to the RACS server at 127.0.0.1:{port}"
+        )),
+        "the error names the server it could not reach: {line}"
     );
 }
 
