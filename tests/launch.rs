@@ -10,10 +10,13 @@ use std::time::Duration;
 
 use racs_lite::TestServer;
 use tools::{
-    decode_to_wav, element_exists, gst_command, gst_launch, gst_launch_ok, info, read_wav, run,
+    decode_to_wav, element_exists, gst_command, gst_launch, gst_launch_error, gst_launch_ok, info,
+    read_wav, run,
 };
 
 const T: Duration = Duration::from_secs(60);
+/// For runs that must fail: an error comes within the elements' 5 s timeout.
+const TE: Duration = Duration::from_secs(20);
 
 /// One property as gst-inspect-1.0 prints it.
 #[derive(Debug)]
@@ -413,9 +416,9 @@ fn racssrc_errors_say_what_is_wrong() {
     let srv = TestServer::start();
     let port = srv.port();
 
-    let out = gst_launch(
+    let out = gst_launch_error(
         &format!("racssrc host=127.0.0.1 port={port} stream-id=nosuchstream ! fakesink"),
-        T,
+        TE,
     );
     assert!(
         !out.success(),
@@ -435,9 +438,9 @@ fn racssrc_errors_say_what_is_wrong() {
         ),
         T,
     );
-    let out = gst_launch(
+    let out = gst_launch_error(
         &format!("racssrc host=127.0.0.1 port={port} stream-id=short start=yesterday ! fakesink"),
-        T,
+        TE,
     );
     assert!(!out.success(), "{}", out.dump());
     let line = first_line(&out, "ERROR");
@@ -473,11 +476,11 @@ fn server_down_fails_with_a_message_naming_the_server() {
         .local_addr()
         .unwrap()
         .port();
-    let out = gst_launch(
+    let out = gst_launch_error(
         &format!(
             "audiotestsrc num-buffers=10 ! audio/x-raw,format=S16LE,rate=44100,channels=2 ! racssink host=127.0.0.1 port={port} stream-id=x timeout=2000 retry-timeout=0"
         ),
-        T,
+        TE,
     );
     assert!(
         !out.success(),
@@ -507,12 +510,12 @@ fn stream_in_use_and_format_mismatch_say_what_to_do() {
     );
 
     // A fixed format that differs from the stored one.
-    let out = gst_launch(
+    let out = gst_launch_error(
         &format!(
             "audiotestsrc num-buffers=10 ! audio/x-raw,format=S16LE,rate=48000,channels=1 ! racssink host=127.0.0.1 port={} stream-id=busy",
             srv.port()
         ),
-        T,
+        TE,
     );
     assert!(!out.success(), "{}", out.dump());
     assert!(
@@ -526,12 +529,12 @@ fn stream_in_use_and_format_mismatch_say_what_to_do() {
     // A stream left open by a writer that crashed (OPEN without CLOSE).
     let mut c = racs_lite::client::RawClient::connect(srv.addr()).unwrap();
     c.command("OPEN 'busy'").unwrap();
-    let out = gst_launch(
+    let out = gst_launch_error(
         &format!(
             "{tone} ! racssink host=127.0.0.1 port={} stream-id=busy",
             srv.port()
         ),
-        T,
+        TE,
     );
     assert!(!out.success(), "{}", out.dump());
     assert!(
