@@ -200,13 +200,24 @@ fn run() -> Result<(), String> {
             _ => {}
         }
     };
+    // The summary needs the negotiated caps and the final stats: take it before stopping.
+    let stored = stored_seconds(&sink);
     let _ = pipeline.set_state(gst::State::Null);
     result?;
-    report(&pipeline, &sink, started);
-    eprintln!(
-        "record: done: stream '{}' on {}:{}",
-        args.stream_id, args.host, args.port
-    );
+    let took = started.elapsed().as_secs_f64().max(1e-3);
+    match stored {
+        Some(s) => eprintln!(
+            "record: done: {s:.1} s of audio stored in stream '{}' on {}:{} in {took:.1} s ({:.1}x real time)",
+            args.stream_id,
+            args.host,
+            args.port,
+            s / took
+        ),
+        None => eprintln!(
+            "record: done: stream '{}' on {}:{}",
+            args.stream_id, args.host, args.port
+        ),
+    }
     Ok(())
 }
 
