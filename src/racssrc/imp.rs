@@ -15,7 +15,7 @@ use gst_base::subclass::prelude::*;
 
 use super::narrow::{narrow_to_s16le, narrow_to_s24le};
 use crate::client::reader::{Bound, Page, RangeReader, ReadError, ReaderConfig};
-use crate::client::{block_on, validate_stream_id, Canceller, Error, Pool, StreamFormat};
+use crate::client::{block_on, runtime, validate_stream_id, Canceller, Error, Pool, StreamFormat};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -127,6 +127,48 @@ impl Settings {
     }
 }
 
+/// What the fetch task hands to the streaming thread.
+enum Fetched {
+    /// The next page, and the stream's `ref` (known late in follow mode on an empty stream).
+    Page(Page, i64),
+    /// The end of the range; the reason when there was nothing to read at all.
+    End(Option<String>),
+    Failed(ReadError),
+}
+
+/// Reads pages on the I/O runtime one page ahead of the streaming thread, so that fetching the
+/// next page overlaps with pushing the current one downstream. Dropping it stops the task.
+struct Fetcher {
+    rx: tokio::sync::mpsc::Receiver<Fetched>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Fetcher {
+    fn spawn(mut reader: RangeReader) -> Fetcher {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let task = runtime().spawn(async move {
+            loop {
+                let item = match reader.next_page().await {
+                    Ok(Some(page)) => Fetched::Page(page, reader.ref_ms()),
+                    Ok(None) => Fetched::End(reader.empty_reason().map(str::to_string)),
+                    Err(e) => Fetched::Failed(e),
+                };
+                let last = !matches!(item, Fetched::Page(..));
+                if tx.send(item).await.is_err() || last {
+                    break;
+                }
+            }
+        });
+        Fetcher { rx, task }
+    }
+}
+
+impl Drop for Fetcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Where the next buffer's samples come from.
 #[derive(Default)]
 struct State {
@@ -134,7 +176,7 @@ struct State {
     base: Option<ReaderConfig>,
     /// start-offset/duration in ns, resolved to frames once the rate is known.
     relative: Option<(u64, u64)>,
-    reader: Option<RangeReader>,
+    fetcher: Option<Fetcher>,
     format: Option<StreamFormat>,
     caps: Option<gst::Caps>,
     ref_ms: i64,
@@ -270,7 +312,7 @@ impl RacsSrc {
         state.range_first = reader.first_frame();
         state.range_end = reader.end_frame();
         state.fresh = true;
-        state.reader = Some(reader);
+        state.fetcher = Some(Fetcher::spawn(reader));
         state.opened = true;
         Ok(())
     }
@@ -302,7 +344,7 @@ impl RacsSrc {
         cfg.stop = to.map_or(Bound::Open, Bound::Frame);
         let reader = self.wait(RangeReader::open(pool, cfg))?;
         let mut state = self.state.lock().unwrap();
-        state.reader = Some(reader);
+        state.fetcher = Some(Fetcher::spawn(reader));
         state.fresh = start == 0 && stop.is_none();
         Ok(())
     }
@@ -903,23 +945,28 @@ impl PushSrcImpl for RacsSrc {
             // queries and seeks are never stuck behind the network.
             state.page = None;
             state.page_pos = 0;
-            let Some(mut reader) = state.reader.take() else {
+            let Some(mut fetcher) = state.fetcher.take() else {
                 return Err(gst::FlowError::Flushing);
             };
             drop(state);
-            // Borrowed, not moved: a cancelled wait leaves the reader at an await point, where
-            // its state is consistent, and it is put back for the next create().
-            let page = self.wait(reader.next_page());
+            // Taken out, not held under the lock: queries and seeks are never stuck behind the
+            // network. A cancelled wait leaves the fetcher as it was; it is put back.
+            let canceller = self.canceller();
+            let item = block_on(&canceller, async { Ok(fetcher.rx.recv().await) });
             let mut state = self.state.lock().unwrap();
-            let empty = reader.empty_reason().map(str::to_string);
-            state.reader = Some(reader);
-            let page = page?;
-            match page {
-                Some(page) => {
+            state.fetcher = Some(fetcher);
+            let item = match item {
+                Err(_) => return Err(gst::FlowError::Flushing),
+                Ok(item) => item,
+            };
+            match item {
+                Some(Fetched::Page(page, ref_ms)) => {
+                    state.ref_ms = ref_ms;
                     state.page = Some(page);
                     state.page_pos = 0;
                 }
-                None => {
+                Some(Fetched::End(empty)) => {
+                    state.fetcher = None;
                     if let (Some(reason), false) = (empty, state.warned) {
                         state.warned = true;
                         drop(state);
@@ -932,6 +979,16 @@ impl PushSrcImpl for RacsSrc {
                     gst::debug!(CAT, imp = self, "end of the range");
                     return Err(gst::FlowError::Eos);
                 }
+                Some(Fetched::Failed(e)) => {
+                    state.fetcher = None;
+                    drop(state);
+                    if e.is_cancelled() {
+                        return Err(gst::FlowError::Flushing);
+                    }
+                    self.post_read_error(&e);
+                    return Err(gst::FlowError::Error);
+                }
+                None => return Err(gst::FlowError::Eos),
             }
         }
     }
