@@ -14,7 +14,7 @@ use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
 use super::narrow::{narrow_to_s16le, narrow_to_s24le};
-use crate::client::reader::{Bound, Page, RangeReader, ReadError, ReaderConfig};
+use crate::client::reader::{Bound, RangeReader, ReadError, ReaderConfig};
 use crate::client::{block_on, runtime, validate_stream_id, Canceller, Error, Pool, StreamFormat};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -127,10 +127,17 @@ impl Settings {
     }
 }
 
+/// A page narrowed to the stream's sample width, in one buffer that output buffers share.
+struct OutPage {
+    /// Index of the first sample frame from the stream's start.
+    frame: u64,
+    buffer: gst::Buffer,
+}
+
 /// What the fetch task hands to the streaming thread.
 enum Fetched {
     /// The next page, and the stream's `ref` (known late in follow mode on an empty stream).
-    Page(Page, i64),
+    Page(OutPage, i64),
     /// The end of the range; the reason when there was nothing to read at all.
     End(Option<String>),
     Failed(ReadError),
@@ -146,10 +153,26 @@ struct Fetcher {
 impl Fetcher {
     fn spawn(mut reader: RangeReader) -> Fetcher {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let bytes_per_sample = usize::from(reader.format().bit_depth / 8);
         let task = runtime().spawn(async move {
             loop {
                 let item = match reader.next_page().await {
-                    Ok(Some(page)) => Fetched::Page(page, reader.ref_ms()),
+                    Ok(Some(page)) => {
+                        // Narrowed here, on the thread that allocated the page: the int32 copy
+                        // is freed where it was made, and the streaming thread only slices.
+                        let mut out = vec![0u8; page.data.len() / 4 * bytes_per_sample];
+                        if bytes_per_sample == 2 {
+                            narrow_to_s16le(&page.data, &mut out);
+                        } else {
+                            narrow_to_s24le(&page.data, &mut out);
+                        }
+                        drop(page.data);
+                        let page = OutPage {
+                            frame: page.frame,
+                            buffer: gst::Buffer::from_mut_slice(out),
+                        };
+                        Fetched::Page(page, reader.ref_ms())
+                    }
                     Ok(None) => Fetched::End(reader.empty_reason().map(str::to_string)),
                     Err(e) => Fetched::Failed(e),
                 };
@@ -190,7 +213,7 @@ struct State {
     fresh: bool,
     seg_start: u64,
     frames_out: u64,
-    page: Option<Page>,
+    page: Option<OutPage>,
     page_pos: usize,
     warned: bool,
 }
@@ -891,27 +914,24 @@ impl PushSrcImpl for RacsSrc {
             }
             let format = state.format.unwrap();
             let rate = format.sample_rate;
-            let wide_bpf = 4 * usize::from(format.channels);
             if let Some(page) = &state.page {
-                if state.page_pos < page.data.len() {
-                    let max = (u64::from(rate) * BUFFER_MS / 1000).max(1) as usize * wide_bpf;
-                    let n = (page.data.len() - state.page_pos).min(max);
-                    let frames = (n / wide_bpf) as u64;
-                    let first_frame = page.frame + (state.page_pos / wide_bpf) as u64;
-                    let src = &page.data[state.page_pos..state.page_pos + n];
-                    let bytes_per_sample = usize::from(format.bit_depth / 8);
-                    let mut buffer = gst::Buffer::with_size(n / 4 * bytes_per_sample)
+                let bpf = format.bytes_per_frame();
+                let size = page.buffer.size();
+                if state.page_pos < size {
+                    let max = (u64::from(rate) * BUFFER_MS / 1000).max(1) as usize * bpf;
+                    let n = (size - state.page_pos).min(max);
+                    let frames = (n / bpf) as u64;
+                    let first_frame = page.frame + (state.page_pos / bpf) as u64;
+                    // Shares the page's memory: no copy.
+                    let mut buffer = page
+                        .buffer
+                        .copy_region(
+                            gst::BufferCopyFlags::MEMORY,
+                            state.page_pos..state.page_pos + n,
+                        )
                         .map_err(|_| gst::FlowError::Error)?;
                     {
                         let buf = buffer.get_mut().unwrap();
-                        {
-                            let mut map = buf.map_writable().map_err(|_| gst::FlowError::Error)?;
-                            if bytes_per_sample == 2 {
-                                narrow_to_s16le(src, &mut map);
-                            } else {
-                                narrow_to_s24le(src, &mut map);
-                            }
-                        }
                         let pts = state.seg_start + frames_to_ns(state.frames_out, rate);
                         let next = state.seg_start + frames_to_ns(state.frames_out + frames, rate);
                         buf.set_pts(gst::ClockTime::from_nseconds(pts));
@@ -928,12 +948,9 @@ impl PushSrcImpl for RacsSrc {
                             gst::ClockTime::from_nseconds(unix_ns.max(0) as u64),
                             gst::ClockTime::from_nseconds(next - pts),
                         );
-                    }
-                    if state.frames_out == 0 {
-                        buffer
-                            .get_mut()
-                            .unwrap()
-                            .set_flags(gst::BufferFlags::DISCONT);
+                        if state.frames_out == 0 {
+                            buf.set_flags(gst::BufferFlags::DISCONT);
+                        }
                     }
                     state.page_pos += n;
                     state.frames_out += frames;
