@@ -168,9 +168,11 @@ fn run() -> Result<(), String> {
     gst::Element::link_many([&src, tail.upcast_ref(), &filesink])
         .map_err(|e| format!("cannot link: {e}"))?;
 
-    pipeline.set_state(gst::State::Playing).map_err(|_| {
-        first_error(&pipeline).unwrap_or_else(|| "the pipeline did not start".into())
-    })?;
+    if pipeline.set_state(gst::State::Playing).is_err() {
+        let msg = first_error(&pipeline).unwrap_or_else(|| "the pipeline did not start".into());
+        let _ = pipeline.set_state(gst::State::Null);
+        return Err(msg);
+    }
     let bus = pipeline.bus().unwrap();
     let started = Instant::now();
     let mut next_report = started + Duration::from_secs(1);
@@ -184,13 +186,7 @@ fn run() -> Result<(), String> {
         };
         match msg.view() {
             gst::MessageView::Eos(_) => break Ok(()),
-            gst::MessageView::Error(e) => {
-                break Err(format!(
-                    "{}{}",
-                    e.error(),
-                    e.debug().map(|d| format!("\n  ({d})")).unwrap_or_default()
-                ))
-            }
+            gst::MessageView::Error(e) => break Err(e.error().to_string()),
             gst::MessageView::Warning(w) => eprintln!("export: warning: {}", w.error()),
             _ => {}
         }

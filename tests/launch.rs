@@ -551,3 +551,107 @@ fn stream_in_use_and_format_mismatch_say_what_to_do() {
     );
     assert_eq!(info(srv.addr(), "busy", "size"), Some(2 * 10 * 1024 * 4));
 }
+
+/// A program built from examples/ (cargo test builds them before running the tests).
+fn example(name: &str) -> std::process::Command {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --examples` (cargo test without a filter builds them)",
+        path.display()
+    );
+    std::process::Command::new(path)
+}
+
+#[test]
+fn record_and_export_examples_round_trip() {
+    let srv = TestServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let port = srv.port().to_string();
+    let input = work.path().join("input.flac");
+    gst_launch_ok(
+        &format!(
+            "audiotestsrc wave=sine num-buffers=40 samplesperbuffer=4410 ! audio/x-raw,format=S16LE,rate=44100,channels=2 ! flacenc ! filesink location={}",
+            input.display()
+        ),
+        T,
+    );
+
+    let mut cmd = example("record");
+    cmd.arg(&input)
+        .arg("show")
+        .args(["--host", "127.0.0.1", "--port", &port]);
+    let out = run(cmd, T);
+    assert!(out.success(), "record failed:\n{}", out.dump());
+    assert!(
+        out.stderr
+            .contains("record: done: 4.0 s of audio stored in stream 'show'"),
+        "record reports what it stored:\n{}",
+        out.dump()
+    );
+    assert_eq!(info(srv.addr(), "show", "size"), Some(4 * 44_100 * 4));
+
+    // One second from 0.5 s, to WAV (exact to 1 ms) and to MP3 (decodes to about 1 s).
+    let wav = work.path().join("clip.wav");
+    let mut cmd = example("export");
+    cmd.args(["show"])
+        .arg(&wav)
+        .args(["--offset", "0.5", "--duration", "1"])
+        .args(["--host", "127.0.0.1", "--port", &port]);
+    let out = run(cmd, T);
+    assert!(out.success(), "export failed:\n{}", out.dump());
+    assert!(
+        out.stderr.contains("export: done: 1.000 s of audio"),
+        "{}",
+        out.dump()
+    );
+    let got = read_wav(&wav);
+    assert!(
+        got.frames().abs_diff(44_100) <= 88,
+        "{} frames",
+        got.frames()
+    );
+
+    let mp3 = work.path().join("clip.mp3");
+    let mut cmd = example("export");
+    cmd.args(["show"])
+        .arg(&mp3)
+        .args(["--offset", "0.5", "--duration", "1"])
+        .args(["--host", "127.0.0.1", "--port", &port]);
+    let out = run(cmd, T);
+    assert!(out.success(), "export failed:\n{}", out.dump());
+    let back = decode_to_wav(&mp3, work.path(), T);
+    assert!(
+        (back.seconds() - 1.0).abs() < 0.1,
+        "{:.3} s",
+        back.seconds()
+    );
+
+    // The errors a user makes: a stream that is not there, an extension it cannot write.
+    let mut cmd = example("export");
+    cmd.args(["nosuch"]).arg(work.path().join("x.wav")).args([
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port,
+    ]);
+    let out = run(cmd, T);
+    assert_eq!(out.status.code(), Some(1), "{}", out.dump());
+    assert!(
+        out.stderr
+            .contains("export: error: stream 'nosuch' does not exist"),
+        "{}",
+        out.dump()
+    );
+    let mut cmd = example("export");
+    cmd.args(["show"]).arg(work.path().join("x.aiff"));
+    let out = run(cmd, T);
+    assert_eq!(out.status.code(), Some(1), "{}", out.dump());
+    assert!(out.stderr.contains("unknown extension"), "{}", out.dump());
+}
