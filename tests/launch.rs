@@ -563,7 +563,7 @@ fn example(name: &str) -> std::process::Command {
         .join(name);
     assert!(
         path.exists(),
-        "{} is not built: run `cargo build --examples` (cargo test without a filter builds them)",
+        "{} is not built: run `cargo build --lib --examples` (cargo test without a filter builds them)",
         path.display()
     );
     std::process::Command::new(path)

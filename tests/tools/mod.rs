@@ -58,7 +58,7 @@ pub fn built_plugin() -> PathBuf {
         Some((_, p)) => p,
         None => panic!(
             "libgstracs.so not found in {} or its deps/ folder: build the plugin first \
-             with `cargo build` (scripts/test.sh does that)",
+             with `cargo build --lib` (scripts/test.sh does that)",
             dir.display()
         ),
     }
