@@ -1075,6 +1075,7 @@ fn a_killed_server_that_lost_acknowledged_data_is_reported() {
         s.kill();
         s.restart();
     });
+    // Every frame is acknowledged before the next is sent: the 5 frames were stored, then lost.
     let lost = stats.get::<u64>("lost-acked-bytes").unwrap();
     assert_eq!(lost, 16000, "{stats}");
     let warning = messages
@@ -1084,12 +1085,15 @@ fn a_killed_server_that_lost_acknowledged_data_is_reported() {
             _ => None,
         })
         .expect("a warning about lost data");
+    let secs = lost as f64 / 32000.0;
     assert!(
-        warning.contains("lost 16000 bytes (0.500 s)") && warning.contains("'killed'"),
+        warning.contains(&format!("lost {lost} bytes ({secs:.3} s)"))
+            && warning.contains("'killed'"),
         "{warning}"
     );
     // The server lost exactly what it had acknowledged; everything after is there once.
-    assert!(extract(srv.addr(), "killed", 0, 16, data.len() - at) == data[at..]);
+    let lost = lost as usize;
+    assert!(extract(srv.addr(), "killed", 0, 16, data.len() - lost) == data[lost..]);
     // The stream got a new timeline: a second ref message.
     let refs: Vec<_> = messages
         .iter()
@@ -1112,17 +1116,25 @@ fn past_retry_timeout_the_error_says_how_much_audio_was_not_stored() {
     let mut srv = srv;
     srv.kill();
     let started = Instant::now();
-    assert_eq!(feeder.push(&noise(4000, 2)), Err(gst::FlowError::Error));
+    // The failure shows when the frame in flight is settled: at the next frame or at EOS.
+    let _ = feeder.push(&noise(4000, 2));
+    let (err, _) = feeder.eos().expect("an error");
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "{:?}",
         started.elapsed()
     );
-    let text = feeder.error().expect("an error");
+    assert!(err.matches(gst::ResourceError::Write), "{err:?}");
+    let text = err.to_string();
     assert!(text.contains("gave up after 300 ms of retrying"), "{text}");
+    let stats = feeder.stats();
+    let unstored = 6400 + 4000 - stats.get::<u64>("bytes-acked").unwrap();
+    assert!(unstored >= 4000, "{stats}");
+    let secs = unstored as f64 / 32000.0;
     assert!(
-        // The frame in flight and the rest of the buffer: 4000 bytes at 32000 bytes/s.
-        text.contains("0.125 s of audio (4000 bytes) were not stored in stream 'gone'"),
+        text.contains(&format!(
+            "{secs:.3} s of audio ({unstored} bytes) were not stored in stream 'gone'"
+        )),
         "{text}"
     );
     feeder.stop();
