@@ -1022,4 +1022,184 @@ mod tests {
         assert_eq!(stats.silence_ns(), 100_000_000);
         assert_eq!(WriterStats::default().rtt_avg_us(), 0);
     }
+
+    // Against racs-lite: paths the element cannot steer precisely.
+
+    use crate::client::{runtime, Connection};
+
+    struct Fixture {
+        srv: racs_lite::TestServer,
+        writer: StreamWriter,
+        events: Arc<Mutex<Vec<WriterEvent>>>,
+        canceller: Canceller,
+    }
+
+    fn fixture(id: &str, chunk: usize) -> Fixture {
+        let srv = racs_lite::TestServer::start();
+        let pool = Pool::get(&srv.host(), srv.port(), 2);
+        let canceller = Canceller::new();
+        let mut config = WriterConfig::new(id);
+        config.chunk_bytes = chunk;
+        config.timeout = Duration::from_secs(2);
+        config.retry_timeout = Duration::from_secs(5);
+        let mut writer =
+            StreamWriter::new(pool, config, canceller.clone(), Arc::default()).unwrap();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        writer.set_observer(move |e| sink.lock().unwrap().push(e));
+        Fixture {
+            srv,
+            writer,
+            events,
+            canceller,
+        }
+    }
+
+    fn stored(srv: &racs_lite::TestServer, id: &str) -> Vec<u8> {
+        runtime().block_on(async {
+            let mut conn = Connection::connect(&srv.addr().to_string(), Duration::from_secs(2))
+                .await
+                .unwrap();
+            let s32 = conn.extract(id, 0, 4_102_444_800_000).await.unwrap();
+            s32.chunks_exact(4).flat_map(|s| s[..2].to_vec()).collect()
+        })
+    }
+
+    fn pcm(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    const S16_MONO_8K: StreamFormat = StreamFormat {
+        sample_rate: 8000,
+        channels: 1,
+        bit_depth: 16,
+    };
+
+    #[test]
+    fn writes_whole_chunks_then_the_tail_and_closes() {
+        let mut f = fixture("w-basic", 1600);
+        let prepared = f.writer.prepare(S16_MONO_8K).unwrap();
+        assert!(prepared.created);
+        let data = pcm(1600 * 3 + 10, 1);
+        f.writer.write(&data).unwrap();
+        assert_eq!(f.writer.stats().frames_acked, 3);
+        assert_eq!(f.writer.unacked_bytes(), 10);
+        f.writer.finish(true).unwrap();
+        assert_eq!(stored(&f.srv, "w-basic"), data);
+        let stats = f.writer.stats();
+        assert_eq!(
+            (stats.frames_acked, stats.bytes_acked),
+            (4, data.len() as u64)
+        );
+        // Closed: a new OPEN succeeds.
+        runtime().block_on(async {
+            let mut conn = Connection::connect(&f.srv.addr().to_string(), Duration::from_secs(2))
+                .await
+                .unwrap();
+            conn.open("w-basic").await.unwrap();
+        });
+        let events = f.events.lock().unwrap();
+        assert!(
+            matches!(events[..], [WriterEvent::Reference { size: 1600, ref_ms }] if ref_ms > 0),
+            "{events:?}"
+        );
+    }
+
+    #[test]
+    fn a_frame_whose_ack_was_lost_is_not_sent_again() {
+        let mut f = fixture("w-lost-ack", 1600);
+        f.writer.prepare(S16_MONO_8K).unwrap();
+        let first = pcm(1600, 2);
+        f.writer.write(&first).unwrap();
+        // Pretend the reply to that frame never came: it is pending again and in doubt.
+        f.writer.pending = first.clone();
+        f.writer.has_pending = true;
+        f.writer.suspect = true;
+        f.writer.server_size = 0;
+        let second = pcm(1600, 3);
+        f.writer.write(&second).unwrap();
+        f.writer.finish(true).unwrap();
+        let mut all = first.clone();
+        all.extend_from_slice(&second);
+        assert_eq!(stored(&f.srv, "w-lost-ack"), all, "stored once, not twice");
+        // Two transmissions: the frame in doubt was found stored (INFO size) and not resent.
+        assert_eq!(f.writer.stats().frames_sent, 2);
+    }
+
+    #[test]
+    fn a_cancelled_write_resumes_without_loss_or_duplicates() {
+        let mut f = fixture("w-cancel", 1600);
+        f.writer.prepare(S16_MONO_8K).unwrap();
+        let a = pcm(2000, 4);
+        f.writer.write(&a).unwrap();
+        f.canceller.cancel();
+        let b = pcm(1600, 5);
+        assert_eq!(f.writer.write(&b), Err(WriteError::Cancelled));
+        f.canceller.reset();
+        // The frame in doubt is reconciled with INFO size before anything is sent.
+        f.writer.finish(true).unwrap();
+        let mut all = a.clone();
+        all.extend_from_slice(&b[..1600 - 400]);
+        assert_eq!(stored(&f.srv, "w-cancel"), all);
+    }
+
+    #[test]
+    fn a_stream_closed_behind_the_writers_back_is_reopened() {
+        let mut f = fixture("w-reopen", 1600);
+        f.writer.prepare(S16_MONO_8K).unwrap();
+        let a = pcm(1600, 6);
+        f.writer.write(&a).unwrap();
+        runtime().block_on(async {
+            let mut conn = Connection::connect(&f.srv.addr().to_string(), Duration::from_secs(2))
+                .await
+                .unwrap();
+            conn.close("w-reopen").await.unwrap();
+        });
+        let b = pcm(1600, 7);
+        f.writer.write(&b).unwrap();
+        f.writer.finish(true).unwrap();
+        let mut all = a.clone();
+        all.extend_from_slice(&b);
+        assert_eq!(stored(&f.srv, "w-reopen"), all);
+        assert_eq!(f.writer.stats().reconnects, 1);
+        assert!(f.events.lock().unwrap().contains(&WriterEvent::Recovered));
+    }
+
+    #[test]
+    fn prepare_checks_the_stored_format_and_the_open_state() {
+        let mut f = fixture("w-prep", 1600);
+        f.writer.prepare(S16_MONO_8K).unwrap();
+        // A second writer on the same stream: already open.
+        let pool = Pool::get(&f.srv.host(), f.srv.port(), 2);
+        let mut other = StreamWriter::new(
+            pool.clone(),
+            WriterConfig::new("w-prep"),
+            Canceller::new(),
+            Arc::default(),
+        )
+        .unwrap();
+        let err = other.prepare(S16_MONO_8K).unwrap_err();
+        assert!(matches!(err, WriteError::AlreadyOpen { .. }), "{err:?}");
+        // Another format: a mismatch naming both.
+        let err = other
+            .prepare(StreamFormat::new(48000, 2, 24).unwrap())
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("stores 8000 Hz, 1 channel, 16-bit"), "{text}");
+        assert!(
+            text.contains("delivers 48000 Hz, 2 channels, 24-bit"),
+            "{text}"
+        );
+        // Takeover closes and reopens; the first writer's next frame is then refused.
+        let mut config = WriterConfig::new("w-prep");
+        config.takeover = true;
+        config.chunk_bytes = 1600;
+        let mut thief = StreamWriter::new(pool, config, Canceller::new(), Arc::default()).unwrap();
+        assert!(thief.prepare(S16_MONO_8K).unwrap().took_over);
+        thief.write(&pcm(1600, 8)).unwrap();
+        let err = f.writer.write(&pcm(1600, 9)).unwrap_err();
+        assert!(matches!(err, WriteError::TakenOver { .. }), "{err:?}");
+    }
 }
