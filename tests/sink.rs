@@ -1264,3 +1264,81 @@ fn progress_ref_messages_and_stats() {
     assert!(out.stat("rtt-max-us") >= out.stat("rtt-avg-us"));
     assert!(out.warnings().is_empty(), "{:?}", out.warnings());
 }
+
+#[test]
+fn the_caps_query_answers_the_stored_format() {
+    let srv = TestServer::start();
+    let six = fmt(48000, 6, 24);
+    let mut conn = connect(srv.addr());
+    assert!(runtime().block_on(conn.create("six", &six)).unwrap());
+    let sink = make_sink(&srv, "six", &[]);
+    let pad = sink.static_pad("sink").unwrap();
+    let any = gst::Caps::builder("audio/x-raw").build();
+    let caps = pad.query_caps(Some(&any));
+    assert!(caps.is_fixed(), "{caps}");
+    let s = caps.structure(0).unwrap();
+    assert_eq!(s.get::<&str>("format").unwrap(), "S24LE");
+    assert_eq!(s.get::<i32>("rate").unwrap(), 48000);
+    assert_eq!(s.get::<i32>("channels").unwrap(), 6);
+    // Without a filter (gst-launch's link check), or with one that cannot meet the stored
+    // format, the template: a mismatch then fails with both formats named.
+    assert!(!pad.query_caps(None).is_fixed());
+    let mono = gst::Caps::builder("audio/x-raw")
+        .field("channels", 1)
+        .build();
+    assert!(!pad.query_caps(Some(&mono)).is_empty());
+    // A stream that does not exist, and a server that is down: the template, quickly.
+    let fresh = make_sink(&srv, "not-there", &[]);
+    assert!(!fresh
+        .static_pad("sink")
+        .unwrap()
+        .query_caps(Some(&any))
+        .is_fixed());
+    common::init();
+    let down = gst::ElementFactory::make("racssink")
+        .property("host", "127.0.0.1")
+        .property("port", u32::from(free_port()))
+        .property("stream-id", "x")
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    assert!(!down
+        .static_pad("sink")
+        .unwrap()
+        .query_caps(Some(&any))
+        .is_fixed());
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    // A stereo source converted to the stored 6 channels, 48 kHz, 24-bit.
+    let pipeline = gst::parse::launch(&format!(
+        "audiotestsrc num-buffers=10 ! audio/x-raw,channels=2,rate=44100 ! audioconvert ! \
+         audioresample ! racssink name=sink host={} port={} stream-id=six",
+        srv.host(),
+        srv.port()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let mut messages = Vec::new();
+    let error = wait_done(&pipeline, &mut messages);
+    assert!(error.is_none(), "{error:?}");
+    let caps = pipeline
+        .by_name("sink")
+        .unwrap()
+        .static_pad("sink")
+        .unwrap()
+        .current_caps()
+        .unwrap();
+    set_null_within(&pipeline, Duration::from_secs(10));
+    let s = caps.structure(0).unwrap();
+    assert_eq!(
+        (
+            s.get::<&str>("format").unwrap(),
+            s.get::<i32>("rate").unwrap(),
+            s.get::<i32>("channels").unwrap()
+        ),
+        ("S24LE", 48000, 6)
+    );
+    assert!(info(srv.addr(), "six").unwrap().size > 0);
+}
