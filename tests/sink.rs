@@ -225,7 +225,7 @@ fn run_appsrc(sink: gst::Element, caps: &gst::Caps, buffers: &[&[u8]], timed: bo
     let _ = src.emit_by_name::<gst::FlowReturn>("end-of-stream", &[]);
     let mut messages = Vec::new();
     let error = wait_done(&pipeline, &mut messages);
-    set_null_within(&pipeline, Duration::from_secs(10));
+    set_null_within(&pipeline, Duration::from_secs(3));
     drain(&pipeline, &mut messages);
     let stats = sink.property::<gst::Structure>("stats");
     Outcome {
@@ -335,8 +335,14 @@ impl Feeder {
         })
     }
 
+    /// READY first, so that messages posted while stopping (warnings about data that could
+    /// not be stored) are read before the bus is flushed on the way to NULL.
     fn stop(mut self) -> Vec<gst::Message> {
+        let started = Instant::now();
+        self.pipeline.set_state(gst::State::Ready).unwrap();
+        self.drain();
         set_null_within(&self.pipeline, Duration::from_secs(10));
+        assert!(started.elapsed() < Duration::from_secs(10));
         self.drain();
         self.messages
     }
@@ -1341,4 +1347,49 @@ fn the_caps_query_answers_the_stored_format() {
         ("S24LE", 48000, 6)
     );
     assert!(info(srv.addr(), "six").unwrap().size > 0);
+}
+
+#[test]
+fn stopping_without_eos_when_the_server_is_gone_warns_what_was_not_stored() {
+    let mut srv = TestServer::start();
+    let feeder = Feeder::new(make_sink(&srv, "lost-tail", &[]), fmt(8000, 1, 16));
+    feeder.push(&noise(1600, 1)).unwrap(); // held: less than one chunk
+    srv.kill();
+    let messages = feeder.stop();
+    let warning = messages
+        .iter()
+        .find_map(|m| match m.view() {
+            gst::MessageView::Warning(w) => Some(w.error().to_string()),
+            _ => None,
+        })
+        .expect("a warning");
+    assert!(
+        warning.contains(
+            "Stopping without EOS: could not store the last 1600 bytes (0.100 s) of stream \
+             'lost-tail'"
+        ),
+        "{warning}"
+    );
+    assert!(
+        warning.contains("cannot connect to the RACS server"),
+        "{warning}"
+    );
+}
+
+#[test]
+fn a_format_too_wide_for_a_frame_is_a_settings_error() {
+    let srv = TestServer::start();
+    // 1 ms of 48 kHz, 1000 channels, 24-bit is 144000 bytes; a frame carries 65535.
+    let mut feeder = Feeder::new(make_sink(&srv, "wide", &[]), fmt(48000, 1000, 24));
+    let text = feeder.error().expect("an error");
+    assert!(
+        text.contains("1 ms of 48000 Hz, 1000 channels, 24-bit is 144000 bytes"),
+        "{text}"
+    );
+    assert!(
+        text.contains("use fewer channels or a lower rate"),
+        "{text}"
+    );
+    feeder.stop();
+    assert!(info(srv.addr(), "wide").is_none(), "nothing created");
 }

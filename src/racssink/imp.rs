@@ -473,6 +473,38 @@ impl RacsSink {
         }
     }
 
+    /// Stopping without EOS: sends what is held and CLOSEs, trying once (bounded by the
+    /// timeout); a failure is a warning saying how much audio was not stored.
+    fn store_held_and_close(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.base = None;
+        let Some(writer) = state.writer.as_mut().filter(|w| w.is_open()) else {
+            return;
+        };
+        // unlock_stop() has run by now; reset anyway, the waits here are bounded.
+        self.canceller.reset();
+        let unacked = writer.unacked_bytes();
+        match writer.finish(false) {
+            Ok(()) => gst::info!(CAT, imp = self, "stopped without EOS, stream closed"),
+            Err(e) => {
+                let (id, addr, seconds) = self.describe_bytes(unacked);
+                gst::element_imp_warning!(
+                    self,
+                    gst::ResourceError::Write,
+                    (
+                        "Stopping without EOS: could not store the last {} bytes ({:.3} s) of \
+                         stream '{}' or close it on the RACS server at {}: {}",
+                        unacked,
+                        seconds,
+                        id,
+                        addr,
+                        e
+                    )
+                );
+            }
+        }
+    }
+
     fn flow_error(&self, err: WriteError, opening: bool) -> gst::FlowError {
         match err {
             WriteError::Cancelled => gst::FlowError::Flushing,
@@ -760,6 +792,19 @@ impl ElementImpl for RacsSink {
         Some(&*METADATA)
     }
 
+    fn change_state(
+        &self,
+        transition: gst::StateChange,
+    ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        let ret = self.parent_change_state(transition)?;
+        if transition == gst::StateChange::PausedToReady {
+            // The streaming thread has stopped. Store what is held and close now, while the
+            // bus still delivers the warning if that fails (it is flushed on the way to NULL).
+            self.store_held_and_close();
+        }
+        Ok(ret)
+    }
+
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static TEMPLATES: Lazy<Vec<gst::PadTemplate>> = Lazy::new(|| {
             let caps = gst_audio::AudioCapsBuilder::new_interleaved()
@@ -802,32 +847,9 @@ impl BaseSinkImpl for RacsSink {
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
-        let mut state = self.state.lock().unwrap();
-        // unlock_stop() has run by now; a wait here is bounded by the timeouts.
-        self.canceller.reset();
-        if let Some(mut writer) = state.writer.take() {
-            let unacked = writer.unacked_bytes();
-            match writer.finish(false) {
-                Ok(()) => gst::info!(CAT, imp = self, "stopped, stream closed"),
-                Err(e) => {
-                    let (id, addr, seconds) = self.describe_bytes(unacked);
-                    gst::element_imp_warning!(
-                        self,
-                        gst::ResourceError::Write,
-                        (
-                            "Stopping without EOS: could not store the last {} bytes ({:.3} s) \
-                             of stream '{}' or close it on the RACS server at {}: {}",
-                            unacked,
-                            seconds,
-                            id,
-                            addr,
-                            e
-                        )
-                    );
-                }
-            }
-        }
-        *state = State::default();
+        // Normally done at PAUSED->READY already (see change_state).
+        self.store_held_and_close();
+        *self.state.lock().unwrap() = State::default();
         Ok(())
     }
 
