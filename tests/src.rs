@@ -1095,3 +1095,31 @@ fn unlock_cancels_a_follow_wait_at_once() {
         t0.elapsed()
     );
 }
+
+#[test]
+fn blocks_filed_under_a_later_table_are_an_error_not_a_hole() {
+    // A 1 Hz stream: each 2000-byte block is 1000 s of "audio", so its keys run far ahead. Its
+    // fifth block opens a table that then takes the first blocks of `behind`: that table is
+    // named 4000 s after them, and no range over `behind`'s own timeline reads it.
+    let srv = TestServer::start_with(|c| c.entries = 4);
+    let mut ahead = Writer::new(srv.addr(), "ahead", s16(1, 1));
+    ahead.ramp(5000, 1000);
+    let f = s16(44100, 2);
+    let mut behind = Writer::new(srv.addr(), "behind", f);
+    behind.ramp(44100, 4410);
+    let mut props = common_props(&srv, "behind");
+    props.push(("timeout", 2000u32.to_value()));
+    let t0 = Instant::now();
+    let run = pipeline(&props);
+    let (e, text) = expect_error(&run);
+    assert!(e.matches(gst::ResourceError::Read), "{text}");
+    assert!(
+        text.contains("keeps leaving out blocks of stream 'behind'"),
+        "{text}"
+    );
+    assert!(
+        run.data.lock().unwrap().is_empty(),
+        "audio with a hole came out"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(10));
+}
