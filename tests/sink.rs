@@ -1393,3 +1393,51 @@ fn a_format_too_wide_for_a_frame_is_a_settings_error() {
     feeder.stop();
     assert!(info(srv.addr(), "wide").is_none(), "nothing created");
 }
+
+#[test]
+fn ready_and_back_to_playing_appends_to_the_same_stream() {
+    let srv = TestServer::start();
+    let format = fmt(8000, 1, 16);
+    let sink = make_sink(&srv, "again", &[("chunk-size", "1600")]);
+    let pipeline = gst::Pipeline::new();
+    let src = gst::ElementFactory::make("appsrc")
+        .property("caps", caps_for(&format))
+        .build()
+        .unwrap();
+    pipeline.add_many([&src, &sink]).unwrap();
+    src.link(&sink).unwrap();
+    let (a, b) = (noise(5000, 1), noise(7000, 2));
+    let mut acked_frames = 0;
+    for data in [&a, &b] {
+        pipeline.set_state(gst::State::Playing).unwrap();
+        let _ = src.emit_by_name::<gst::FlowReturn>(
+            "push-buffer",
+            &[&gst::Buffer::from_slice(data.clone())],
+        );
+        // Wait until it is being rendered: its whole frames are acknowledged (the rest, held,
+        // is in the same render call, which deactivating the pad waits for).
+        let frames = (acked_frames + data.len() / 1600) as u64;
+        acked_frames = frames as usize;
+        let deadline = Instant::now() + WAIT;
+        while sink
+            .property::<gst::Structure>("stats")
+            .get::<u64>("frames-acked")
+            .unwrap()
+            < frames
+        {
+            assert!(Instant::now() < deadline, "not rendered");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        pipeline.set_state(gst::State::Ready).unwrap();
+        // The held rest went out as one more frame at READY.
+        acked_frames = sink
+            .property::<gst::Structure>("stats")
+            .get::<u64>("frames-acked")
+            .unwrap() as usize;
+        assert_eq!(acked_frames as u64, frames + 1);
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    let mut all = a.clone();
+    all.extend_from_slice(&b);
+    assert!(extract(srv.addr(), "again", 0, 16, all.len()) == all);
+}
