@@ -1417,7 +1417,6 @@ fn ready_and_back_to_playing_appends_to_the_same_stream() {
         // Wait until it is being rendered: its whole frames are acknowledged (the rest, held,
         // is in the same render call, which deactivating the pad waits for).
         let frames = (acked_frames + data.len() / 1600) as u64;
-        acked_frames = frames as usize;
         let deadline = Instant::now() + WAIT;
         while sink
             .property::<gst::Structure>("stats")
