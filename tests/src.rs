@@ -1123,3 +1123,43 @@ fn blocks_filed_under_a_later_table_are_an_error_not_a_hole() {
     );
     assert!(t0.elapsed() < Duration::from_secs(10));
 }
+
+#[test]
+fn silence_is_read_in_pages_not_from_the_stream_start() {
+    // Digital silence cannot be aligned by content; each page must still cost about one page
+    // of transfer, not a read of everything before it.
+    let srv = TestServer::start_with(|c| c.entries = 6);
+    let f = s16(8000, 2);
+    let mut w = Writer::new(srv.addr(), "quiet", f);
+    w.ramp(8000 * 2, 800);
+    let silent_frames = 8000 * 300;
+    let zeros = vec![0u8; 800 * f.bytes_per_frame()];
+    for _ in 0..silent_frames / 800 {
+        rt(w.conn.send_frame(&w.session, w.hash, &zeros)).unwrap();
+    }
+    w.frames += silent_frames;
+    w.ramp(8000 * 2, 800);
+    let total = w.frames;
+    let (got, reader) = read_range(&srv, "quiet", Bound::Open, Bound::Open, 10_000);
+    assert_eq!(got.len() as u64, total);
+    assert!(got[..16_000]
+        .iter()
+        .enumerate()
+        .all(|(i, &v)| v == i as u64));
+    assert!(got[16_000..16_000 + silent_frames as usize]
+        .iter()
+        .all(|&v| v == 0));
+    let tail = &got[16_000 + silent_frames as usize..];
+    assert!(tail
+        .iter()
+        .enumerate()
+        .all(|(i, &v)| v == (16_000 + silent_frames) + i as u64));
+    let wide_total = total * 4 * u64::from(f.channels);
+    let stats = reader.stats();
+    assert!(
+        stats.bytes <= 3 * wide_total,
+        "fetched {} int32 bytes to read {wide_total}: silence made pages re-read the stream \
+         ({stats:?})",
+        stats.bytes
+    );
+}

@@ -826,8 +826,18 @@ impl RangeReader {
                     }
                 }
                 Seam::Many if !origin => {
-                    // Repetitive audio (silence, a pure tone) cannot be aligned by content:
-                    // count from the stream's first byte instead.
+                    // Repetitive audio (silence, a pure tone) cannot be aligned by content. The
+                    // same query stopped just before the cursor's key returns what precedes the
+                    // cursor in this answer: when it is a prefix of the answer, the rest is the
+                    // page, and the completeness check in `accept` still applies. Only when that
+                    // fails, count from the stream's first byte.
+                    let before = self.extract(from, kc - 1).await?;
+                    if data.len() >= before.len() && data[..before.len()] == before[..] {
+                        if let Some(page) = self.accept(data, before.len(), need, upper) {
+                            self.margin = span;
+                            return Ok(Some(page));
+                        }
+                    }
                     span = i64::MAX;
                     continue;
                 }
