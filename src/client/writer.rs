@@ -692,6 +692,14 @@ impl StreamWriter {
         self.deliver_pending(true)
             .map_err(|e| self.add_unstored(e, pcm.len()))?;
         while !pcm.is_empty() {
+            if self.held.is_empty() && pcm.len() >= self.chunk && !self.suspect {
+                // A whole chunk in the caller's buffer goes out without being copied first.
+                let (frame, rest) = pcm.split_at(self.chunk);
+                self.send_direct(frame)
+                    .map_err(|e| self.add_unstored(e, rest.len()))?;
+                pcm = rest;
+                continue;
+            }
             let take = (self.chunk - self.held.len()).min(pcm.len());
             self.held.extend_from_slice(&pcm[..take]);
             pcm = &pcm[take..];
@@ -701,6 +709,42 @@ impl StreamWriter {
             }
         }
         Ok(())
+    }
+
+    /// One try at sending `frame` from where it is; if that fails it becomes the pending
+    /// frame (copied) and recovers like any other.
+    fn send_direct(&mut self, frame: &[u8]) -> Result<(), WriteError> {
+        debug_assert!(!self.has_pending && !self.suspect);
+        let want_ref = !self.ref_reported;
+        let ctx = self.ctx();
+        let acked = self.server_size;
+        match run(&self.canceller, async {
+            ctx.deliver(frame, acked, false, want_ref).await
+        }) {
+            Ok(out) => {
+                self.apply(out, false, frame.len() as u64);
+                Ok(())
+            }
+            Err(e) => {
+                self.pending.clear();
+                self.pending.extend_from_slice(frame);
+                self.has_pending = true;
+                match e {
+                    WriteError::Cancelled => {
+                        self.suspect = true;
+                        Err(WriteError::Cancelled)
+                    }
+                    e if e.is_retryable() => {
+                        self.suspect = true;
+                        self.deliver_pending(true)
+                    }
+                    e => {
+                        self.failed = true;
+                        Err(e)
+                    }
+                }
+            }
+        }
     }
 
     /// Counts the rest of a write that failed half-way as not stored too.
@@ -822,7 +866,10 @@ impl StreamWriter {
             });
             match result {
                 Ok(out) => {
-                    self.apply(out, failures > 0);
+                    let len = self.pending.len() as u64;
+                    self.has_pending = false;
+                    self.pending.clear();
+                    self.apply(out, failures > 0, len);
                     return Ok(());
                 }
                 Err(WriteError::Cancelled) => {
@@ -865,10 +912,7 @@ impl StreamWriter {
         }
     }
 
-    fn apply(&mut self, out: Outcome, after_failures: bool) {
-        let len = self.pending.len() as u64;
-        self.has_pending = false;
-        self.pending.clear();
+    fn apply(&mut self, out: Outcome, after_failures: bool, len: u64) {
         self.suspect = false;
         {
             let mut stats = self.stats.lock().unwrap();
@@ -1201,5 +1245,28 @@ mod tests {
         thief.write(&pcm(1600, 8)).unwrap();
         let err = f.writer.write(&pcm(1600, 9)).unwrap_err();
         assert!(matches!(err, WriteError::TakenOver { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn a_cancelled_direct_send_is_kept_and_delivered_once() {
+        let mut f = fixture("w-direct", 1600);
+        f.writer.prepare(S16_MONO_8K).unwrap();
+        let a = pcm(1600 * 2, 10); // whole chunks: sent straight from this buffer
+        f.writer.write(&a).unwrap();
+        assert_eq!(f.writer.stats().frames_acked, 2);
+        f.canceller.cancel();
+        let b = pcm(1600 + 100, 11);
+        assert_eq!(f.writer.write(&b), Err(WriteError::Cancelled));
+        assert_eq!(
+            f.writer.unacked_bytes(),
+            1600,
+            "the chunk is kept as the pending frame"
+        );
+        f.canceller.reset();
+        f.writer.write(&b[1600..]).unwrap();
+        f.writer.finish(true).unwrap();
+        let mut all = a.clone();
+        all.extend_from_slice(&b);
+        assert_eq!(stored(&f.srv, "w-direct"), all);
     }
 }
