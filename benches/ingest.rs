@@ -144,6 +144,71 @@ fn bare_client(addr: &str, id: &str, seconds: usize, pattern: &[u8]) -> u64 {
         .expect("bare client run")
 }
 
+/// racssink alone: buffers pushed into its sink pad from this thread, so no queue and no
+/// second thread stand between the data and the element (what appsrc adds).
+fn into_racssink_pad(
+    host: &str,
+    port: u16,
+    id: &str,
+    seconds: usize,
+    buffers: &[gst::Buffer],
+) -> u64 {
+    let caps = gst_audio::AudioCapsBuilder::new_interleaved()
+        .format(gst_audio::AudioFormat::S16le)
+        .rate(RATE as i32)
+        .channels(i32::from(CHANNELS))
+        .build();
+    let pipeline = gst::Pipeline::new();
+    let sink = gst::ElementFactory::make("racssink")
+        .property("host", host)
+        .property("port", u32::from(port))
+        .property("stream-id", id)
+        .build()
+        .unwrap();
+    pipeline.add(&sink).unwrap();
+    let pad = gst::Pad::builder(gst::PadDirection::Src).build();
+    pad.set_active(true).unwrap();
+    pad.link(&sink.static_pad("sink").unwrap()).unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    assert!(pad.push_event(gst::event::StreamStart::new("bench")));
+    assert!(pad.push_event(gst::event::Caps::new(&caps)));
+    let segment = gst::FormattedSegment::<gst::ClockTime>::new();
+    assert!(pad.push_event(gst::event::Segment::new(&segment)));
+    let total = seconds * BYTES_PER_SECOND;
+    let buffer_bytes = buffers[0].size();
+    let per_buffer_ns = buffer_bytes as u64 / 4 * 1_000_000_000 / u64::from(RATE);
+    let mut pushed = 0;
+    let mut i = 0u64;
+    while pushed < total {
+        let mut buffer = buffers[i as usize % buffers.len()].copy();
+        {
+            let b = buffer.get_mut().unwrap();
+            b.set_pts(gst::ClockTime::from_nseconds(i * per_buffer_ns));
+            b.set_duration(gst::ClockTime::from_nseconds(per_buffer_ns));
+        }
+        pad.push(buffer).expect("push into racssink");
+        pushed += buffer_bytes;
+        i += 1;
+    }
+    assert!(pad.push_event(gst::event::Eos::new()));
+    let msg = pipeline
+        .bus()
+        .unwrap()
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(600),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
+        .expect("EOS");
+    assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
+    let acked = sink
+        .property::<gst::Structure>("stats")
+        .get::<u64>("bytes-acked")
+        .unwrap();
+    pipeline.set_state(gst::State::Null).unwrap();
+    assert_eq!(acked, pushed as u64, "every byte acknowledged");
+    acked
+}
+
 fn through_racssink(
     host: &str,
     port: u16,
@@ -269,18 +334,17 @@ fn main() {
         "ingest: 44.1 kHz / 16-bit / stereo ({BYTES_PER_SECOND} bytes/s), {CHUNK} byte frames, \
          racs-lite in-process (data under {data_root}), best of {rounds} alternating rounds"
     );
-    let mut peaks: Vec<(usize, Vec<u64>)> = Vec::new();
+    let mut peaks: Vec<usize> = Vec::new();
     for (phase, seconds) in [("short", short), ("long", long)] {
         // Alternate the contenders, several rounds, and keep the best time of each: on a
         // shared machine the scheduler, not the code, decides the worst runs. Peak RSS is the
         // highest seen over the rounds. Each round gets a fresh server, and the sinks run
         // before the bare client so that they never meet its leftover server backlog.
-        let mut best: Vec<Option<Figures>> = vec![None, None, None];
-        let mut peak = vec![0u64; 3];
+        let mut best: Vec<Option<Figures>> = vec![None, None, None, None];
         for round in 0..rounds {
             let srv = racs_lite::TestServer::start();
             let (host, port, addr) = (srv.host(), srv.port(), srv.addr().to_string());
-            // RACS_BENCH_ONLY=0|1|2 runs one contender (for diagnosis); the others report 0.
+            // RACS_BENCH_ONLY=0|1|2|3 runs one contender (for diagnosis); the others report 0.
             let skip = |i: usize| only.is_some_and(|o| o != i);
             let mut runs = Vec::new();
             for (i, buffers) in buffer_sets.iter().enumerate() {
@@ -291,6 +355,18 @@ fn main() {
                     through_racssink(&host, port, &format!("sink{i}-{round}"), seconds, buffers)
                 }));
             }
+            runs.push(measure(|| {
+                if skip(3) {
+                    return 0;
+                }
+                into_racssink_pad(
+                    &host,
+                    port,
+                    &format!("pad-{round}"),
+                    seconds,
+                    &buffer_sets[1],
+                )
+            }));
             runs.insert(
                 0,
                 measure(|| {
@@ -300,8 +376,7 @@ fn main() {
                     bare_client(&addr, &format!("bare-{round}"), seconds, &pattern)
                 }),
             );
-            for ((slot, max), f) in best.iter_mut().zip(peak.iter_mut()).zip(runs) {
-                *max = (*max).max(f.peak_kib);
+            for (slot, f) in best.iter_mut().zip(runs) {
                 if slot.as_ref().is_none_or(|b| f.wall < b.wall) {
                     *slot = Some(f);
                 }
@@ -317,6 +392,7 @@ fn main() {
             "bare client (one connection, same frames)".to_string(),
             format!("appsrc ! racssink, {} byte buffers", sizes[0]),
             format!("appsrc ! racssink, {} byte buffers", sizes[1]),
+            format!("racssink alone, {} byte buffers", sizes[1]),
         ];
         for (name, f) in names.iter().zip(&best) {
             println!(
@@ -329,11 +405,16 @@ fn main() {
         }
         for (i, size) in sizes.iter().enumerate() {
             println!(
-                "  ratio racssink/bare with {size} byte buffers: {:.3} (goal >= 0.9)",
+                "  ratio appsrc ! racssink / bare with {size} byte buffers: {:.3} (goal >= 0.9)",
                 best[i + 1].mb_per_s() / best[0].mb_per_s()
             );
         }
-        peaks.push((seconds, peak));
+        println!(
+            "  ratio racssink alone (no appsrc thread) / bare with {} byte buffers: {:.3}",
+            sizes[1],
+            best[3].mb_per_s() / best[0].mb_per_s()
+        );
+        peaks.push(seconds);
     }
     println!(
         "\npeak RSS (VmHWM of a fresh process running one contender once, in-process server \
@@ -357,7 +438,7 @@ fn main() {
         "racssink 32 KiB buffers",
     ];
     for (i, name) in names.iter().enumerate() {
-        let (s_secs, l_secs) = (peaks[0].0, peaks[1].0);
+        let (s_secs, l_secs) = (peaks[0], peaks[1]);
         let (s_rss, l_rss) = (child_peak(i, s_secs), child_peak(i, l_secs));
         println!(
             "  {name:<24} {s_rss:>7} KiB for {s_secs} s, {l_rss:>7} KiB for {l_secs} s ({:+.1}% for {}x the input)",
