@@ -118,7 +118,7 @@ fn run() -> Res<()> {
         SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap()
-            .as_secs()
+            .as_millis()
     );
     let plugin_dir = built_plugin_dir();
 
