@@ -359,7 +359,7 @@ fn run_to_eos(pipeline: &gst::Element, what: &str) -> Res<()> {
             match msg.view() {
                 gst::MessageView::Eos(_) => return Ok(()),
                 gst::MessageView::Error(e) => {
-                    return Err(format!("{what}: {}{}", e.error(), debug_suffix(e.debug())));
+                    return Err(format!("{what}: {}", e.error()));
                 }
                 gst::MessageView::Warning(w) => println!("      warning: {}", w.error()),
                 gst::MessageView::Progress(p) => {
@@ -392,15 +392,11 @@ fn run_to_eos(pipeline: &gst::Element, what: &str) -> Res<()> {
 fn pending_error(bus: &gst::Bus) -> String {
     match bus.timed_pop_filtered(gst::ClockTime::from_seconds(1), &[gst::MessageType::Error]) {
         Some(msg) => match msg.view() {
-            gst::MessageView::Error(e) => format!("{}{}", e.error(), debug_suffix(e.debug())),
+            gst::MessageView::Error(e) => e.error().to_string(),
             _ => String::new(),
         },
         None => "no error message".into(),
     }
-}
-
-fn debug_suffix(debug: Option<glib::GString>) -> String {
-    debug.map(|d| format!(" ({d})")).unwrap_or_default()
 }
 
 fn stream_info(host: &str, port: u16, id: &str) -> Res<StreamInfo> {

@@ -655,3 +655,54 @@ fn record_and_export_examples_round_trip() {
     assert_eq!(out.status.code(), Some(1), "{}", out.dump());
     assert!(out.stderr.contains("unknown extension"), "{}", out.dump());
 }
+
+#[test]
+fn quickstart_example_checks_what_came_back() {
+    let work = tempfile::tempdir().unwrap();
+    let out_wav = work.path().join("excerpt.wav");
+    let mut cmd = example("quickstart");
+    cmd.arg("--out").arg(&out_wav).env_remove("RACS_ADDR");
+    let out = run(cmd, T);
+    assert!(out.success(), "the quickstart failed:\n{}", out.dump());
+    for step in ["[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"] {
+        assert!(
+            out.stdout.contains(step),
+            "missing step {step}:\n{}",
+            out.dump()
+        );
+    }
+    assert!(
+        out.stdout
+            .contains("every one of the 220500 sample frames is identical to what went in"),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        out.stdout.contains("OK: what came back is what went in"),
+        "{}",
+        out.dump()
+    );
+    let wav = read_wav(&out_wav);
+    assert_eq!((wav.channels, wav.rate, wav.bits), (2, 44100, 16));
+    assert_eq!(wav.frames(), 220_500, "seconds 2.5 to 7.5");
+
+    // With RACS_ADDR pointing at no server it fails, saying why.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = example("quickstart");
+    cmd.arg("--out")
+        .arg(work.path().join("none.wav"))
+        .env("RACS_ADDR", format!("127.0.0.1:{port}"));
+    let out = run(cmd, T);
+    assert_eq!(out.status.code(), Some(1), "{}", out.dump());
+    assert!(
+        out.stderr.contains(&format!(
+            "quickstart FAILED: recording: cannot connect to the RACS server at 127.0.0.1:{port}"
+        )),
+        "{}",
+        out.dump()
+    );
+}
