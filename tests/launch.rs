@@ -706,3 +706,84 @@ fn quickstart_example_checks_what_came_back() {
         out.dump()
     );
 }
+
+/// Properties every element gets from its GStreamer base class; the README documents only the
+/// element's own (and `sync`, whose default racssink changes).
+const BASE_CLASS_PROPERTIES: &[&str] = &[
+    "async",
+    "blocksize",
+    "do-timestamp",
+    "enable-last-sample",
+    "last-sample",
+    "max-bitrate",
+    "max-lateness",
+    "name",
+    "num-buffers",
+    "parent",
+    "processing-deadline",
+    "qos",
+    "render-delay",
+    "throttle-time",
+    "ts-offset",
+    "typefind",
+];
+
+/// The README's property table for `element`: name -> the Default column.
+fn readme_properties(element: &str) -> BTreeMap<String, String> {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    let start = readme
+        .find(&format!("\n### {element}\n"))
+        .unwrap_or_else(|| panic!("README.md has no section ### {element}"));
+    let section = &readme[start + 1..];
+    let end = section[4..].find("\n#").map_or(section.len(), |e| e + 4);
+    section[..end]
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| {
+            let cols: Vec<&str> = l.split(" | ").collect();
+            (
+                cols[0]
+                    .trim_start_matches("| ")
+                    .trim_matches('`')
+                    .to_string(),
+                cols[2].to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn readme_property_tables_match_gst_inspect() {
+    for element in ["racssink", "racssrc"] {
+        let inspected = inspect_properties(element);
+        let documented = readme_properties(element);
+        for (name, prop) in &inspected {
+            if BASE_CLASS_PROPERTIES.contains(&name.as_str()) {
+                continue;
+            }
+            let doc = documented
+                .get(name)
+                .unwrap_or_else(|| panic!("README.md's {element} table lacks the property {name}"));
+            // gst-inspect shows strings quoted and unset strings as null; enums as `0, "silence"`.
+            let Some(default) = prop.default.as_deref() else {
+                continue; // read-only structures show their fields instead
+            };
+            let want = match default {
+                "null" => "none".to_string(),
+                d if d.contains(", \"") => d.split('"').nth(1).unwrap().to_string(),
+                d => d.trim_matches('"').to_string(),
+            };
+            assert!(
+                doc.contains(&want),
+                "README.md says {element}::{name} defaults to {doc}, gst-inspect-1.0 shows {default}"
+            );
+        }
+        for name in documented.keys() {
+            assert!(
+                inspected.contains_key(name),
+                "README.md documents {element}::{name}, which gst-inspect-1.0 does not list"
+            );
+        }
+    }
+}
