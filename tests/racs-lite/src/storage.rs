@@ -153,6 +153,9 @@ pub fn stream_hash(id: &[u8]) -> u64 {
     h as u64
 }
 
+/// Tables handed to the writer thread and not yet on disk, at most.
+const MAX_PENDING_TABLES: usize = 16;
+
 /// The whole server state behind one mutex.
 pub struct Store {
     root: PathBuf,
@@ -162,7 +165,7 @@ pub struct Store {
     pub open: HashMap<u64, [u8; 16]>,
     mem: Table,
     segs: SegIndex,
-    writer_tx: Option<mpsc::Sender<Job>>,
+    writer_tx: Option<mpsc::SyncSender<Job>>,
     writer: Option<JoinHandle<()>>,
     write_error: Arc<Mutex<Option<io::Error>>>,
 }
@@ -417,7 +420,9 @@ impl Store {
         scan_segs(&root.join("seg"), &mut Vec::new(), &mut segs);
         let segs: SegIndex = Arc::new(Mutex::new(segs));
         let write_error = Arc::new(Mutex::new(None));
-        let (tx, rx) = mpsc::channel();
+        // Bounded, so a client writing faster than the disk is slowed down instead of growing
+        // the server's memory without limit.
+        let (tx, rx) = mpsc::sync_channel(MAX_PENDING_TABLES);
         let (s2, e2) = (segs.clone(), write_error.clone());
         let writer = std::thread::Builder::new()
             .name("racs-lite-writer".into())
