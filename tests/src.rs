@@ -1163,3 +1163,56 @@ fn silence_is_read_in_pages_not_from_the_stream_start() {
         stats.bytes
     );
 }
+
+#[test]
+fn follow_mode_rides_out_tables_that_are_briefly_invisible() {
+    // The real server hides a just-flushed table from EXTRACT for about half a second. A
+    // follower meets that at every flush: it must wait it out, not re-read the stream from
+    // its first byte each time, and still deliver every frame exactly once.
+    let srv = TestServer::start_with(|c| {
+        c.entries = 4;
+        c.flush_invisible = Duration::from_millis(400);
+    });
+    let f = s16(8000, 2);
+    let mut w = Writer::new(srv.addr(), "flushy", f);
+    w.ramp(8000, 800);
+    let total = 8000 * 31;
+    let appender = std::thread::spawn(move || {
+        // 30 s of audio in 100 ms blocks, five times faster than real time.
+        for _ in 0..300 {
+            std::thread::sleep(Duration::from_millis(20));
+            w.ramp(800, 800);
+        }
+    });
+    let pool = Pool::get(&srv.host(), srv.port(), 3);
+    let mut cfg = ReaderConfig::new("flushy");
+    cfg.stop = Bound::Frame(total);
+    cfg.follow = true;
+    cfg.page_ms = 2000;
+    cfg.timeout = T;
+    let c = Canceller::new();
+    let mut reader = block_on(&c, async {
+        Ok(RangeReader::open(pool, cfg).await.unwrap())
+    })
+    .unwrap();
+    let mut got = Vec::new();
+    while let Some(page) = block_on(&c, async { Ok(reader.next_page().await.unwrap()) }).unwrap() {
+        got.extend(decode_wide(&f, &page.data));
+    }
+    appender.join().unwrap();
+    check_range(
+        &f,
+        &got,
+        0,
+        total,
+        true,
+        "followed through invisible tables",
+    );
+    let stats = reader.stats();
+    let wide_total = total * 4 * u64::from(f.channels);
+    assert!(
+        stats.bytes <= 4 * wide_total,
+        "fetched {} int32 bytes to follow {wide_total}: misses re-read the stream ({stats:?})",
+        stats.bytes
+    );
+}

@@ -644,7 +644,10 @@ impl RangeReader {
                 }
                 continue;
             }
-            match self.fetch(end).await? {
+            // A short page is first asked again as it was: on the real server the usual cause
+            // is a table being flushed, which a wider query would not fix, only make costly.
+            // Wider queries (down to the stream's first byte) come after two such misses.
+            match self.fetch(end, misses >= 2).await? {
                 Some((start, data)) => {
                     if let Some(page) = self.cut(start, data, end) {
                         return Ok(Some(page));
@@ -777,9 +780,13 @@ impl RangeReader {
         found.map_or(Seam::None, Seam::One)
     }
 
-    /// One page from the cursor, checked; `None` when the server left blocks out even when
-    /// asked from further back.
-    async fn fetch(&mut self, end: Option<u64>) -> Result<Option<(u64, Vec<u8>)>, ReadError> {
+    /// One page from the cursor, checked; `None` when the server left blocks out (with `widen`:
+    /// even when asked from further back).
+    async fn fetch(
+        &mut self,
+        end: Option<u64>,
+        widen: bool,
+    ) -> Result<Option<(u64, Vec<u8>)>, ReadError> {
         let c = self.cursor;
         let kc = self.key(c);
         let mut upper = kc.saturating_add(self.page_ms() - 1);
@@ -838,6 +845,9 @@ impl RangeReader {
                             return Ok(Some(page));
                         }
                     }
+                    if !widen {
+                        return Ok(None);
+                    }
                     span = i64::MAX;
                     continue;
                 }
@@ -847,7 +857,7 @@ impl RangeReader {
                 }
                 _ => {}
             }
-            if origin {
+            if origin || !widen {
                 return Ok(None);
             }
             span = span.saturating_mul(2);

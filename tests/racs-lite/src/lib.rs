@@ -48,6 +48,10 @@ pub struct Config {
     /// A connection idle (or stuck mid-message, or not reading its reply) for this long is
     /// closed (default 300 s).
     pub idle_timeout: Duration,
+    /// How long a full table stays invisible to EXTRACT after it is handed to the writer
+    /// (default 0: never). The real server shows this quirk for about half a second after each
+    /// flush; tests of readers set it to reproduce that.
+    pub flush_invisible: Duration,
 }
 
 impl Config {
@@ -59,6 +63,7 @@ impl Config {
             max_connections: 190,
             max_message_bytes: 64 * 1024 * 1024,
             idle_timeout: Duration::from_secs(300),
+            flush_invisible: Duration::ZERO,
         }
     }
 }

@@ -52,7 +52,8 @@ impl Running {
     pub fn start(addr: SocketAddr, config: Config) -> io::Result<Running> {
         let listener = bind(addr)?;
         let local = listener.local_addr()?;
-        let store = Store::open(&config.data_dir, config.entries)?;
+        let mut store = Store::open(&config.data_dir, config.entries)?;
+        store.set_flush_invisible(config.flush_invisible);
         let (stop_tx, stop_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             store: Mutex::new(store),

@@ -15,6 +15,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::timefmt::{split_ms, timegm};
 
@@ -168,6 +169,10 @@ pub struct Store {
     writer_tx: Option<mpsc::SyncSender<Job>>,
     writer: Option<JoinHandle<()>>,
     write_error: Arc<Mutex<Option<io::Error>>>,
+    /// See `Config::flush_invisible`.
+    flush_invisible: Duration,
+    /// Tables hidden from EXTRACT until the given instant.
+    hidden: Vec<((u64, u32), Instant)>,
 }
 
 /// What EXTRACT needs to read outside the lock.
@@ -438,7 +443,14 @@ impl Store {
             writer_tx: Some(tx),
             writer: Some(writer),
             write_error,
+            flush_invisible: Duration::ZERO,
+            hidden: Vec::new(),
         })
+    }
+
+    /// Makes each flushed table invisible to EXTRACT for `d`, as on the real server.
+    pub fn set_flush_invisible(&mut self, d: Duration) {
+        self.flush_invisible = d;
     }
 
     fn md_path(&self, hash: u64) -> PathBuf {
@@ -492,6 +504,11 @@ impl Store {
             seq += 1;
         }
         let key = (ts, seq);
+        if !self.flush_invisible.is_zero() {
+            let now = Instant::now();
+            self.hidden.retain(|(_, until)| *until > now);
+            self.hidden.push((key, now + self.flush_invisible));
+        }
         segs.insert(key, Seg::Pending(table.clone()));
         drop(segs);
         let job = Job {
@@ -533,8 +550,15 @@ impl Store {
         if from > to {
             return Ok(plan);
         }
+        let now = Instant::now();
+        let hidden = |key: &(u64, u32)| {
+            self.hidden
+                .iter()
+                .any(|(k, until)| k == key && *until > now)
+        };
         plan.segs = lock(&self.segs)
             .range((from, 0)..=(to, u32::MAX))
+            .filter(|(key, _)| !hidden(key))
             .map(|(_, s)| s.clone())
             .collect();
         for (h, ts, b) in self.mem.blocks() {

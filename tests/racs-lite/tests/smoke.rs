@@ -78,3 +78,35 @@ fn restart_keeps_acknowledged_data() {
         r#"["int", 1600]"#
     );
 }
+
+#[test]
+fn flush_invisibility_can_be_reproduced() {
+    // Off by default; with the option, a flushed table is missing from EXTRACT for a while,
+    // then comes back, as on the real server.
+    let srv = TestServer::start_with(|c| {
+        c.entries = 2;
+        c.flush_invisible = std::time::Duration::from_millis(300);
+    });
+    let mut c = RawClient::connect(srv.addr()).unwrap();
+    c.command("CREATE 'f' 8000 1 16").unwrap();
+    c.command("OPEN 'f'").unwrap();
+    let session = [9u8; 16];
+    // Three 100 ms blocks: the third append flushes a table holding the first two.
+    for _ in 0..3 {
+        let r = c.frame(&build_frame(&session, b"f", &[0u8; 1600])).unwrap();
+        assert_eq!(show(&r), r#"["null"]"#);
+    }
+    let samples = |c: &mut RawClient| {
+        let r = c.command("EXTRACT 'f' 0 9999999999999").unwrap();
+        r[0].as_array().unwrap()[1].as_slice().unwrap().len() / 4
+    };
+    assert_eq!(samples(&mut c), 800, "only the in-memory block is visible");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while samples(&mut c) != 2400 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the table never came back"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
