@@ -417,7 +417,7 @@ impl ObjectImpl for RacsSrc {
                          element in the process",
                     )
                     .minimum(1)
-                    .maximum(64)
+                    .maximum(199)
                     .default_value(DEFAULT_POOL_SIZE)
                     .mutable_ready()
                     .build(),
