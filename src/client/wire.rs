@@ -237,6 +237,20 @@ impl Connection {
         })
     }
 
+    /// The result a reply carries. An empty reply (N=0) means the server lost the request (a
+    /// split length prefix on the real server): the connection's place in the reply stream is
+    /// no longer certain, so it is marked broken and the error is a connection error.
+    fn value_of(&mut self, reply: Reply) -> Result<Value> {
+        if reply.0.is_empty() {
+            self.broken = true;
+            return Err(Error::Protocol {
+                addr: self.addr.clone(),
+                reason: "an empty reply: the server did not take the request".into(),
+            });
+        }
+        reply.into_value()
+    }
+
     /// Sends one raw payload (a NUL-terminated command or a frame) and returns the reply.
     pub async fn request(&mut self, payload: &[u8]) -> Result<Reply> {
         self.out.clear();
@@ -255,7 +269,10 @@ impl Connection {
         self.out.extend_from_slice(text);
         self.out.push(0);
         let verb = cmd.as_str().split(' ').next().unwrap_or_default();
-        self.round_trip(verb).await?.into_value()
+        {
+            let reply = self.round_trip(verb).await?;
+            self.value_of(reply)
+        }
     }
 
     fn unexpected(&self, cmd: &Command, value: Value) -> Error {
@@ -283,7 +300,8 @@ impl Connection {
         self.out
             .extend_from_slice(&((super::frame::HEADER_LEN + pcm.len()) as u64).to_le_bytes());
         encode_frame_into(&mut self.out, session, stream_hash, pcm)?;
-        match self.round_trip("a frame").await?.into_value()? {
+        let reply = self.round_trip("a frame").await?;
+        match self.value_of(reply)? {
             Value::Null => Ok(()),
             other => Err(Error::Protocol {
                 addr: self.addr.clone(),
@@ -466,6 +484,32 @@ mod tests {
             Value::Error(msg) => assert!(msg.starts_with('U') && msg.ends_with('X')),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn an_empty_reply_breaks_the_connection() {
+        // A peer that answers every request with N=0, as the real server does when it loses a
+        // request: the command fails with a connection error and the connection is not reused.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let peer = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let (mut sock, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 64];
+            let _ = sock.read(&mut buf).unwrap();
+            sock.write_all(&0u64.to_le_bytes()).unwrap();
+        });
+        let err = super::super::pool::runtime().block_on(async {
+            let mut conn = Connection::connect(&addr, Duration::from_secs(5))
+                .await
+                .unwrap();
+            let err = conn.ping().await.unwrap_err();
+            assert!(conn.is_broken());
+            err
+        });
+        peer.join().unwrap();
+        assert!(err.is_connection_error(), "{err}");
+        assert!(err.to_string().contains("empty reply"), "{err}");
     }
 
     #[test]
