@@ -4,6 +4,7 @@
 pub mod client;
 mod racssink;
 mod racssrc;
+mod uri;
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     racssink::register(plugin)?;

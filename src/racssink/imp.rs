@@ -13,12 +13,12 @@ use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 use once_cell::sync::Lazy;
 
-use super::uri;
 use super::GapPolicy;
 use crate::client::writer::{
     StreamWriter, WriteError, WriterConfig, WriterEvent, WriterStats, DEFAULT_CHUNK_BYTES,
 };
 use crate::client::{block_on, validate_stream_id, Canceller, Error, Pool, StreamFormat};
+use crate::uri;
 
 static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
     gst::DebugCategory::new(

@@ -5,7 +5,6 @@ use gst::glib;
 use gst::prelude::*;
 
 mod imp;
-mod uri;
 
 glib::wrapper! {
     pub struct RacsSink(ObjectSubclass<imp::RacsSink>)

@@ -16,6 +16,7 @@ use gst_base::subclass::prelude::*;
 use super::narrow::{narrow_to_s16le, narrow_to_s24le};
 use crate::client::reader::{Bound, RangeReader, ReadError, ReaderConfig};
 use crate::client::{block_on, runtime, validate_stream_id, Canceller, Error, Pool, StreamFormat};
+use crate::uri;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -590,13 +591,13 @@ impl URIHandlerImpl for RacsSrc {
         } else {
             s.host.clone()
         };
-        let mut uri = format!("racs://{host}:{}/{}", s.port, percent_encode(id));
+        let mut uri = format!("racs://{host}:{}/{}", s.port, uri::percent_encode(id));
         let mut query = Vec::new();
         if let Some(v) = non_empty(&s.start) {
-            query.push(format!("start={}", percent_encode(v)));
+            query.push(format!("start={}", uri::percent_encode(v)));
         }
         if let Some(v) = non_empty(&s.stop) {
-            query.push(format!("stop={}", percent_encode(v)));
+            query.push(format!("stop={}", uri::percent_encode(v)));
         }
         if s.start_offset != DEFAULT_START_OFFSET {
             query.push(format!("start-offset={}", s.start_offset));
@@ -615,7 +616,8 @@ impl URIHandlerImpl for RacsSrc {
     }
 
     fn set_uri(&self, uri: &str) -> Result<(), glib::Error> {
-        let parsed = parse_uri(uri).map_err(|msg| glib::Error::new(gst::URIError::BadUri, &msg))?;
+        let parsed =
+            uri::parse(uri).map_err(|msg| glib::Error::new(gst::URIError::BadUri, &msg))?;
         let obj = self.obj();
         if self.state.lock().unwrap().pool.is_some() {
             return Err(glib::Error::new(
@@ -631,7 +633,7 @@ impl URIHandlerImpl for RacsSrc {
         if let Some(port) = parsed.port {
             props.push(("port".into(), u32::from(port).to_value()));
         }
-        for (key, value) in parsed.query {
+        for (key, value) in parsed.params {
             let Some(pspec) = obj.find_property(&key) else {
                 return Err(glib::Error::new(
                     gst::URIError::BadUri,
@@ -651,99 +653,6 @@ impl URIHandlerImpl for RacsSrc {
         }
         Ok(())
     }
-}
-
-struct ParsedUri {
-    host: String,
-    port: Option<u16>,
-    stream_id: String,
-    query: Vec<(String, String)>,
-}
-
-fn percent_decode(s: &str) -> Result<String, String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("bad percent escape in '{s}'"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| format!("'{s}' does not decode to UTF-8"))
-}
-
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// `racs://host[:port]/stream-id[?key=value&...]`.
-fn parse_uri(uri: &str) -> Result<ParsedUri, String> {
-    let rest = uri
-        .strip_prefix("racs://")
-        .ok_or_else(|| format!("'{uri}' is not a racs:// URI"))?;
-    let (rest, query) = match rest.split_once('?') {
-        Some((r, q)) => (r, Some(q)),
-        None => (rest, None),
-    };
-    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let stream_id = percent_decode(path)?;
-    if stream_id.is_empty() {
-        return Err(format!(
-            "URI '{uri}' names no stream: use racs://host:port/stream-id"
-        ));
-    }
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (h, after) = v6
-            .split_once(']')
-            .ok_or_else(|| format!("unclosed '[' in URI '{uri}'"))?;
-        (h.to_string(), after.strip_prefix(':'))
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), Some(p)),
-            None => (authority.to_string(), None),
-        }
-    };
-    let port = port
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            p.parse::<u16>()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| format!("bad port '{p}' in URI '{uri}'"))
-        })
-        .transpose()?;
-    let host = if host.is_empty() {
-        DEFAULT_HOST.to_string()
-    } else {
-        percent_decode(&host)?
-    };
-    let mut pairs = Vec::new();
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, "true"));
-        pairs.push((percent_decode(k)?, percent_decode(&v.replace('+', " "))?));
-    }
-    Ok(ParsedUri {
-        host,
-        port,
-        stream_id,
-        query: pairs,
-    })
 }
 
 impl BaseSrcImpl for RacsSrc {

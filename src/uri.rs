@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MPL-2.0
-//! The `racs://host:port/stream-id?key=value&...` form of racssink's settings.
+//! The `racs://host:port/stream-id?key=value&...` form of both elements' settings.
 
 /// What a URI sets: the address, the stream, and `key=value` pairs named like properties.
 #[derive(Debug, Clone, PartialEq, Eq)]
