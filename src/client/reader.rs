@@ -35,6 +35,9 @@ use super::wire::StreamInfo;
 
 /// Audio asked for per EXTRACT unless configured otherwise.
 pub const DEFAULT_PAGE_MS: u64 = 10_000;
+/// Bytes at the end of a stream that may sit in a table the server is still flushing: the
+/// newest flush holds at most one table (40 blocks by default) of the newest blocks of all streams.
+const RECENT_BYTES: u64 = 128 * MAX_BLOCK_BYTES as u64;
 /// Bytes of the last returned samples (as int32) kept to find the seam in a wider answer.
 const TAIL_BYTES: usize = 4096;
 const NO_STREAM: &str = "The stream-id does not exist";
@@ -644,10 +647,14 @@ impl RangeReader {
                 }
                 continue;
             }
-            // A short page is first asked again as it was: on the real server the usual cause
-            // is a table being flushed, which a wider query would not fix, only make costly.
-            // Wider queries (down to the stream's first byte) come after two such misses.
-            match self.fetch(end, misses >= 2).await? {
+            // A short page has two causes. A table filed under an earlier time (the name-time
+            // filter) is found by asking from further back, at once. A table being flushed
+            // (hidden for about half a second on the real server) is found by waiting, and a
+            // wider query would only make each miss cost a read of the stream. Only the newest
+            // blocks can sit in a table being flushed, so near the end of the stream a short
+            // page is asked again as it was, and widened only after two misses.
+            let near_end = self.size.saturating_sub(self.cursor) <= RECENT_BYTES;
+            match self.fetch(end, misses >= 2 || !near_end).await? {
                 Some((start, data)) => {
                     if let Some(page) = self.cut(start, data, end) {
                         return Ok(Some(page));
