@@ -226,11 +226,22 @@ impl Connection {
                 reason: format!("a reply announced as {len} bytes"),
             });
         }
-        let mut body = vec![0u8; len as usize];
-        self.stream
-            .read_exact(&mut body)
+        // Memory grows with what arrives, not with what a garbage prefix announces.
+        let mut body = Vec::with_capacity(len.min(64 << 20) as usize);
+        (&mut self.stream)
+            .take(len)
+            .read_to_end(&mut body)
             .await
             .map_err(|e| io_err(&self.addr, e))?;
+        if (body.len() as u64) < len {
+            return Err(Error::Io {
+                addr: self.addr.clone(),
+                reason: format!(
+                    "the server closed the connection after {} of a {len}-byte reply",
+                    body.len()
+                ),
+            });
+        }
         Reply::decode(&body).map_err(|reason| Error::Protocol {
             addr: self.addr.clone(),
             reason,
@@ -510,6 +521,32 @@ mod tests {
         peer.join().unwrap();
         assert!(err.is_connection_error(), "{err}");
         assert!(err.to_string().contains("empty reply"), "{err}");
+    }
+
+    #[test]
+    fn a_reply_cut_short_is_a_connection_error() {
+        // A peer that announces a 1 GiB reply, sends 3 bytes and closes.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let peer = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let (mut sock, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 64];
+            let _ = sock.read(&mut buf).unwrap();
+            sock.write_all(&(1u64 << 30).to_le_bytes()).unwrap();
+            sock.write_all(b"abc").unwrap();
+        });
+        let err = super::super::pool::runtime().block_on(async {
+            let mut conn = Connection::connect(&addr, Duration::from_secs(5))
+                .await
+                .unwrap();
+            let err = conn.ping().await.unwrap_err();
+            assert!(conn.is_broken());
+            err
+        });
+        peer.join().unwrap();
+        assert!(err.is_connection_error(), "{err}");
+        assert!(err.to_string().contains("after 3 of a"), "{err}");
     }
 
     #[test]
