@@ -1216,3 +1216,43 @@ fn follow_mode_rides_out_tables_that_are_briefly_invisible() {
         stats.bytes
     );
 }
+
+#[test]
+fn follow_mode_reports_a_server_that_started_over() {
+    // After a crash, the server forgets a stream's size and reference time; the follower must
+    // say so instead of waiting for offsets of a timeline that no longer exists.
+    let mut srv = TestServer::start_with(|c| c.entries = 4);
+    let f = s16(8000, 2);
+    let mut w = Writer::new(srv.addr(), "crashy", f);
+    w.ramp(8000, 800);
+    let pool = Pool::get(&srv.host(), srv.port(), 3);
+    let mut cfg = ReaderConfig::new("crashy");
+    cfg.follow = true;
+    cfg.timeout = T;
+    cfg.poll_interval = Duration::from_millis(20);
+    let c = Canceller::new();
+    let mut reader = block_on(&c, async {
+        Ok(RangeReader::open(pool, cfg).await.unwrap())
+    })
+    .unwrap();
+    let mut got = 0;
+    while got < 8000 {
+        let page = block_on(&c, async { Ok(reader.next_page().await.unwrap()) })
+            .unwrap()
+            .expect("follow mode does not end");
+        got += page.data.len() / 8;
+    }
+    drop(w);
+    srv.kill();
+    srv.restart();
+    let err = block_on(&c, async {
+        match tokio::time::timeout(T, reader.next_page()).await {
+            Err(_) => panic!("the follower kept waiting after the server started over"),
+            Ok(Ok(page)) => panic!("a page after the server started over: {page:?}"),
+            Ok(Err(e)) => Ok(e.to_string()),
+        }
+    })
+    .unwrap();
+    assert!(err.contains("started over"), "{err}");
+    assert!(err.contains("'crashy'"), "{err}");
+}

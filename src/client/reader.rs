@@ -506,9 +506,23 @@ impl RangeReader {
             }
         } else {
             let size = conn.info(&self.cfg.stream_id, InfoAttr::Size).await?;
-            // Size reads as "unknown" only on a fresh stream or after the server lost its
-            // metadata; keep what we know rather than go backwards.
-            self.size = self.size.max(size.map_or(0, |s| s.max(0) as u64));
+            let size = size.map_or(0, |s| s.max(0) as u64);
+            if size < self.size {
+                // A stream never shrinks, unless the server restarted after a crash and lost
+                // its metadata: then its `ref` changes too (to 0, then to the time of the next
+                // frame), and offsets on the old timeline mean nothing on the new one.
+                let ref_ms = conn.info(&self.cfg.stream_id, InfoAttr::Ref).await?;
+                if ref_ms.unwrap_or(0) != self.ref_ms {
+                    return Err(ReadError::Missing(format!(
+                        "stream '{}' on the RACS server at {} started over: its size went back                          from {} to {size} bytes and its reference time changed, so the server                          restarted and lost data. Start racssrc again to read the stream as it                          is now",
+                        self.cfg.stream_id,
+                        self.pool.addr(),
+                        self.size
+                    )));
+                }
+            }
+            // A size that reads as unknown (0) with the same ref: keep what we know.
+            self.size = self.size.max(size);
         }
         Ok(())
     }
