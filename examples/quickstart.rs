@@ -450,9 +450,5 @@ fn absolute(p: &Path) -> PathBuf {
 
 /// Epoch milliseconds as RFC 3339 UTC with exactly three fraction digits.
 fn rfc3339(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    match glib::DateTime::from_unix_utc(secs).and_then(|d| d.format("%Y-%m-%dT%H:%M:%S")) {
-        Ok(s) => format!("{s}.{:03}Z", ms.rem_euclid(1000)),
-        Err(_) => format!("{ms} ms since the epoch"),
-    }
+    gstracs::client::reader::format_unix_ms(ms)
 }
