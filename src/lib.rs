@@ -2,6 +2,7 @@
 //! GStreamer plugin `racs`: `racssink` stores PCM in a RACS stream, `racssrc` extracts it again.
 
 pub mod client;
+mod props;
 mod racssink;
 mod racssrc;
 mod uri;

@@ -18,6 +18,9 @@ use crate::client::writer::{
     StreamWriter, WriteError, WriterConfig, WriterEvent, WriterStats, DEFAULT_CHUNK_BYTES,
 };
 use crate::client::{block_on, validate_stream_id, Canceller, Error, Pool, StreamFormat};
+use crate::props::{
+    DEFAULT_HOST, DEFAULT_POOL_SIZE, DEFAULT_PORT, DEFAULT_TIMEOUT_MS, MAX_POOL_SIZE,
+};
 use crate::uri;
 
 static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
@@ -28,16 +31,11 @@ static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
     )
 });
 
-const DEFAULT_HOST: &str = "localhost";
-const DEFAULT_PORT: u32 = 6381;
-const DEFAULT_POOL_SIZE: u32 = 3;
 const DEFAULT_CHUNK_SIZE: u32 = DEFAULT_CHUNK_BYTES as u32;
 const DEFAULT_CREATE_IF_MISSING: bool = true;
 const DEFAULT_TAKEOVER: bool = false;
-const DEFAULT_TIMEOUT_MS: u32 = 5000;
 const DEFAULT_RETRY_TIMEOUT_MS: u32 = 10000;
 /// The server's fixed connection table holds about 200 clients.
-const MAX_POOL_SIZE: u32 = 199;
 /// The caps query asks the server for a stored format; it must not hold up negotiation long.
 const CAPS_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// A buffer that starts later than the samples written so far reach by more than this is a
@@ -596,38 +594,14 @@ impl ObjectSubclass for RacsSink {
 impl ObjectImpl for RacsSink {
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: Lazy<Vec<glib::ParamSpec>> = Lazy::new(|| {
-            vec![
-                glib::ParamSpecString::builder("host")
-                    .nick("Host")
-                    .blurb("Host name or IP address of the RACS server")
-                    .default_value(Some(DEFAULT_HOST))
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt::builder("port")
-                    .nick("Port")
-                    .blurb("TCP port of the RACS server")
-                    .minimum(1)
-                    .maximum(65535)
-                    .default_value(DEFAULT_PORT)
-                    .mutable_ready()
-                    .build(),
+            let mut props = crate::props::server_properties().to_vec();
+            props.extend([
                 glib::ParamSpecString::builder("stream-id")
                     .nick("Stream ID")
                     .blurb(
                         "Name of the RACS stream to write (required). Any text except ', \\, |> \
                          and control characters",
                     )
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt::builder("pool-size")
-                    .nick("Pool size")
-                    .blurb(
-                        "Most connections open at once to this server, shared by every racssink \
-                         and racssrc in the process (the largest value asked for wins)",
-                    )
-                    .minimum(1)
-                    .maximum(MAX_POOL_SIZE)
-                    .default_value(DEFAULT_POOL_SIZE)
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecUInt::builder("chunk-size")
@@ -661,13 +635,6 @@ impl ObjectImpl for RacsSink {
                     .default_value(DEFAULT_TAKEOVER)
                     .mutable_ready()
                     .build(),
-                glib::ParamSpecUInt::builder("timeout")
-                    .nick("Timeout")
-                    .blurb("Milliseconds to wait for a connection or for each reply")
-                    .minimum(1)
-                    .default_value(DEFAULT_TIMEOUT_MS)
-                    .mutable_ready()
-                    .build(),
                 glib::ParamSpecUInt::builder("retry-timeout")
                     .nick("Retry timeout")
                     .blurb(
@@ -695,7 +662,8 @@ impl ObjectImpl for RacsSink {
                     )
                     .read_only()
                     .build(),
-            ]
+            ]);
+            props
         });
         PROPERTIES.as_ref()
     }

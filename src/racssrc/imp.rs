@@ -16,6 +16,7 @@ use gst_base::subclass::prelude::*;
 use super::narrow::{narrow_to_s16le, narrow_to_s24le};
 use crate::client::reader::{Bound, RangeReader, ReadError, ReaderConfig};
 use crate::client::{block_on, runtime, validate_stream_id, Canceller, Error, Pool, StreamFormat};
+use crate::props::{DEFAULT_HOST, DEFAULT_POOL_SIZE, DEFAULT_PORT, DEFAULT_TIMEOUT_MS};
 use crate::uri;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -26,15 +27,11 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     )
 });
 
-const DEFAULT_HOST: &str = "localhost";
-const DEFAULT_PORT: u32 = 6381;
-const DEFAULT_POOL_SIZE: u32 = 3;
 const DEFAULT_START_OFFSET: u64 = 0;
 const DEFAULT_DURATION: u64 = u64::MAX;
 const DEFAULT_CHUNK_DURATION: u64 = 10 * 1_000_000_000;
 const MIN_CHUNK_DURATION: u64 = 10_000_000;
 const DEFAULT_FOLLOW: bool = false;
-const DEFAULT_TIMEOUT_MS: u32 = 5000;
 /// Audio per output buffer.
 const BUFFER_MS: u64 = 100;
 const TIME_FORM: &str = "YYYY-MM-DDTHH:MM:SS[.fff]Z (RFC 3339, UTC), e.g. 2026-01-09T10:00:00.250Z";
@@ -391,35 +388,11 @@ fn caps_for(format: &StreamFormat) -> gst::Caps {
 impl ObjectImpl for RacsSrc {
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
-            vec![
-                glib::ParamSpecString::builder("host")
-                    .nick("Host")
-                    .blurb("RACS server host name or address")
-                    .default_value(Some(DEFAULT_HOST))
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt::builder("port")
-                    .nick("Port")
-                    .blurb("RACS server TCP port")
-                    .minimum(1)
-                    .maximum(65535)
-                    .default_value(DEFAULT_PORT)
-                    .mutable_ready()
-                    .build(),
+            let mut props = crate::props::server_properties().to_vec();
+            props.extend([
                 glib::ParamSpecString::builder("stream-id")
                     .nick("Stream ID")
                     .blurb("Name of the RACS stream to read (required)")
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt::builder("pool-size")
-                    .nick("Pool size")
-                    .blurb(
-                        "Most connections open at once to this server, shared by every racs \
-                         element in the process",
-                    )
-                    .minimum(1)
-                    .maximum(199)
-                    .default_value(DEFAULT_POOL_SIZE)
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecString::builder("start")
@@ -469,14 +442,8 @@ impl ObjectImpl for RacsSrc {
                     .default_value(DEFAULT_FOLLOW)
                     .mutable_ready()
                     .build(),
-                glib::ParamSpecUInt::builder("timeout")
-                    .nick("Timeout")
-                    .blurb("Time limit for connecting and for each request, in ms")
-                    .minimum(1)
-                    .default_value(DEFAULT_TIMEOUT_MS)
-                    .mutable_ready()
-                    .build(),
-            ]
+            ]);
+            props
         });
         PROPERTIES.as_ref()
     }
