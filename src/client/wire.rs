@@ -497,10 +497,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_empty_reply_breaks_the_connection() {
-        // A peer that answers every request with N=0, as the real server does when it loses a
-        // request: the command fails with a connection error and the connection is not reused.
+    /// PINGs a one-shot TCP peer that answers `answer` and closes; returns the error and
+    /// whether the connection was marked broken.
+    fn ping_a_peer_answering(answer: &'static [u8]) -> (Error, bool) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let peer = std::thread::spawn(move || {
@@ -508,43 +507,34 @@ mod tests {
             let (mut sock, _) = listener.accept().unwrap();
             let mut buf = [0u8; 64];
             let _ = sock.read(&mut buf).unwrap();
-            sock.write_all(&0u64.to_le_bytes()).unwrap();
+            sock.write_all(answer).unwrap();
         });
-        let err = super::super::pool::runtime().block_on(async {
+        let out = super::super::pool::runtime().block_on(async {
             let mut conn = Connection::connect(&addr, Duration::from_secs(5))
                 .await
                 .unwrap();
             let err = conn.ping().await.unwrap_err();
-            assert!(conn.is_broken());
-            err
+            (err, conn.is_broken())
         });
         peer.join().unwrap();
+        out
+    }
+
+    #[test]
+    fn an_empty_reply_breaks_the_connection() {
+        // N=0, as the real server answers when it loses a request: a connection error, and
+        // the connection is not reused.
+        let (err, broken) = ping_a_peer_answering(&[0; 8]);
+        assert!(broken);
         assert!(err.is_connection_error(), "{err}");
         assert!(err.to_string().contains("empty reply"), "{err}");
     }
 
     #[test]
     fn a_reply_cut_short_is_a_connection_error() {
-        // A peer that announces a 1 GiB reply, sends 3 bytes and closes.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let peer = std::thread::spawn(move || {
-            use std::io::{Read, Write};
-            let (mut sock, _) = listener.accept().unwrap();
-            let mut buf = [0u8; 64];
-            let _ = sock.read(&mut buf).unwrap();
-            sock.write_all(&(1u64 << 30).to_le_bytes()).unwrap();
-            sock.write_all(b"abc").unwrap();
-        });
-        let err = super::super::pool::runtime().block_on(async {
-            let mut conn = Connection::connect(&addr, Duration::from_secs(5))
-                .await
-                .unwrap();
-            let err = conn.ping().await.unwrap_err();
-            assert!(conn.is_broken());
-            err
-        });
-        peer.join().unwrap();
+        // A 1 GiB reply announced, 3 bytes sent, then the peer closes.
+        let (err, broken) = ping_a_peer_answering(b"\x00\x00\x00\x40\x00\x00\x00\x00abc");
+        assert!(broken);
         assert!(err.is_connection_error(), "{err}");
         assert!(err.to_string().contains("after 3 of a"), "{err}");
     }
