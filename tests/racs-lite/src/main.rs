@@ -1,7 +1,8 @@
 //! racs-lite: a stand-in RACS v0.1.0 server.
 //!
 //! Usage: racs-lite --port 6381 --data-dir DIR [--host ADDR] [--entries N]
-//!        [--max-connections N] [--max-message-bytes N] [--idle-timeout SECS]
+//!        [--max-connections N] [--max-message-bytes N] [--idle-timeout SECS] [--flush-invisible-ms MS]
+//!        [--flush-invisible-ms MS]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::ExitCode;
@@ -18,7 +19,9 @@ const USAGE: &str = "usage: racs-lite --port PORT --data-dir DIR [--host ADDR] [
   --entries N              blocks in the shared in-memory table (default 40)
   --max-connections N      simultaneous connections; more are refused (default 190)
   --max-message-bytes N    largest request payload (default 67108864)
-  --idle-timeout SECS      close connections idle this long (default 300)";
+  --idle-timeout SECS      close connections idle this long (default 300)
+  --flush-invisible-ms MS  hide each flushed table from EXTRACT this long, as the real
+                           server does for about 500 ms (default 0: never)";
 
 struct Args {
     port: u16,
@@ -34,6 +37,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
     let mut max_conn = None;
     let mut max_msg = None;
     let mut idle = None;
+    let mut invisible = None;
     let mut it = argv.iter();
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
@@ -71,6 +75,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
             "--max-connections" => max_conn = Some(num::<usize>(name, &value()?)?),
             "--max-message-bytes" => max_msg = Some(num::<usize>(name, &value()?)?),
             "--idle-timeout" => idle = Some(num::<u64>(name, &value()?)?),
+            "--flush-invisible-ms" => invisible = Some(num::<u64>(name, &value()?)?),
             other => return Err(format!("unknown argument '{other}'")),
         }
     }
@@ -97,6 +102,9 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
             return Err("--idle-timeout must be at least 1".into());
         }
         config.idle_timeout = Duration::from_secs(s);
+    }
+    if let Some(ms) = invisible {
+        config.flush_invisible = Duration::from_millis(ms);
     }
     Ok(Args { port, host, config })
 }
