@@ -18,7 +18,14 @@ fn usage_errors_exit_2() {
         &["--port", "1"][..],
         &["--port", "1", "--data-dir", "/tmp", "--bogus"][..],
         &["--port", "1", "--data-dir", "/tmp", "--entries", "0"][..],
-        &["--port", "1", "--data-dir", "/tmp", "--flush-invisible-ms", "soon"][..],
+        &[
+            "--port",
+            "1",
+            "--data-dir",
+            "/tmp",
+            "--flush-invisible-ms",
+            "soon",
+        ][..],
     ] {
         let out = Command::new(BIN).args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
