@@ -1098,15 +1098,32 @@ fn unlock_cancels_a_follow_wait_at_once() {
 
 #[test]
 fn blocks_filed_under_a_later_table_are_an_error_not_a_hole() {
-    // A 1 Hz stream: each 2000-byte block is 1000 s of "audio", so its keys run far ahead. Its
-    // fifth block opens a table that then takes the first blocks of `behind`: that table is
-    // named 4000 s after them, and no range over `behind`'s own timeline reads it.
+    // A 1 Hz stream: each 2000-byte block is 1000 s of "audio", so its keys run far ahead.
+    let f = s16(44100, 2);
+    {
+        // Written first: its fifth block opens a table that then takes the first blocks of
+        // `behind`, named 4000 s after them. Only `behind`'s head is out of place, and the
+        // reader finds it.
+        let srv = TestServer::start_with(|c| c.entries = 4);
+        let mut ahead = Writer::new(srv.addr(), "ahead", s16(1, 1));
+        ahead.ramp(5000, 1000);
+        let mut behind = Writer::new(srv.addr(), "behind", f);
+        behind.ramp(44100, 4410);
+        let run = pipeline(&common_props(&srv, "behind"));
+        expect_eos(&run);
+        check_range(&f, &frames_out(&run, &f), 0, 44100, true, "behind");
+    }
+    // Written at the same time: every table starts with a block of `ahead`, so all of
+    // `behind`'s blocks are filed thousands of seconds after them, in many tables. No range
+    // returns them in order, and the reader must say so rather than guess.
     let srv = TestServer::start_with(|c| c.entries = 4);
     let mut ahead = Writer::new(srv.addr(), "ahead", s16(1, 1));
-    ahead.ramp(5000, 1000);
-    let f = s16(44100, 2);
+    ahead.ramp(4000, 1000);
     let mut behind = Writer::new(srv.addr(), "behind", f);
-    behind.ramp(44100, 4410);
+    for _ in 0..10 {
+        ahead.ramp(1000, 1000);
+        behind.ramp(4410, 4410);
+    }
     let mut props = common_props(&srv, "behind");
     props.push(("timeout", 2000u32.to_value()));
     let t0 = Instant::now();
@@ -1122,6 +1139,109 @@ fn blocks_filed_under_a_later_table_are_an_error_not_a_hole() {
         "audio with a hole came out"
     );
     assert!(t0.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn a_stream_started_after_a_bulk_import_reads_back_whole() {
+    // "Import a file, then import another, then read the second one." The import runs far
+    // ahead of the wall clock (racssink with sync=false), so when it ends its last blocks sit in
+    // the shared in-memory table under keys about 60 s in the future. The stream started right
+    // after it fills that table with its first blocks (run X), and the table is filed under the
+    // import's future key N: X is returned only by ranges that reach N, and then after the
+    // stream's later blocks (tables named before N come first).
+    let srv = TestServer::start_with(|c| c.entries = 8);
+    let mut import = Writer::new(srv.addr(), "import", s16(44100, 2));
+    import.ramp(44100 * 60, 8192); // 323 blocks of 32 KiB: 3 left in the table
+    let f = s16(8000, 2);
+    let mut w = Writer::new(srv.addr(), "second", f);
+    w.ramp(8000 * 20, 800); // 100 ms blocks; the first 5 go into the import's table
+    let total = w.frames;
+    let ref_ms = w.info(gstracs::client::InfoAttr::Ref) as u64;
+    let import_ref = import.info(gstracs::client::InfoAttr::Ref) as u64;
+    // The server really does leave the first blocks out of every range that ends before N, even
+    // from 0, and returns them out of order from ranges that reach N.
+    let wide = |frames: u64| (frames * 4 * u64::from(f.channels)) as usize;
+    let early = rt(w.conn.extract("second", 0, ref_ms + 30_000)).unwrap();
+    assert_eq!(early.len(), wide(total - 4000), "the test checks nothing");
+    let late = rt(w.conn.extract("second", 0, import_ref + 100_000)).unwrap();
+    assert_eq!(late.len(), wide(total));
+    assert_ne!(decode_wide(&f, &late[..wide(1)]), vec![0], "not rotated");
+    for (first, end, page_ms) in [
+        (0, total, 10_000),      // whole stream
+        (0, total, 300),         // whole stream, pages shorter than X
+        (0, 3000, 10_000),       // inside X
+        (1234, 4000, 10_000),    // to the end of X exactly
+        (2000, 9000, 10_000),    // across the end of X
+        (3999, 4001, 200),       // the last frame of X and the next one
+        (30_000, 70_000, 1000),  // later, in small pages
+        (100_000, total, 2_000), // later, located by bisection
+    ] {
+        let (got, _) = read_range(
+            &srv,
+            "second",
+            Bound::Frame(first),
+            Bound::Frame(end),
+            page_ms,
+        );
+        check_range(
+            &f,
+            &got,
+            first,
+            end,
+            true,
+            &format!("second [{first}, {end}) / {page_ms} ms"),
+        );
+    }
+    // And through racssrc, as in the report.
+    let run = pipeline(&common_props(&srv, "second"));
+    expect_eos(&run);
+    let got = frames_out(&run, &f);
+    check_range(&f, &got, 0, total, true, "racssrc second");
+    // The import itself still reads back whole.
+    let (got, _) = read_range(&srv, "import", Bound::Open, Bound::Open, 10_000);
+    check_range(&s16(44100, 2), &got, 0, import.frames, true, "import");
+}
+
+#[test]
+fn a_stream_that_outruns_the_imports_table_reads_back_whole() {
+    // As above, but the import is short (3 s) and the second stream is imported too, so its
+    // own keys soon pass the name N of the table holding its first blocks: ranges from its
+    // start that reach N get those blocks in the middle, and the reader must take them out.
+    let srv = TestServer::start_with(|c| c.entries = 8);
+    let mut import = Writer::new(srv.addr(), "short", s16(44100, 2));
+    import.ramp(44100 * 3, 8192); // 17 blocks: 1 left in the table
+    let f = s16(8000, 2);
+    let mut w = Writer::new(srv.addr(), "next", f);
+    w.ramp(8000 * 10, 800); // the first 7 blocks go into the import's table
+    let total = w.frames;
+    let ref_ms = w.info(gstracs::client::InfoAttr::Ref) as u64;
+    let wide = |frames: u64| (frames * 4 * u64::from(f.channels)) as usize;
+    let all = rt(w.conn.extract("next", 0, ref_ms + 20_000)).unwrap();
+    assert_eq!(all.len(), wide(total));
+    assert_ne!(decode_wide(&f, &all[..wide(1)]), vec![0], "not rotated");
+    for (first, end, page_ms) in [
+        (0, total, 10_000),
+        (0, total, 1000),
+        (0, total, 4000),
+        (5000, total, 2500),
+        (70_000, total, 1000),
+    ] {
+        let (got, _) = read_range(
+            &srv,
+            "next",
+            Bound::Frame(first),
+            Bound::Frame(end),
+            page_ms,
+        );
+        check_range(
+            &f,
+            &got,
+            first,
+            end,
+            true,
+            &format!("next [{first}, {end}) / {page_ms} ms"),
+        );
+    }
 }
 
 #[test]

@@ -18,6 +18,12 @@
 //! waits and retries (flush invisibility lasts about half a second on the real server), and
 //! gives up with [`ReadError::Missing`] rather than return audio with a hole in it.
 //!
+//! One more case is handled at the stream's start: a stream begun right after another one was
+//! imported ahead of the wall clock has its first blocks in a table filed under the import's
+//! future key, returned only by ranges reaching that key and then after later blocks. The reader
+//! finds that key, splits those blocks out of two answers, verifies them as the stream's head,
+//! and reads on from there (see `RangeReader::recover_head`).
+//!
 //! Where the range starts inside the stream, the reader bisects with narrow EXTRACTs for the key
 //! of the block holding the first wanted sample. The key gives the block's offset only to within
 //! a millisecond of audio, so the first sample is within 1 ms of the one asked for; after that,
@@ -177,6 +183,17 @@ pub fn format_unix_ms(ms: i64) -> String {
     )
 }
 
+/// The stream's first bytes, returned only by ranges reaching a later key (see
+/// `RangeReader::recover_head`).
+struct Hidden {
+    /// Their length in stream bytes: the stream offset of the first block after them.
+    bytes: u64,
+    /// The name-time of the table holding them.
+    key: i64,
+    /// Their samples, as int32.
+    data: Vec<u8>,
+}
+
 enum Seam {
     None,
     One(usize),
@@ -211,6 +228,10 @@ pub struct RangeReader {
     head: Vec<u8>,
     /// How far before a page's first key the server's tables may begin, in ms, as learned.
     margin: i64,
+    /// The stream's first blocks sit in a table named after a later key.
+    hidden: Option<Hidden>,
+    /// Times `recover_head` was tried.
+    head_searches: u32,
     empty: Option<String>,
     notice: Option<String>,
     done: bool,
@@ -264,6 +285,8 @@ impl RangeReader {
             tail: Vec::new(),
             head: Vec::new(),
             margin: 0,
+            hidden: None,
+            head_searches: 0,
             empty: None,
             notice: None,
             done: false,
@@ -684,6 +707,19 @@ impl RangeReader {
                     } else {
                         self.cfg.retries
                     };
+                    // Short from 0 even when asked again: not a table being flushed, but the
+                    // stream's first blocks filed under a later key (see `recover_head`).
+                    if self.cursor == 0 && misses >= 2 && self.head_searches < 2 {
+                        self.head_searches += 1;
+                        if let Some((start, data)) = self.recover_head(end).await? {
+                            if let Some(page) = self.cut(start, data, end) {
+                                return Ok(Some(page));
+                            }
+                            misses = 0;
+                            first_miss = None;
+                            continue;
+                        }
+                    }
                     if misses > allowed {
                         return Err(ReadError::Missing(format!(
                             "the RACS server at {} keeps leaving out blocks of stream '{}' after \
@@ -801,6 +837,233 @@ impl RangeReader {
         found.map_or(Seam::None, Seam::One)
     }
 
+    /// The last key of a page that starts at `c`.
+    fn page_upper(&self, c: u64, end: Option<u64>) -> i64 {
+        let mut upper = self.key(c).saturating_add(self.page_ms() - 1);
+        if let Some(e) = end {
+            upper = upper.min(self.key(e.max(c + self.bpf) - self.bpf));
+        }
+        // Never ask past the newest block we know of: blocks newer than that may sit behind a
+        // table that is still being flushed, and could not be told from a hole.
+        upper.min(self.key(self.size.max(c + self.bpf) - self.bpf))
+    }
+
+    /// EXTRACT for a page: without the stream's hidden first blocks, wherever the server put
+    /// them. `None` when they cannot be told apart from the rest (repetitive audio).
+    async fn extract_page(&mut self, from: i64, to: i64) -> Result<Option<Vec<u8>>, ReadError> {
+        let mut data = self.extract(from, to).await?;
+        let Some(h) = &self.hidden else {
+            return Ok(Some(data));
+        };
+        // The answer holds the blocks of X whose keys lie in [from, to]; X's block boundaries
+        // are unknown, so only none or all of it can be taken out.
+        let last_key = self.key(h.bytes - self.bpf);
+        if from.max(0) > h.key || to < h.key || from > last_key {
+            return Ok(Some(data));
+        }
+        if from > self.ref_ms {
+            return Ok(None);
+        }
+        let n = h.data.len();
+        let step = self.wide_bpf as usize;
+        let mut found = None;
+        let mut start = 0;
+        while start + n <= data.len() {
+            if data[start..start + n] == h.data[..] {
+                if found.is_some() {
+                    return Ok(None);
+                }
+                found = Some(start);
+            }
+            start += step;
+        }
+        match found {
+            Some(p) => {
+                data.drain(p..p + n);
+                Ok(Some(data))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Answers to EXTRACT [0, to] as stream bytes: whether it holds every block up to `to`.
+    fn complete_to(&self, to: i64, data: &[u8]) -> bool {
+        self.wide_to_stream(data.len()) >= self.first_offset_at(to.saturating_add(1)).min(self.size)
+    }
+
+    /// The stream's first blocks when no range over its own timeline returns them, even from 0.
+    ///
+    /// All streams share one in-memory table, filed under the key of its first block. When a
+    /// stream written ahead of the wall clock (an import) ends with `m` blocks in that table, the
+    /// next stream's first `entries - m` blocks (X) go into it and are filed under the import's
+    /// future key N: EXTRACT returns them only for ranges that reach N, and then after the
+    /// blocks from tables named before N. This finds N (the smallest `to` for which [0, to] is
+    /// complete), takes A1 = [0, N-1] = P ++ S and A2 = [0, N] = P ++ X ++ S, splits X out
+    /// and checks that it is the stream's head before returning it as the page at offset 0.
+    /// `None` when any of that does not hold: the caller then keeps reporting the miss.
+    async fn recover_head(
+        &mut self,
+        end: Option<u64>,
+    ) -> Result<Option<(u64, Vec<u8>)>, ReadError> {
+        if self.cursor != 0 || self.hidden.is_some() || self.size < self.bpf {
+            return Ok(None);
+        }
+        self.stats.fallbacks += 1;
+        let size = self.size;
+        let base = self.page_upper(0, end);
+        let limit = self.key(size - self.bpf).saturating_add(86_400_000);
+        // One query first: a table being flushed, or lost blocks, stay missing from any range,
+        // and then the search below would only cost reads of the stream.
+        let all = self.extract(0, limit).await?;
+        if !self.complete_to(limit, &all) {
+            return Ok(None);
+        }
+        drop(all);
+        // Widen until complete; each answer holds at most the stream up to `to`.
+        let mut lo = base;
+        let mut d = self.page_ms();
+        let (hi, a2) = loop {
+            if lo >= limit {
+                return Ok(None);
+            }
+            let to = base.saturating_add(d).min(limit);
+            let data = self.extract(0, to).await?;
+            if self.complete_to(to, &data) {
+                break (to, data);
+            }
+            lo = to;
+            d = d.saturating_mul(2);
+        };
+        let (hi, a2) = self.bisect_complete(lo, hi, a2).await?;
+        let a1 = self.extract(0, hi - 1).await?;
+        let Some((_, p, xw)) = self.split_head(&a1, &a2) else {
+            return Ok(None);
+        };
+        Ok(self.take_head(hi, &a1, &a2, p, xw).await?.map(|x| (0, x)))
+    }
+
+    /// The smallest `to` in (lo, hi] for which [0, to] is complete, given that [0, lo] is not
+    /// and [0, hi] is (answer `a2`), with that answer.
+    async fn bisect_complete(
+        &mut self,
+        mut lo: i64,
+        mut hi: i64,
+        mut a2: Vec<u8>,
+    ) -> Result<(i64, Vec<u8>), ReadError> {
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            let data = self.extract(0, mid).await?;
+            if self.complete_to(mid, &data) {
+                hi = mid;
+                a2 = data;
+            } else {
+                lo = mid;
+            }
+        }
+        Ok((hi, a2))
+    }
+
+    /// Splits A2 = P ++ X ++ S given A1 = P ++ S: `(q, p, |X|)` in int32 bytes, where every
+    /// split point in [q, p] fits and all of them give the same X. `None` when the answers do
+    /// not fit that shape, or when the possible splits give different X.
+    fn split_head(&self, a1: &[u8], a2: &[u8]) -> Option<(usize, usize, usize)> {
+        let w = self.wide_bpf as usize;
+        if a2.len() <= a1.len() || !a1.len().is_multiple_of(w) || !a2.len().is_multiple_of(w) {
+            return None;
+        }
+        let xw = a2.len() - a1.len();
+        let common = a1.iter().zip(a2).take_while(|(a, b)| a == b).count();
+        let p = (common / w * w).min(a1.len());
+        if a2[p + xw..] != a1[p..] {
+            return None;
+        }
+        // Every split q <= p with A2 = A1[..q] ++ A2[q..q + |X|] ++ A1[q..] fits the answers;
+        // they reach down from p while A1's frame before q equals A2's frame before q + |X|.
+        // Accept only if all of them give the same X: A2[q..p + |X|] is one frame repeated.
+        let mut q = p;
+        while q >= w && a1[q - w..q] == a2[q - w + xw..q + xw] {
+            q -= w;
+        }
+        if q < p && a2[q..p + xw].chunks_exact(w).any(|fr| fr != &a2[q..q + w]) {
+            return None;
+        }
+        Some((q, p, xw))
+    }
+
+    /// Checks that X = A2[p..p + |X|] is the stream's head and, if so, makes it the page at
+    /// offset 0 and continues after it; `n` is the name-time of X's table.
+    async fn take_head(
+        &mut self,
+        n: i64,
+        a1: &[u8],
+        a2: &[u8],
+        p: usize,
+        xw: usize,
+    ) -> Result<Option<Vec<u8>>, ReadError> {
+        let x = self.wide_to_stream(xw);
+        // X must be the stream's head: the block after it starts at offset |X| with key
+        // key(|X|), is visible on its own, and is where A1 (everything but X) begins.
+        if x == 0 || x >= self.size || x + self.wide_to_stream(a1.len()) > self.size {
+            return Ok(None);
+        }
+        let kx = self.key(x);
+        if kx >= n {
+            return Ok(None);
+        }
+        let next = self.extract(kx, kx).await?;
+        if next.is_empty() || !a1.starts_with(&next) {
+            return Ok(None);
+        }
+        let data = a2[p..p + xw].to_vec();
+        self.hidden = Some(Hidden {
+            bytes: x,
+            key: n,
+            data: data.clone(),
+        });
+        self.cursor = x;
+        self.uncertainty = 0;
+        self.tail.clear();
+        self.head = next;
+        self.head.truncate(TAIL_BYTES);
+        Ok(Some(data))
+    }
+
+    /// A complete answer from 0 may still hold the stream's head out of place: after the
+    /// blocks of tables named before the head's table (see `recover_head`). Then [0, ref] (the
+    /// first block's key) is incomplete. `Ok(true)` when the answer starts with the stream's
+    /// first block; `Ok(false)` when it cannot be told, and the page is then a miss. When the
+    /// head was out of place and is verified, it is taken out (as `recover_head` does) and
+    /// returned in `head`.
+    async fn check_head(
+        &mut self,
+        upper: i64,
+        data: &[u8],
+        head: &mut Option<Vec<u8>>,
+    ) -> Result<bool, ReadError> {
+        let first = self.extract(0, self.ref_ms).await?;
+        if self.ref_ms >= upper || self.complete_to(self.ref_ms, &first) {
+            return Ok(true);
+        }
+        self.stats.fallbacks += 1;
+        let (n, a2) = self
+            .bisect_complete(self.ref_ms, upper, data.to_vec())
+            .await?;
+        let a1 = self.extract(0, n - 1).await?;
+        if a1.is_empty() {
+            // Nothing comes before the table holding the first block.
+            return Ok(true);
+        }
+        let Some((q, p, xw)) = self.split_head(&a1, &a2) else {
+            return Ok(false);
+        };
+        if q == 0 {
+            // A2 = X ++ A1: in place.
+            return Ok(true);
+        }
+        *head = self.take_head(n, &a1, &a2, p, xw).await?;
+        Ok(head.is_some())
+    }
+
     /// One page from the cursor, checked; `None` when the server left blocks out (with `widen`:
     /// even when asked from further back).
     async fn fetch(
@@ -810,13 +1073,13 @@ impl RangeReader {
     ) -> Result<Option<(u64, Vec<u8>)>, ReadError> {
         let c = self.cursor;
         let kc = self.key(c);
-        let mut upper = kc.saturating_add(self.page_ms() - 1);
-        if let Some(e) = end {
-            upper = upper.min(self.key(e.max(c + self.bpf) - self.bpf));
+        let mut upper = self.page_upper(c, end);
+        if let Some(h) = &self.hidden {
+            // Pages before the table holding the stream's first blocks stop short of it.
+            if kc < h.key {
+                upper = upper.min(h.key - 1);
+            }
         }
-        // Never ask past the newest block we know of: blocks newer than that may sit behind a
-        // table that is still being flushed, and could not be told from a hole.
-        upper = upper.min(self.key(self.size.max(c + self.bpf) - self.bpf));
         let need = self.first_offset_at(upper + 1).min(self.size);
         // Without anything returned before, the page is asked from its own first key and must
         // start with the block found by `locate` (if any). After that, pages are asked from far
@@ -824,11 +1087,22 @@ impl RangeReader {
         // a page whose first blocks sit in a table named earlier cannot go unnoticed.
         if c == 0 || self.tail.is_empty() {
             let from = if c == 0 { 0 } else { kc };
-            let data = self.extract(from, upper).await?;
-            let starts_right = self.head.is_empty() || data.starts_with(&self.head);
-            if starts_right {
-                if let Some(page) = self.accept(data, 0, need, upper) {
-                    return Ok(Some(page));
+            if let Some(data) = self.extract_page(from, upper).await? {
+                let starts_right = self.head.is_empty() || data.starts_with(&self.head);
+                let complete = self.wide_to_stream(data.len()) >= need.saturating_sub(c);
+                if c == 0 && complete && self.hidden.is_none() {
+                    let mut head = None;
+                    if !self.check_head(upper, &data, &mut head).await? {
+                        return Ok(None);
+                    }
+                    if let Some(head) = head {
+                        return Ok(Some((0, head)));
+                    }
+                }
+                if starts_right {
+                    if let Some(page) = self.accept(data, 0, need, upper) {
+                        return Ok(Some(page));
+                    }
                 }
             }
             if c == 0 {
@@ -843,7 +1117,13 @@ impl RangeReader {
             if span > self.margin.max(self.min_margin_ms()) {
                 self.stats.fallbacks += 1;
             }
-            let data = self.extract(from, upper).await?;
+            let Some(data) = self.extract_page(from, upper).await? else {
+                if origin || !widen {
+                    return Ok(None);
+                }
+                span = span.saturating_mul(2);
+                continue;
+            };
             match self.find_seam(&data) {
                 Seam::One(p) => {
                     if let Some(page) = self.accept(data, p, need, upper) {
@@ -859,8 +1139,10 @@ impl RangeReader {
                     // cursor in this answer: when it is a prefix of the answer, the rest is the
                     // page, and the completeness check in `accept` still applies. Only when that
                     // fails, count from the stream's first byte.
-                    let before = self.extract(from, kc - 1).await?;
-                    if data.len() >= before.len() && data[..before.len()] == before[..] {
+                    let before = self.extract_page(from, kc - 1).await?;
+                    if let Some(before) =
+                        before.filter(|b| data.len() >= b.len() && data[..b.len()] == b[..])
+                    {
                         if let Some(page) = self.accept(data, before.len(), need, upper) {
                             self.margin = span;
                             return Ok(Some(page));
@@ -873,7 +1155,10 @@ impl RangeReader {
                     continue;
                 }
                 Seam::Many | Seam::None if origin => {
-                    let skip = self.stream_to_wide(c);
+                    // From 0 the answer is the stream from its first byte, less the hidden
+                    // first blocks (left out before their table's name, stripped after it).
+                    let hidden = self.hidden.as_ref().map_or(0, |h| h.bytes);
+                    let skip = self.stream_to_wide(c.saturating_sub(hidden));
                     return Ok(self.accept(data, skip, need, upper));
                 }
                 _ => {}
