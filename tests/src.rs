@@ -221,6 +221,20 @@ fn check_range(f: &StreamFormat, got: &[u64], first: u64, end: u64, exact: bool,
     );
 }
 
+/// Reads frames `[first, end)` of `id` in `page_ms` pages and checks them with `check_range`.
+fn expect_frames(
+    srv: &TestServer,
+    id: &str,
+    f: &StreamFormat,
+    (first, end): (u64, u64),
+    page_ms: u64,
+    exact: bool,
+    what: &str,
+) {
+    let (got, _) = read_range(srv, id, Bound::Frame(first), Bound::Frame(end), page_ms);
+    check_range(f, &got, first, end, exact, what);
+}
+
 #[test]
 fn reader_extracts_exact_ranges_across_many_tables() {
     // Small tables: 6 blocks each, so every range spans many of them.
@@ -242,18 +256,12 @@ fn reader_extracts_exact_ranges_across_many_tables() {
         (250_000, 250_001, 1000),         // one frame in the middle
         (100_000, 500_000, 10_000),       // far from the start (located by bisection)
     ] {
-        let (got, _) = read_range(
+        expect_frames(
             &srv,
             "ramp",
-            Bound::Frame(first),
-            Bound::Frame(end),
-            page_ms,
-        );
-        check_range(
             &f,
-            &got,
-            first,
-            end,
+            (first, end),
+            page_ms,
             true,
             &format!("[{first}, {end}) in {page_ms} ms pages"),
         );
@@ -282,18 +290,12 @@ fn reader_handles_mixed_chunk_sizes_and_sessions() {
         (1, total - 1),
     ] {
         for page_ms in [80, 1000, 10_000] {
-            let (got, _) = read_range(
+            expect_frames(
                 &srv,
                 "mixed",
-                Bound::Frame(first),
-                Bound::Frame(end),
-                page_ms,
-            );
-            check_range(
                 &f,
-                &got,
-                first,
-                end,
+                (first, end),
+                page_ms,
                 false,
                 &format!("mixed [{first}, {end}) / {page_ms} ms"),
             );
@@ -1176,18 +1178,12 @@ fn a_stream_started_after_a_bulk_import_reads_back_whole() {
         (30_000, 70_000, 1000),  // later, in small pages
         (100_000, total, 2_000), // later, located by bisection
     ] {
-        let (got, _) = read_range(
+        expect_frames(
             &srv,
             "second",
-            Bound::Frame(first),
-            Bound::Frame(end),
-            page_ms,
-        );
-        check_range(
             &f,
-            &got,
-            first,
-            end,
+            (first, end),
+            page_ms,
             true,
             &format!("second [{first}, {end}) / {page_ms} ms"),
         );
@@ -1226,18 +1222,12 @@ fn a_stream_that_outruns_the_imports_table_reads_back_whole() {
         (5000, total, 2500),
         (70_000, total, 1000),
     ] {
-        let (got, _) = read_range(
+        expect_frames(
             &srv,
             "next",
-            Bound::Frame(first),
-            Bound::Frame(end),
-            page_ms,
-        );
-        check_range(
             &f,
-            &got,
-            first,
-            end,
+            (first, end),
+            page_ms,
             true,
             &format!("next [{first}, {end}) / {page_ms} ms"),
         );
