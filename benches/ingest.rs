@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MPL-2.0
-//! Ingest benchmark: `appsrc ! racssink` against a bare client sending the same frames over
-//! one connection, both to the same in-process racs-lite, in one run.
+//! Ingest benchmark: racssink (fed by appsrc, pushed into its pad, and in a `filesrc ! wavparse`
+//! transcoding pipeline) against a bare client sending the same frames over one connection, all
+//! to the same in-process racs-lite, in one run.
 //!
 //!     cargo bench --bench ingest                      # 600 s of audio (plus a 60 s run)
 //!     RACS_BENCH_SECONDS=120 cargo bench --bench ingest
@@ -277,6 +278,62 @@ fn through_racssink(
     acked
 }
 
+/// A WAV file of `seconds` of the pattern, for the file-transcoding contender.
+fn write_wav(path: &std::path::Path, seconds: usize, pattern: &[u8]) {
+    use std::io::Write;
+    let data_len = (seconds * BYTES_PER_SECOND) as u32;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).expect("create the WAV file"));
+    let mut header = Vec::with_capacity(44);
+    header.extend_from_slice(b"RIFF");
+    header.extend_from_slice(&(data_len + 36).to_le_bytes());
+    header.extend_from_slice(b"WAVEfmt ");
+    header.extend_from_slice(&16u32.to_le_bytes());
+    header.extend_from_slice(&1u16.to_le_bytes());
+    header.extend_from_slice(&CHANNELS.to_le_bytes());
+    header.extend_from_slice(&RATE.to_le_bytes());
+    header.extend_from_slice(&(BYTES_PER_SECOND as u32).to_le_bytes());
+    header.extend_from_slice(&(CHANNELS * 2).to_le_bytes());
+    header.extend_from_slice(&16u16.to_le_bytes());
+    header.extend_from_slice(b"data");
+    header.extend_from_slice(&data_len.to_le_bytes());
+    f.write_all(&header).unwrap();
+    for _ in 0..seconds {
+        f.write_all(pattern).unwrap();
+    }
+    f.flush().unwrap();
+}
+
+/// A transcoding pipeline as users write it: `filesrc ! wavparse ! racssink`, one streaming
+/// thread, the file on tmpfs.
+fn file_into_racssink(host: &str, port: u16, id: &str, wav: &std::path::Path) -> u64 {
+    let pipeline = gst::parse::launch(&format!(
+        "filesrc location={} ! wavparse ! racssink name=sink host={host} port={port} stream-id={id}",
+        wav.display()
+    ))
+    .expect("the file pipeline")
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let msg = pipeline
+        .bus()
+        .unwrap()
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(600),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
+        .expect("EOS within 10 minutes");
+    if let gst::MessageView::Error(e) = msg.view() {
+        panic!("racssink failed: {} ({:?})", e.error(), e.debug());
+    }
+    let sink = pipeline.by_name("sink").unwrap();
+    let acked = sink
+        .property::<gst::Structure>("stats")
+        .get::<u64>("bytes-acked")
+        .unwrap();
+    pipeline.set_state(gst::State::Null).unwrap();
+    acked
+}
+
 fn main() {
     gst::init().unwrap();
     gstracs::plugin_register_static().unwrap();
@@ -340,11 +397,14 @@ fn main() {
         // shared machine the scheduler, not the code, decides the worst runs. Peak RSS is the
         // highest seen over the rounds. Each round gets a fresh server, and the sinks run
         // before the bare client so that they never meet its leftover server backlog.
-        let mut best: Vec<Option<Figures>> = vec![None, None, None, None];
+        let mut best: Vec<Option<Figures>> = vec![None, None, None, None, None];
+        let wav =
+            std::path::Path::new(&data_root).join(format!("racs-bench-{}.wav", std::process::id()));
+        write_wav(&wav, seconds, &pattern);
         for round in 0..rounds {
             let srv = racs_lite::TestServer::start();
             let (host, port, addr) = (srv.host(), srv.port(), srv.addr().to_string());
-            // RACS_BENCH_ONLY=0|1|2|3 runs one contender (for diagnosis); the others report 0.
+            // RACS_BENCH_ONLY=0|1|2|3|4 runs one contender (for diagnosis); the others report 0.
             let skip = |i: usize| only.is_some_and(|o| o != i);
             let mut runs = Vec::new();
             for (i, buffers) in buffer_sets.iter().enumerate() {
@@ -367,6 +427,12 @@ fn main() {
                     &buffer_sets[1],
                 )
             }));
+            runs.push(measure(|| {
+                if skip(4) {
+                    return 0;
+                }
+                file_into_racssink(&host, port, &format!("file-{round}"), &wav)
+            }));
             runs.insert(
                 0,
                 measure(|| {
@@ -383,6 +449,7 @@ fn main() {
             }
             drop(srv);
         }
+        let _ = std::fs::remove_file(&wav);
         let best: Vec<Figures> = best.into_iter().map(Option::unwrap).collect();
         println!(
             "\n{phase} run: {seconds} s of audio ({:.1} MB)",
@@ -393,10 +460,11 @@ fn main() {
             format!("appsrc ! racssink, {} byte buffers", sizes[0]),
             format!("appsrc ! racssink, {} byte buffers", sizes[1]),
             format!("racssink alone, {} byte buffers", sizes[1]),
+            "filesrc ! wavparse ! racssink (WAV on tmpfs)".to_string(),
         ];
         for (name, f) in names.iter().zip(&best) {
             println!(
-                "  {name:<42} {:>7.1} MB/s {:>6.0}x realtime {:>6.3} s wall {:>6.2} CPU s/audio hour",
+                "  {name:<46} {:>7.1} MB/s {:>6.0}x realtime {:>6.3} s wall {:>6.2} CPU s/audio hour",
                 f.mb_per_s(),
                 f.realtime(),
                 f.wall.as_secs_f64(),
@@ -413,6 +481,10 @@ fn main() {
             "  ratio racssink alone (no appsrc thread) / bare with {} byte buffers: {:.3}",
             sizes[1],
             best[3].mb_per_s() / best[0].mb_per_s()
+        );
+        println!(
+            "  ratio filesrc ! wavparse ! racssink / bare: {:.3}",
+            best[4].mb_per_s() / best[0].mb_per_s()
         );
         peaks.push(seconds);
     }
