@@ -145,6 +145,56 @@ fn bare_client(addr: &str, id: &str, seconds: usize, pattern: &[u8]) -> u64 {
         .expect("bare client run")
 }
 
+fn bench_caps() -> gst::Caps {
+    gst_audio::AudioCapsBuilder::new_interleaved()
+        .format(gst_audio::AudioFormat::S16le)
+        .rate(RATE as i32)
+        .channels(i32::from(CHANNELS))
+        .build()
+}
+
+fn make_racssink(host: &str, port: u16, id: &str) -> gst::Element {
+    gst::ElementFactory::make("racssink")
+        .property("host", host)
+        .property("port", u32::from(port))
+        .property("stream-id", id)
+        .build()
+        .unwrap()
+}
+
+/// Buffer `i` of the run: a shallow copy (the memory is shared) with its own timestamps.
+fn timestamped(buffers: &[gst::Buffer], i: u64, per_buffer_ns: u64) -> gst::Buffer {
+    let mut buffer = buffers[i as usize % buffers.len()].copy();
+    {
+        let b = buffer.get_mut().unwrap();
+        b.set_pts(gst::ClockTime::from_nseconds(i * per_buffer_ns));
+        b.set_duration(gst::ClockTime::from_nseconds(per_buffer_ns));
+    }
+    buffer
+}
+
+/// Waits for EOS (an error message fails the benchmark), stops the pipeline and returns the
+/// bytes the server acknowledged.
+fn finish(pipeline: &gst::Pipeline, sink: &gst::Element) -> u64 {
+    let msg = pipeline
+        .bus()
+        .unwrap()
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(600),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
+        .expect("EOS within 10 minutes");
+    if let gst::MessageView::Error(e) = msg.view() {
+        panic!("racssink failed: {} ({:?})", e.error(), e.debug());
+    }
+    let stats = sink.property::<gst::Structure>("stats");
+    pipeline.set_state(gst::State::Null).unwrap();
+    if std::env::var_os("RACS_BENCH_VERBOSE").is_some() {
+        eprintln!("  racssink stats: {stats}");
+    }
+    stats.get::<u64>("bytes-acked").unwrap()
+}
+
 /// racssink alone: buffers pushed into its sink pad from this thread, so no queue and no
 /// second thread stand between the data and the element (what appsrc adds).
 fn into_racssink_pad(
@@ -154,18 +204,9 @@ fn into_racssink_pad(
     seconds: usize,
     buffers: &[gst::Buffer],
 ) -> u64 {
-    let caps = gst_audio::AudioCapsBuilder::new_interleaved()
-        .format(gst_audio::AudioFormat::S16le)
-        .rate(RATE as i32)
-        .channels(i32::from(CHANNELS))
-        .build();
+    let caps = bench_caps();
     let pipeline = gst::Pipeline::new();
-    let sink = gst::ElementFactory::make("racssink")
-        .property("host", host)
-        .property("port", u32::from(port))
-        .property("stream-id", id)
-        .build()
-        .unwrap();
+    let sink = make_racssink(host, port, id);
     pipeline.add(&sink).unwrap();
     let pad = gst::Pad::builder(gst::PadDirection::Src).build();
     pad.set_active(true).unwrap();
@@ -181,31 +222,13 @@ fn into_racssink_pad(
     let mut pushed = 0;
     let mut i = 0u64;
     while pushed < total {
-        let mut buffer = buffers[i as usize % buffers.len()].copy();
-        {
-            let b = buffer.get_mut().unwrap();
-            b.set_pts(gst::ClockTime::from_nseconds(i * per_buffer_ns));
-            b.set_duration(gst::ClockTime::from_nseconds(per_buffer_ns));
-        }
+        let buffer = timestamped(buffers, i, per_buffer_ns);
         pad.push(buffer).expect("push into racssink");
         pushed += buffer_bytes;
         i += 1;
     }
     assert!(pad.push_event(gst::event::Eos::new()));
-    let msg = pipeline
-        .bus()
-        .unwrap()
-        .timed_pop_filtered(
-            gst::ClockTime::from_seconds(600),
-            &[gst::MessageType::Eos, gst::MessageType::Error],
-        )
-        .expect("EOS");
-    assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
-    let acked = sink
-        .property::<gst::Structure>("stats")
-        .get::<u64>("bytes-acked")
-        .unwrap();
-    pipeline.set_state(gst::State::Null).unwrap();
+    let acked = finish(&pipeline, &sink);
     assert_eq!(acked, pushed as u64, "every byte acknowledged");
     acked
 }
@@ -217,11 +240,7 @@ fn through_racssink(
     seconds: usize,
     buffers: &[gst::Buffer],
 ) -> u64 {
-    let caps = gst_audio::AudioCapsBuilder::new_interleaved()
-        .format(gst_audio::AudioFormat::S16le)
-        .rate(RATE as i32)
-        .channels(i32::from(CHANNELS))
-        .build();
+    let caps = bench_caps();
     let pipeline = gst::Pipeline::new();
     let src = gst::ElementFactory::make("appsrc")
         .property("caps", &caps)
@@ -230,12 +249,7 @@ fn through_racssink(
         .property("max-bytes", 1u64 << 20)
         .build()
         .unwrap();
-    let sink = gst::ElementFactory::make("racssink")
-        .property("host", host)
-        .property("port", u32::from(port))
-        .property("stream-id", id)
-        .build()
-        .unwrap();
+    let sink = make_racssink(host, port, id);
     pipeline.add_many([&src, &sink]).unwrap();
     src.link(&sink).unwrap();
     pipeline.set_state(gst::State::Playing).unwrap();
@@ -245,36 +259,15 @@ fn through_racssink(
     let mut pushed = 0;
     let mut i = 0u64;
     while pushed < total {
-        // A shallow copy shares the memory; only the timestamps are new.
-        let mut buffer = buffers[i as usize % buffers.len()].copy();
-        {
-            let b = buffer.get_mut().unwrap();
-            b.set_pts(gst::ClockTime::from_nseconds(i * per_buffer_ns));
-            b.set_duration(gst::ClockTime::from_nseconds(per_buffer_ns));
-        }
+        let buffer = timestamped(buffers, i, per_buffer_ns);
         let ret = src.emit_by_name::<gst::FlowReturn>("push-buffer", &[&buffer]);
         assert_eq!(ret, gst::FlowReturn::Ok, "push-buffer");
         pushed += buffer_bytes;
         i += 1;
     }
     let _ = src.emit_by_name::<gst::FlowReturn>("end-of-stream", &[]);
-    let bus = pipeline.bus().unwrap();
-    let msg = bus
-        .timed_pop_filtered(
-            gst::ClockTime::from_seconds(600),
-            &[gst::MessageType::Eos, gst::MessageType::Error],
-        )
-        .expect("EOS within 10 minutes");
-    if let gst::MessageView::Error(e) = msg.view() {
-        panic!("racssink failed: {} ({:?})", e.error(), e.debug());
-    }
-    let stats = sink.property::<gst::Structure>("stats");
-    pipeline.set_state(gst::State::Null).unwrap();
-    let acked = stats.get::<u64>("bytes-acked").unwrap();
+    let acked = finish(&pipeline, &sink);
     assert_eq!(acked, pushed as u64, "every byte acknowledged");
-    if std::env::var_os("RACS_BENCH_VERBOSE").is_some() {
-        eprintln!("  racssink stats: {stats}");
-    }
     acked
 }
 
@@ -314,24 +307,7 @@ fn file_into_racssink(host: &str, port: u16, id: &str, wav: &std::path::Path) ->
     .downcast::<gst::Pipeline>()
     .unwrap();
     pipeline.set_state(gst::State::Playing).unwrap();
-    let msg = pipeline
-        .bus()
-        .unwrap()
-        .timed_pop_filtered(
-            gst::ClockTime::from_seconds(600),
-            &[gst::MessageType::Eos, gst::MessageType::Error],
-        )
-        .expect("EOS within 10 minutes");
-    if let gst::MessageView::Error(e) = msg.view() {
-        panic!("racssink failed: {} ({:?})", e.error(), e.debug());
-    }
-    let sink = pipeline.by_name("sink").unwrap();
-    let acked = sink
-        .property::<gst::Structure>("stats")
-        .get::<u64>("bytes-acked")
-        .unwrap();
-    pipeline.set_state(gst::State::Null).unwrap();
-    acked
+    finish(&pipeline, &pipeline.by_name("sink").unwrap())
 }
 
 fn main() {
