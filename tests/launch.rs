@@ -2,13 +2,14 @@
 //! GST_PLUGIN_PATH by gst-inspect-1.0 and gst-launch-1.0, recording files into racs-lite and
 //! exporting streams to WAV, MP3 and Opus files that decode back to the right length.
 
+mod common;
 mod tools;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use racs_lite::TestServer;
+use common::TestServer;
 use tools::{
     decode_to_wav, element_exists, gst_command, gst_launch, gst_launch_error, gst_launch_ok, info,
     read_wav, run,

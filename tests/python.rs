@@ -2,13 +2,14 @@
 //! racssink and extracts it with racssrc (tests/python/record_extract.py), against racs-lite,
 //! loading the built libgstracs.so through GST_PLUGIN_PATH like any installed plugin.
 
+mod common;
 mod tools;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use racs_lite::TestServer;
+use common::TestServer;
 use tools::{gst_command, run};
 
 const IMPORT_GST: &str =

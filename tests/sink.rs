@@ -8,9 +8,9 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::TestServer;
 use gst::prelude::*;
 use gstracs::client::{runtime, Connection, SessionId, StreamFormat};
-use racs_lite::TestServer;
 
 /// Far enough in the future to cover every block (epoch ms, year 2100).
 const FAR_MS: u64 = 4_102_444_800_000;

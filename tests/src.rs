@@ -11,11 +11,11 @@ use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::TestServer;
 use gst::prelude::*;
 use gst_base::prelude::*;
 use gstracs::client::reader::{Bound, RangeReader, ReaderConfig};
 use gstracs::client::{block_on, runtime, Canceller, Connection, Pool, SessionId, StreamFormat};
-use racs_lite::TestServer;
 
 const T: Duration = Duration::from_secs(20);
 

@@ -7,8 +7,8 @@ mod tools;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use common::TestServer;
 use gst::prelude::*;
-use racs_lite::TestServer;
 
 const DEADLINE: gst::ClockTime = gst::ClockTime::from_seconds(30);
 

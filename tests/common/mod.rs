@@ -1,7 +1,24 @@
-//! Shared by the integration tests: GStreamer set-up with the plugin registered statically.
+// SPDX-License-Identifier: MPL-2.0
+//! The one test kit of the element suites: GStreamer set-up, the server under test (racs-lite
+//! in-process, or a fresh real RACS process per test when `RACS_BIN` is set), waiting for the end
+//! of a pipeline, caps, signal generators (silence, tones, clicks, noise, ramps) and reading a
+//! stream back with an independent minimal client (racs-lite's, not the plugin's).
 #![allow(dead_code)]
 
+use std::net::SocketAddr;
 use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use gst::prelude::*;
+
+/// The server of one test: racs-lite, or a real RACS v0.1.0 process when `RACS_BIN` is set.
+pub use racs_lite::harness::AnyServer as TestServer;
+
+/// Far enough in the future to cover every block (epoch ms, year 2100).
+pub const FAR_MS: u64 = 4_102_444_800_000;
+
+/// How long a pipeline may take to reach EOS or an error in a test.
+pub const WAIT: Duration = Duration::from_secs(30);
 
 /// Initialises GStreamer once and registers the `racs` plugin from this crate.
 pub fn init() {
@@ -10,4 +27,272 @@ pub fn init() {
         gst::init().expect("GStreamer failed to initialise");
         gstracs::plugin_register_static().expect("the racs plugin failed to register");
     });
+}
+
+// ---------------------------------------------------------------------------------------
+// Pipelines
+
+/// How a pipeline run ended, with every bus message seen on the way.
+#[derive(Debug)]
+pub struct Ended {
+    pub messages: Vec<gst::Message>,
+    /// The error (with its debug text) when the run ended with one.
+    pub error: Option<(glib::Error, String)>,
+}
+
+impl Ended {
+    /// `"<error> | <debug>"`, or empty after EOS.
+    pub fn error_text(&self) -> String {
+        match &self.error {
+            Some((e, debug)) => format!("{e} | {debug}"),
+            None => String::new(),
+        }
+    }
+
+    /// The warnings seen, as `"<message> | <debug>"`.
+    pub fn warnings(&self) -> Vec<String> {
+        self.messages
+            .iter()
+            .filter_map(|m| match m.view() {
+                gst::MessageView::Warning(w) => Some(format!(
+                    "{} | {}",
+                    w.error(),
+                    w.debug().map(|d| d.to_string()).unwrap_or_default()
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The element messages of the given structure name.
+    pub fn element_messages(&self, name: &str) -> Vec<gst::Structure> {
+        self.messages
+            .iter()
+            .filter_map(|m| match m.view() {
+                gst::MessageView::Element(e) => e
+                    .structure()
+                    .filter(|s| s.name() == name)
+                    .map(|s| s.to_owned()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Collects bus messages until EOS or an error; panics after `within`.
+pub fn wait_end(bus: &gst::Bus, within: Duration) -> Ended {
+    let deadline = Instant::now() + within;
+    let mut messages = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(msg) = bus.timed_pop(gst::ClockTime::from_nseconds(left.as_nanos() as u64)) else {
+            panic!("no EOS or error within {within:?}");
+        };
+        messages.push(msg.clone());
+        match msg.view() {
+            gst::MessageView::Eos(_) => {
+                return Ended {
+                    messages,
+                    error: None,
+                }
+            }
+            gst::MessageView::Error(e) => {
+                let error = Some((
+                    e.error(),
+                    e.debug().map(|d| d.to_string()).unwrap_or_default(),
+                ));
+                return Ended { messages, error };
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Sets `pipeline` to PLAYING, waits for the end (up to [`WAIT`]), sets it to NULL and adds
+/// what was left on the bus.
+pub fn play(pipeline: &gst::Element) -> Ended {
+    let bus = pipeline.bus().expect("a pipeline has a bus");
+    if pipeline.set_state(gst::State::Playing).is_err() {
+        // The reason is on the bus as an error message.
+        let ended = wait_end(&bus, WAIT);
+        pipeline.set_state(gst::State::Null).unwrap();
+        return ended;
+    }
+    let mut ended = wait_end(&bus, WAIT);
+    pipeline.set_state(gst::State::Null).unwrap();
+    while let Some(m) = bus.pop() {
+        ended.messages.push(m);
+    }
+    ended
+}
+
+/// [`play`], panicking with the error's text unless the run reached EOS.
+pub fn play_to_eos(pipeline: &gst::Element) -> Ended {
+    let ended = play(pipeline);
+    assert!(
+        ended.error.is_none(),
+        "expected EOS, got an error: {}",
+        ended.error_text()
+    );
+    ended
+}
+
+/// Interleaved S16LE or S24LE caps.
+pub fn caps(rate: u32, channels: u16, bit_depth: u16) -> gst::Caps {
+    gst_audio::AudioCapsBuilder::new_interleaved()
+        .format(if bit_depth == 24 {
+            gst_audio::AudioFormat::S24le
+        } else {
+            gst_audio::AudioFormat::S16le
+        })
+        .rate(rate as i32)
+        .channels(i32::from(channels))
+        .build()
+}
+
+// ---------------------------------------------------------------------------------------
+// Signals. Repetitive content (silence, tones, clicks) is what a reader that aligns by
+// content gets wrong; noise and ramps never repeat.
+
+/// Bytes of one sample value in the stream's little-endian width.
+fn put(out: &mut Vec<u8>, v: i32, bit_depth: u16) {
+    out.extend_from_slice(&v.to_le_bytes()[..usize::from(bit_depth / 8)]);
+}
+
+/// Digital silence.
+pub fn silence(frames: usize, channels: u16, bit_depth: u16) -> Vec<u8> {
+    vec![0; frames * usize::from(channels) * usize::from(bit_depth / 8)]
+}
+
+/// A steady sine of `hz` at half scale, starting at sample frame `first`.
+pub fn tone(
+    first: u64,
+    frames: usize,
+    rate: u32,
+    channels: u16,
+    bit_depth: u16,
+    hz: f64,
+) -> Vec<u8> {
+    let amp = f64::from((1i32 << (bit_depth - 1)) - 1) / 2.0;
+    let mut out = Vec::with_capacity(frames * usize::from(channels) * usize::from(bit_depth / 8));
+    for i in 0..frames as u64 {
+        let t = (first + i) as f64 / f64::from(rate);
+        let v = (amp * (2.0 * std::f64::consts::PI * hz * t).sin()).round() as i32;
+        for _ in 0..channels {
+            put(&mut out, v, bit_depth);
+        }
+    }
+    out
+}
+
+/// Silence with a full-scale click of one sample frame every `period` frames (counted from
+/// frame 0 of the stream, so `first` places the slice).
+pub fn clicks(first: u64, frames: usize, period: u64, channels: u16, bit_depth: u16) -> Vec<u8> {
+    let peak = (1i32 << (bit_depth - 1)) - 1;
+    let mut out = Vec::with_capacity(frames * usize::from(channels) * usize::from(bit_depth / 8));
+    for i in 0..frames as u64 {
+        let v = if (first + i).is_multiple_of(period) { peak } else { 0 };
+        for _ in 0..channels {
+            put(&mut out, v, bit_depth);
+        }
+    }
+    out
+}
+
+/// Deterministic pseudo-random bytes (every byte pattern is a valid 16/24-bit sample).
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading back with an independent client
+
+/// One raw EXTRACT `[from, to]` with racs-lite's minimal client: the int32 samples, or the
+/// server's error text.
+pub fn extract_s32(
+    addr: SocketAddr,
+    id: &str,
+    from_ms: u64,
+    to_ms: u64,
+) -> Result<Vec<i32>, String> {
+    let mut c = racs_lite::client::RawClient::connect(addr).map_err(|e| e.to_string())?;
+    let reply = c
+        .command(&format!("EXTRACT '{id}' {from_ms} {to_ms}"))
+        .map_err(|e| e.to_string())?;
+    let first = reply.first().ok_or("empty reply")?;
+    let arr = first.as_array().ok_or("reply is not an array")?;
+    match (arr.first().and_then(|t| t.as_str()), arr.get(1)) {
+        (Some("s32v"), Some(rmpv::Value::Binary(b))) => Ok(b
+            .chunks_exact(4)
+            .map(|s| i32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+            .collect()),
+        (Some("error"), Some(m)) => Err(m.as_str().unwrap_or("?").to_string()),
+        _ => Err(format!(
+            "unexpected reply {}",
+            racs_lite::client::show(&reply)
+        )),
+    }
+}
+
+/// The whole stored stream (EXTRACT from 0 to [`FAR_MS`]) narrowed back to its sample width,
+/// asked again until at least `len` bytes are visible or 5 s have passed (a table being
+/// written is hidden from EXTRACT for a moment).
+pub fn read_back(addr: SocketAddr, id: &str, bit_depth: u16, len: usize) -> Vec<u8> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s32 = extract_s32(addr, id, 0, FAR_MS).unwrap_or_else(|e| panic!("EXTRACT {id}: {e}"));
+        let mut out = Vec::with_capacity(s32.len() * 3);
+        for v in s32 {
+            put(&mut out, v, bit_depth);
+        }
+        if out.len() >= len || Instant::now() > deadline {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `INFO id attr` with the minimal client: the value, or the server's error text.
+pub fn info_raw(addr: SocketAddr, id: &str, attr: &str) -> Result<i64, String> {
+    let mut c = racs_lite::client::RawClient::connect(addr).map_err(|e| e.to_string())?;
+    let reply = c
+        .command(&format!("INFO '{id}' '{attr}'"))
+        .map_err(|e| e.to_string())?;
+    let arr = reply
+        .first()
+        .and_then(|v| v.as_array())
+        .ok_or("reply is not an array")?;
+    match (arr.first().and_then(|t| t.as_str()), arr.get(1)) {
+        (Some("int"), Some(v)) => v.as_i64().ok_or_else(|| "not an int".to_string()),
+        (Some("error"), Some(m)) => Err(m.as_str().unwrap_or("?").to_string()),
+        _ => Err(format!(
+            "unexpected reply {}",
+            racs_lite::client::show(&reply)
+        )),
+    }
+}
+
+/// The first position where `got` and `want` differ, as a message (or None when equal).
+pub fn first_difference(got: &[u8], want: &[u8]) -> Option<String> {
+    if got == want {
+        return None;
+    }
+    let at = got
+        .iter()
+        .zip(want)
+        .position(|(a, b)| a != b)
+        .unwrap_or(got.len().min(want.len()));
+    Some(format!(
+        "{} bytes stored, {} expected; first difference at byte {at}",
+        got.len(),
+        want.len()
+    ))
 }

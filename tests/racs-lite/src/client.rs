@@ -21,6 +21,15 @@ impl RawClient {
         Ok(RawClient { stream })
     }
 
+    /// Connect to one address within `timeout`, with a 10 s read/write timeout.
+    pub fn connect_timeout(addr: SocketAddr, timeout: Duration) -> io::Result<RawClient> {
+        let stream = TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+        Ok(RawClient { stream })
+    }
+
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         self.stream.peer_addr()
     }

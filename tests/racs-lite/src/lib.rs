@@ -16,6 +16,7 @@
 pub mod client;
 pub mod exec;
 pub mod glob;
+pub mod harness;
 pub mod lang;
 pub mod pack;
 mod server;
@@ -52,6 +53,9 @@ pub struct Config {
     /// (default 0: never). The real server shows this quirk for about half a second after each
     /// flush; tests of readers set it to reproduce that.
     pub flush_invisible: Duration,
+    /// Streams whose metadata the server keeps cached (the real server's `cache.entries`,
+    /// default 4096). Goes into a real server's conf.yaml in [`harness`].
+    pub cache_entries: usize,
 }
 
 impl Config {
@@ -64,6 +68,7 @@ impl Config {
             max_message_bytes: 64 * 1024 * 1024,
             idle_timeout: Duration::from_secs(300),
             flush_invisible: Duration::ZERO,
+            cache_entries: 4096,
         }
     }
 }
