@@ -51,6 +51,10 @@ impl Backend {
                      RACS_BIN at the binary, or unset RACS_BIN to test on racs-lite",
                     p.display()
                 );
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| {
+                    eprintln!("test server: a fresh real RACS server per test ({})", p.display())
+                });
                 Backend::Real(p)
             }
             _ => Backend::Lite,
