@@ -510,33 +510,16 @@ fn play(run: &Run) -> (End, Vec<String>) {
 }
 
 fn wait_end(pipeline: &gst::Pipeline) -> (End, Vec<String>) {
-    let bus = pipeline.bus().unwrap();
-    let deadline = Instant::now() + T;
-    let mut warnings = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let msg = bus
-            .timed_pop_filtered(
-                gst::ClockTime::from_nseconds(left.as_nanos() as u64),
-                &[
-                    gst::MessageType::Eos,
-                    gst::MessageType::Error,
-                    gst::MessageType::Warning,
-                ],
-            )
-            .expect("no EOS or error before the deadline");
-        match msg.view() {
-            gst::MessageView::Eos(_) => return (End::Eos, warnings),
-            gst::MessageView::Error(e) => {
-                return (
-                    End::Error(e.error(), format!("{} ({:?})", e.error(), e.debug())),
-                    warnings,
-                )
-            }
-            gst::MessageView::Warning(w) => warnings.push(format!("{} {:?}", w.error(), w.debug())),
-            _ => {}
+    let ended = common::wait_end(&pipeline.bus().unwrap(), T);
+    let warnings = ended.warnings();
+    let end = match ended.error {
+        None => End::Eos,
+        Some((e, debug)) => {
+            let text = format!("{e} ({debug})");
+            End::Error(e, text)
         }
-    }
+    };
+    (end, warnings)
 }
 
 fn expect_error(run: &Run) -> (glib::Error, String) {
@@ -1163,6 +1146,8 @@ fn a_stream_started_after_a_bulk_import_reads_back_whole() {
     // The server really does leave the first blocks out of every range that ends before N, even
     // from 0, and returns them out of order from ranges that reach N.
     let wide = |frames: u64| (frames * 4 * u64::from(f.channels)) as usize;
+    common::wait_visible(srv.addr(), "second", wide(total) / 4);
+    common::wait_visible(srv.addr(), "import", (import.frames * 2) as usize);
     let early = rt(w.conn.extract("second", 0, ref_ms + 30_000)).unwrap();
     assert_eq!(early.len(), wide(total - 4000), "the test checks nothing");
     let late = rt(w.conn.extract("second", 0, import_ref + 100_000)).unwrap();
@@ -1212,6 +1197,7 @@ fn a_stream_that_outruns_the_imports_table_reads_back_whole() {
     let total = w.frames;
     let ref_ms = w.info(gstracs::client::InfoAttr::Ref) as u64;
     let wide = |frames: u64| (frames * 4 * u64::from(f.channels)) as usize;
+    common::wait_visible(srv.addr(), "next", wide(total) / 4);
     let all = rt(w.conn.extract("next", 0, ref_ms + 20_000)).unwrap();
     assert_eq!(all.len(), wide(total));
     assert_ne!(decode_wide(&f, &all[..wide(1)]), vec![0], "not rotated");

@@ -10,31 +10,9 @@ use std::sync::Arc;
 use common::TestServer;
 use gst::prelude::*;
 
-const DEADLINE: gst::ClockTime = gst::ClockTime::from_seconds(30);
-
 /// Plays `pipeline` to EOS; panics with the error message or on a timeout.
 fn run_to_eos(pipeline: &gst::Element) {
-    let bus = pipeline.bus().unwrap();
-    pipeline
-        .set_state(gst::State::Playing)
-        .unwrap_or_else(|_| panic!("cannot start the pipeline: {:?}", error_text(&bus)));
-    let msg = bus.timed_pop_filtered(DEADLINE, &[gst::MessageType::Eos, gst::MessageType::Error]);
-    pipeline.set_state(gst::State::Null).unwrap();
-    match msg.as_ref().map(|m| m.view()) {
-        Some(gst::MessageView::Eos(_)) => {}
-        Some(gst::MessageView::Error(e)) => {
-            panic!("pipeline error: {} ({:?})", e.error(), e.debug())
-        }
-        _ => panic!("no EOS within {DEADLINE}"),
-    }
-}
-
-fn error_text(bus: &gst::Bus) -> Option<String> {
-    let msg = bus.timed_pop_filtered(gst::ClockTime::ZERO, &[gst::MessageType::Error])?;
-    match msg.view() {
-        gst::MessageView::Error(e) => Some(format!("{} ({:?})", e.error(), e.debug())),
-        _ => None,
-    }
+    common::play_to_eos(pipeline);
 }
 
 /// Records `secs` seconds of a sine, S16LE stereo 44.1 kHz, into `id`.

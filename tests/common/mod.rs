@@ -191,7 +191,11 @@ pub fn clicks(first: u64, frames: usize, period: u64, channels: u16, bit_depth: 
     let peak = (1i32 << (bit_depth - 1)) - 1;
     let mut out = Vec::with_capacity(frames * usize::from(channels) * usize::from(bit_depth / 8));
     for i in 0..frames as u64 {
-        let v = if (first + i).is_multiple_of(period) { peak } else { 0 };
+        let v = if (first + i).is_multiple_of(period) {
+            peak
+        } else {
+            0
+        };
         for _ in 0..channels {
             put(&mut out, v, bit_depth);
         }
@@ -257,6 +261,26 @@ pub fn read_back(addr: SocketAddr, id: &str, bit_depth: u16, len: usize) -> Vec<
             return out;
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits (up to 5 s) until EXTRACT from 0 returns at least `samples` int32 samples of `id`:
+/// after a write, the table being written is hidden from EXTRACT for a moment. Panics with the
+/// count seen when the deadline passes.
+pub fn wait_visible(addr: SocketAddr, id: &str, samples: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let seen = extract_s32(addr, id, 0, FAR_MS)
+            .unwrap_or_else(|e| panic!("EXTRACT {id}: {e}"))
+            .len();
+        if seen >= samples {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {seen} of {samples} samples of {id} became visible within 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
