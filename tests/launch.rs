@@ -571,6 +571,72 @@ fn example(name: &str) -> std::process::Command {
 }
 
 #[test]
+fn ls_example_lists_streams_with_slashes_and_says_what_it_cannot_know() {
+    let mut srv = TestServer::start();
+    let port = srv.port().to_string();
+    for (id, caps) in [
+        ("air", "format=S16LE,rate=44100,channels=2"),
+        ("studio/mic1", "format=S24LE,rate=48000,channels=1"),
+    ] {
+        gst_launch_ok(
+            &format!(
+                "audiotestsrc num-buffers=10 samplesperbuffer=4800 ! audio/x-raw,{caps} ! racssink host=127.0.0.1 port={port} stream-id={id}"
+            ),
+            T,
+        );
+    }
+    let ls = |args: &[&str]| {
+        let mut cmd = example("ls");
+        cmd.args(["--host", "127.0.0.1", "--port", &port])
+            .args(args);
+        run(cmd, T)
+    };
+    let out = ls(&[]);
+    assert!(out.success(), "ls failed:\n{}", out.dump());
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "a header and two streams:\n{}", out.dump());
+    assert!(
+        lines[1].starts_with("air ") && lines[1].contains("44100") && lines[1].contains("1.088 s"),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        lines[2].starts_with("studio/mic1 ")
+            && lines[2].contains("48000")
+            && lines[2].contains("1.000 s"),
+        "{}",
+        out.dump()
+    );
+    let out = ls(&["s*"]);
+    assert!(
+        out.success() && !out.stdout.contains("studio/mic1"),
+        "globs do not match '/':\n{}",
+        out.dump()
+    );
+    // After a kill the server has lost size and ref: listed as unknown, not as 0.
+    srv.kill();
+    srv.start_again();
+    let out = ls(&["air"]);
+    assert!(out.success(), "{}", out.dump());
+    assert!(
+        out.stdout
+            .contains("unknown (no data, or lost in a server crash)"),
+        "{}",
+        out.dump()
+    );
+    // A server that is not there.
+    srv.kill();
+    let out = ls(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.dump());
+    assert!(
+        out.stderr
+            .contains("cannot connect to the RACS server at 127.0.0.1:"),
+        "{}",
+        out.dump()
+    );
+}
+
+#[test]
 fn record_and_export_examples_round_trip() {
     let srv = TestServer::start();
     let work = tempfile::tempdir().unwrap();
