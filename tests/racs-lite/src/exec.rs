@@ -2,7 +2,6 @@
 
 use std::sync::{Mutex, MutexGuard};
 
-use crate::glob::fnmatch;
 use crate::lang::{parse, Arg, Command, Parsed};
 use crate::pack::Value;
 use crate::storage::{stream_hash, Store};
@@ -75,6 +74,22 @@ pub fn decode_frame(p: &[u8]) -> Result<FrameHeader<'_>, &'static str> {
     })
 }
 
+/// The key of a block appended at `size` bytes into a stream, like the real server's
+/// `racs_streaminfo_offset`: `ref + trunc(size / bps * 1000)` in doubles, where
+/// `bps = ch * sr * (bd / 8)` is computed in 32-bit unsigned arithmetic. With 0 bytes per
+/// second the quotient is infinite or NaN, which x86-64 converts to `i64::MIN`: such blocks get
+/// keys no EXTRACT range reaches.
+pub fn block_key(ref_ms: i64, size: u64, sr: u32, ch: u16, bd: u16) -> u64 {
+    let bps = (ch as u32).wrapping_mul(sr).wrapping_mul((bd / 8) as u32);
+    let ms = size as f64 / bps as f64 * 1000.0;
+    let off = if ms.is_finite() && ms < 9.223372036854775e18 {
+        ms as i64
+    } else {
+        i64::MIN
+    };
+    off.wrapping_add(ref_ms) as u64
+}
+
 fn handle_frame(store: &Mutex<Store>, p: &[u8]) -> Value {
     let f = match decode_frame(p) {
         Ok(f) => f,
@@ -86,19 +101,13 @@ fn handle_frame(store: &Mutex<Store>, p: &[u8]) -> Value {
         Some(s) if *s == [0u8; 16] || *s == f.session => {}
         _ => return Value::error(ERR_CLOSED),
     }
-    let Some(m) = st.meta.get_mut(&f.hash) else {
+    let Some(m) = st.meta(f.hash) else {
         return Value::error(ERR_NO_META);
     };
     if m.ref_ms == 0 && m.size == 0 {
         m.ref_ms = now_ms();
     }
-    let bps = m.ch as u64 * m.sr as u64 * m.bd as u64 / 8;
-    let off = if bps == 0 {
-        0
-    } else {
-        (m.size as f64 / bps as f64 * 1000.0) as u64
-    };
-    let ts = (m.ref_ms as u64).wrapping_add(off);
+    let ts = block_key(m.ref_ms, m.size, m.sr, m.ch, m.bd);
     m.size = m.size.wrapping_add(f.block.len() as u64);
     st.open.insert(f.hash, f.session);
     st.append(f.hash, ts, f.crc, f.block);
@@ -162,7 +171,7 @@ fn str_arg(args: &[Arg], i: usize, colon: bool) -> Result<&[u8], String> {
     }
 }
 
-/// Non-negative int arg `i`; the error names arg `label`.
+/// Non-negative int arg `i` (a time literal is one too); the error names arg `label`.
 fn int_arg(args: &[Arg], i: usize, label: usize) -> Result<u64, String> {
     match args[i] {
         Arg::Int(v) if v >= 0 => Ok(v as u64),
@@ -170,10 +179,10 @@ fn int_arg(args: &[Arg], i: usize, label: usize) -> Result<u64, String> {
     }
 }
 
-/// Time arg: a time literal or an int, not negative.
+/// Time arg: a time literal or an int (the same thing once parsed), not negative.
 fn time_arg(args: &[Arg], i: usize) -> Result<i64, String> {
     match args[i] {
-        Arg::Int(v) | Arg::Time(v) if v >= 0 => Ok(v),
+        Arg::Int(v) if v >= 0 => Ok(v),
         _ => Err(format!("Invalid type at arg {}. Expected: time", i + 1)),
     }
 }
@@ -222,9 +231,9 @@ fn run(store: &Mutex<Store>, c: &Command) -> Result<Value, String> {
             count(a, 2)?;
             let id = str_arg(a, 0, false)?;
             let attr = str_arg(a, 1, false)?;
-            let st = lock(store);
-            let m = st.meta.get(&stream_hash(id));
-            let v: i64 = match (m, attr) {
+            let mut st = lock(store);
+            let m = st.meta(stream_hash(id));
+            let v: i64 = match (m.as_deref(), attr) {
                 (Some(m), b"sample_rate") => m.sr as i64,
                 (Some(m), b"channels") => m.ch as i64,
                 (Some(m), b"bit_depth") => m.bd as i64,
@@ -241,14 +250,7 @@ fn run(store: &Mutex<Store>, c: &Command) -> Result<Value, String> {
         "SEARCH" => {
             count(a, 1)?;
             let pat = str_arg(a, 0, false)?;
-            let st = lock(store);
-            let names = st
-                .names_in_file_order()
-                .into_iter()
-                .filter(|(n, _)| fnmatch(pat, n))
-                .map(|(n, _)| n.to_vec())
-                .collect();
-            Ok(Value::List(names))
+            Ok(Value::List(lock(store).search(pat)))
         }
         "EXTRACT" => {
             count(a, 3)?;
@@ -258,7 +260,11 @@ fn run(store: &Mutex<Store>, c: &Command) -> Result<Value, String> {
             let plan = lock(store).plan_extract(id, from, to)?;
             Ok(Value::S32v(plan.run()?))
         }
-        "EVAL" => Err(ERR_EVAL.into()),
+        "EVAL" => {
+            count(a, 1)?;
+            str_arg(a, 0, false)?;
+            Err(ERR_EVAL.into())
+        }
         other => Err(format!("Unknown command: {other}")),
     }
 }
@@ -309,9 +315,11 @@ pub fn wav(input: &[u8], sr: u32, ch: u16, bd: u16) -> Vec<u8> {
     w.extend_from_slice(&1u16.to_le_bytes());
     w.extend_from_slice(&ch.to_le_bytes());
     w.extend_from_slice(&sr.to_le_bytes());
-    let byte_rate = (sr as u64 * ch as u64 * bd as u64 / 8) as u32;
+    // block_align is a u16 field, and byte_rate is computed from it after the cut.
+    let block_align = (ch as u32 * bd as u32 / 8) as u16;
+    let byte_rate = sr.wrapping_mul(block_align as u32);
     w.extend_from_slice(&byte_rate.to_le_bytes());
-    w.extend_from_slice(&((ch as u32 * bd as u32 / 8) as u16).to_le_bytes());
+    w.extend_from_slice(&block_align.to_le_bytes());
     w.extend_from_slice(&bd.to_le_bytes());
     w.extend_from_slice(b"data");
     w.extend_from_slice(&(data_len as u32).to_le_bytes());

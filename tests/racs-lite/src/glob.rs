@@ -1,5 +1,8 @@
-//! `fnmatch(pattern, name, 0)` on bytes: `*`, `?`, bracket expressions with `!`/`^` negation,
-//! ranges and `[:class:]`, and backslash escapes. Case-sensitive; `/` and leading `.` are not special.
+//! `fnmatch(pattern, name, FNM_PATHNAME)` on bytes, as the real server's SEARCH calls it (its
+//! `FNM_IGNORECASE` is defined as 0x01, which is glibc's `FNM_PATHNAME`): `*`, `?`, bracket
+//! expressions with `!`/`^` negation, ranges and `[:class:]`, and backslash escapes.
+//! Case-sensitive; no wildcard or bracket matches `/` (only a literal `/` does); a leading `.`
+//! is not special.
 
 fn class_matches(name: &[u8], c: u8) -> Option<bool> {
     Some(match name {
@@ -66,7 +69,7 @@ fn bracket(p: &[u8], c: u8) -> Option<(bool, usize)> {
     }
 }
 
-/// Does `name` match the glob `pat`?
+/// Does `name` match the glob `pat` (with `FNM_PATHNAME`)?
 pub fn fnmatch(pat: &[u8], name: &[u8]) -> bool {
     // Iterative matcher with single-star backtracking.
     let (mut p, mut n) = (0usize, 0usize);
@@ -81,11 +84,13 @@ pub fn fnmatch(pat: &[u8], name: &[u8]) -> bool {
                     star = Some((p, n));
                     continue;
                 }
-                b'?' if n < name.len() => {
+                b'?' if n < name.len() && name[n] != b'/' => {
                     p += 1;
                     n += 1;
                     continue;
                 }
+                // glibc: under FNM_PATHNAME a `[` never matches `/`, even unterminated.
+                b'[' if n < name.len() && name[n] == b'/' => {}
                 b'[' if n < name.len() => match bracket(&pat[p..], name[n]) {
                     Some((true, len)) => {
                         p += len;
@@ -124,7 +129,8 @@ pub fn fnmatch(pat: &[u8], name: &[u8]) -> bool {
         }
         // Mismatch: backtrack to the last star, letting it eat one more byte.
         match star {
-            Some((sp, sn)) if sn < name.len() => {
+            // A star never eats a `/`.
+            Some((sp, sn)) if sn < name.len() && name[sn] != b'/' => {
                 star = Some((sp, sn + 1));
                 p = sp;
                 n = sn + 1;
@@ -141,7 +147,16 @@ mod tests {
     fn globs() {
         let m = |p: &str, n: &str| fnmatch(p.as_bytes(), n.as_bytes());
         assert!(m("*", ""));
-        assert!(m("*", "a/b"));
+        assert!(!m("*", "a/b"));
+        assert!(m("*/*", "a/b"));
+        assert!(m("a/*", "a/b"));
+        assert!(!m("a?b", "a/b"));
+        assert!(!m("a[/]b", "a/b"));
+        assert!(!m("a[!x]b", "a/b"));
+        assert!(m("a\\/b", "a/b"));
+        assert!(m("studio/*", "studio/mic1"));
+        assert!(!m("studio*", "studio/mic1"));
+        assert!(m("*a/b*", "xa/by"));
         assert!(m("B*", "Bravo"));
         assert!(!m("B*", "bravo"));
         assert!(m("a?c", "abc"));

@@ -17,10 +17,9 @@ pub enum Token {
     Id(String),
 }
 
-/// A command argument.
+/// A command argument. A time literal is an `Int` holding its ms value, as on the real server.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Arg {
-    Time(i64),
     Float(f64),
     Int(i64),
     Str(Vec<u8>),
@@ -119,6 +118,10 @@ fn scan_int(d: &[u8]) -> i64 {
 fn decode_time(t: &[u8]) -> i64 {
     let f = |a: usize, b: usize| scan_int(&t[a..b]);
     let secs = timegm(f(0, 4), f(5, 7), f(8, 10), f(11, 13), f(14, 16), f(17, 19));
+    if secs == -1 {
+        // timegm's error value: the real server returns -1 whatever the fraction.
+        return -1;
+    }
     let frac = if t.get(19) == Some(&b'.') {
         let d = digits(t, 20);
         scan_int(&t[20..20 + d])
@@ -163,34 +166,46 @@ fn search_string(s: &[u8], from: usize) -> Option<(usize, usize)> {
     None
 }
 
-/// Tokenize a whole command string (already cut at its NUL).
-/// On error returns the 0-based byte offset for `Invalid token at N`.
-pub fn tokenize(s: &[u8]) -> Result<Vec<Token>, usize> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    loop {
+/// The lexer: yields one token at a time, like the real server's `racs_parser_next_token`, so
+/// that an error is reported only when the parser reaches it.
+pub struct Lexer<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Lexer<'a> {
+    pub fn new(s: &'a [u8]) -> Self {
+        Lexer { s, i: 0 }
+    }
+
+    /// The next token, `Ok(None)` at the end, or `Err(offset)` for `Invalid token at <offset>`.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> Result<Option<Token>, usize> {
+        let s = self.s;
+        let mut i = self.i;
         while i < s.len() && is_c_space(s[i]) {
             i += 1;
         }
+        self.i = i;
         if i >= s.len() {
-            return Ok(out);
+            return Ok(None);
         }
         let c = s[i];
-        if c.is_ascii_digit() {
+        let tok = if c.is_ascii_digit() {
             if let Some(n) = match_time(s, i) {
-                out.push(Token::Time(decode_time(&s[i..i + n])));
-                i += n;
-                continue;
-            }
-            let d = digits(s, i);
-            if s.get(i + d) == Some(&b'.') {
-                let d2 = digits(s, i + d + 1);
-                let text = std::str::from_utf8(&s[i..i + d + 1 + d2]).unwrap_or("0");
-                out.push(Token::Float(text.parse::<f64>().unwrap_or(0.0)));
-                i += d + 1 + d2;
+                self.i = i + n;
+                Token::Time(decode_time(&s[i..i + n]))
             } else {
-                out.push(Token::Int(strtoull(&s[i..i + d]) as i64));
-                i += d;
+                let d = digits(s, i);
+                if s.get(i + d) == Some(&b'.') {
+                    let d2 = digits(s, i + d + 1);
+                    let text = std::str::from_utf8(&s[i..i + d + 1 + d2]).unwrap_or("0");
+                    self.i = i + d + 1 + d2;
+                    Token::Float(text.parse::<f64>().unwrap_or(0.0))
+                } else {
+                    self.i = i + d;
+                    Token::Int(strtoull(&s[i..i + d]) as i64)
+                }
             }
         } else if c == b'\'' {
             // The real lexer runs an unanchored regex and advances by the match *length*,
@@ -198,15 +213,17 @@ pub fn tokenize(s: &[u8]) -> Result<Vec<Token>, usize> {
             match search_string(s, i) {
                 Some((a, b)) => {
                     let len = b - a;
-                    out.push(Token::Str(s[i + 1..i + len - 1].to_vec()));
-                    i += len;
+                    self.i = i + len;
+                    Token::Str(s[i + 1..i + len - 1].to_vec())
                 }
                 None => return Err(i),
             }
         } else if c == b'|' {
-            if s.get(i + 1) == Some(&b'>') {
-                out.push(Token::Pipe);
-                i += 2;
+            // Unanchored too: a `|>` anywhere later makes this `|` a pipe token of length 2,
+            // so `PING |a PONG |> PING` lexes as PING, pipe, PONG, pipe, PING.
+            if s[i..].windows(2).any(|w| w == b"|>") {
+                self.i = i + 2;
+                Token::Pipe
             } else {
                 return Err(i);
             }
@@ -215,13 +232,24 @@ pub fn tokenize(s: &[u8]) -> Result<Vec<Token>, usize> {
                 .iter()
                 .take_while(|c| c.is_ascii_alphanumeric() || **c == b'_')
                 .count();
-            let id = String::from_utf8_lossy(&s[i..i + n]).to_ascii_uppercase();
-            out.push(Token::Id(id));
-            i += n;
+            self.i = i + n;
+            Token::Id(String::from_utf8_lossy(&s[i..i + n]).to_ascii_uppercase())
         } else {
             return Err(i);
-        }
+        };
+        Ok(Some(tok))
     }
+}
+
+/// Tokenize a whole command string (already cut at its NUL).
+/// On error returns the 0-based byte offset for `Invalid token at N`.
+pub fn tokenize(s: &[u8]) -> Result<Vec<Token>, usize> {
+    let mut lx = Lexer::new(s);
+    let mut out = Vec::new();
+    while let Some(t) = lx.next()? {
+        out.push(t);
+    }
+    Ok(out)
 }
 
 fn type_name(t: &Token) -> &'static str {
@@ -236,54 +264,77 @@ fn type_name(t: &Token) -> &'static str {
 }
 
 /// Parse a command string (cut at its first NUL) into a pipeline.
+///
+/// Follows the real server's plan builder token by token: the first error met (a lexer error
+/// or a grammar error) is the reply, so `'x' "y"` reports the string, not the invalid token.
+/// A time literal becomes an int argument (the real server stores it as one). Two pipes
+/// without a command between them, or a trailing pipe, would add one command to the plan twice
+/// (a double free on the real server): racs-lite answers [`ERR_EMPTY_PIPE`] instead.
 pub fn parse(s: &[u8]) -> Parsed {
-    let toks = match tokenize(s) {
-        Ok(t) => t,
-        Err(off) => return Parsed::Error(format!("Invalid token at {off}")),
-    };
-    let mut it = toks.into_iter().peekable();
-    // Leading pipes are ignored.
-    while it.peek() == Some(&Token::Pipe) {
-        it.next();
-    }
-    if it.peek().is_none() {
-        return Parsed::Empty;
-    }
-    let mut cmds = Vec::new();
+    let mut lx = Lexer::new(s);
+    let mut cmds: Vec<Command> = Vec::new();
+    // The command being built, and whether it is already in `cmds` (pushed at a pipe).
+    let mut cur: Option<Command> = None;
+    let mut pushed = false;
+    // Previous token: None at the start, Some(true) after a pipe, Some(false) otherwise.
+    let mut after_pipe: Option<bool> = None;
     loop {
-        let name = match it.next() {
-            Some(Token::Id(name)) => name,
-            Some(Token::Pipe) | None => return Parsed::Error(ERR_EMPTY_PIPE.to_string()),
-            Some(t) => {
-                return Parsed::Error(format!(
-                    "Token type '{}' is not a valid command.",
-                    type_name(&t)
-                ))
-            }
+        let tok = match lx.next() {
+            Ok(Some(t)) => t,
+            Ok(None) => break,
+            Err(off) => return Parsed::Error(format!("Invalid token at {off}")),
         };
-        let mut args = Vec::new();
-        loop {
-            match it.next() {
-                None => {
-                    cmds.push(Command { name, args });
-                    return Parsed::Pipeline(cmds);
+        let at_command = after_pipe != Some(false);
+        after_pipe = Some(tok == Token::Pipe);
+        match tok {
+            Token::Id(name) => {
+                if !at_command {
+                    return Parsed::Error("Token type 'id' is not a valid argument.".to_string());
                 }
-                Some(Token::Pipe) => {
-                    cmds.push(Command { name, args });
-                    break;
+                // Any previous command was pushed by the pipe before this id.
+                cur = Some(Command {
+                    name,
+                    args: Vec::new(),
+                });
+                pushed = false;
+            }
+            Token::Pipe => {
+                if let Some(c) = &cur {
+                    if pushed {
+                        return Parsed::Error(ERR_EMPTY_PIPE.to_string());
+                    }
+                    cmds.push(c.clone());
+                    pushed = true;
                 }
-                Some(Token::Id(_)) => {
-                    return Parsed::Error("Token type 'id' is not a valid argument.".to_string())
+            }
+            t => {
+                if at_command {
+                    return Parsed::Error(format!(
+                        "Token type '{}' is not a valid command.",
+                        type_name(&t)
+                    ));
                 }
-                Some(Token::Time(v)) => args.push(Arg::Time(v)),
-                Some(Token::Float(v)) => args.push(Arg::Float(v)),
-                Some(Token::Int(v)) => args.push(Arg::Int(v)),
-                Some(Token::Str(v)) => args.push(Arg::Str(v)),
+                let arg = match t {
+                    Token::Time(v) | Token::Int(v) => Arg::Int(v),
+                    Token::Float(v) => Arg::Float(v),
+                    Token::Str(v) => Arg::Str(v),
+                    Token::Pipe | Token::Id(_) => unreachable!("handled above"),
+                };
+                if let Some(c) = cur.as_mut() {
+                    c.args.push(arg);
+                }
             }
         }
     }
+    match cur {
+        Some(_) if pushed => Parsed::Error(ERR_EMPTY_PIPE.to_string()),
+        Some(c) => {
+            cmds.push(c);
+            Parsed::Pipeline(cmds)
+        }
+        None => Parsed::Empty,
+    }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,5 +416,29 @@ mod tests {
         assert_eq!(parse(b"   \t\n"), Parsed::Empty);
         assert!(matches!(parse(b"|> PING"), Parsed::Pipeline(_)));
         assert!(matches!(parse(b"PING|>PING"), Parsed::Pipeline(c) if c.len() == 2));
+        // Token by token: the grammar error comes before the later invalid token.
+        assert_eq!(
+            err("'x' \"y\""),
+            "Token type 'string' is not a valid command."
+        );
+        assert_eq!(err("PING \"y\" 'x' |> 5"), "Invalid token at 5");
+        // The pipe pattern is unanchored: `|a` lexes as a pipe when a `|>` follows.
+        match parse(b"PING |a PONG |> PING") {
+            Parsed::Pipeline(c) => assert_eq!(
+                c.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+                ["PING", "PONG", "PING"]
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(err("PING |a"), "Invalid token at 5");
+        // A time literal is an int argument.
+        match parse(b"CREATE 'x' 1970-01-01T00:00:01.5Z 1 16") {
+            Parsed::Pipeline(c) => assert_eq!(c[0].args[1], Arg::Int(1005)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            tokenize(b"1969-12-31T23:59:59.500Z").unwrap(),
+            vec![Token::Time(-1)]
+        );
     }
 }

@@ -36,11 +36,19 @@ pub(crate) fn log(msg: &str) {
 }
 
 /// Server options.
+///
+/// By default racs-lite fails like a real RACS v0.1.0 server: a stop (or SIGTERM/SIGINT of the
+/// binary) loses what a `kill -9` loses, SHUTDOWN persists metadata but loses the in-memory
+/// table, tables being written are hidden from EXTRACT, metadata is persisted only at CREATE,
+/// on LRU eviction and at SHUTDOWN, and tables whose names collide overwrite each other. The
+/// fields `durable`, `flush_invisible` and `keep_colliding_tables` turn these off.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Data is stored under `data_dir/.racs`.
     pub data_dir: PathBuf,
-    /// Blocks in the shared in-memory table (default 40; clamped to 1..=65535).
+    /// Blocks in the shared in-memory table (the real server's `memtable.entries`, default
+    /// 40; clamped to 1..=65535). Up to this many of the latest blocks, across all streams,
+    /// are lost by a kill or a (non-durable) stop or SHUTDOWN.
     pub entries: usize,
     /// Simultaneous connections; more are accepted and closed at once (default 190).
     pub max_connections: usize,
@@ -50,12 +58,28 @@ pub struct Config {
     /// closed (default 300 s).
     pub idle_timeout: Duration,
     /// How long a full table stays invisible to EXTRACT after it is handed to the writer
-    /// (default 0: never). The real server shows this quirk for about half a second after each
-    /// flush; tests of readers set it to reproduce that.
+    /// (default 100 ms, and never less than the time its file takes to write). The real
+    /// server's flush thread makes the table invisible until its file is renamed into place:
+    /// 6-25 ms on an idle fast machine, about 500 ms under load. A table still inside this
+    /// window when the server is killed or stopped is lost, as a table whose write was cut
+    /// short. Zero turns the quirk off: a table being written is then read from memory and
+    /// survives a kill.
     pub flush_invisible: Duration,
     /// Streams whose metadata the server keeps cached (the real server's `cache.entries`,
-    /// default 4096). Goes into a real server's conf.yaml in [`harness`].
+    /// default 4096; at least 1). Metadata lives in this LRU cache; evicting a stream's entry
+    /// persists its `size` and `ref`, like the real server, so a kill falls back to the values
+    /// of the last eviction (or CREATE). Goes into a real server's conf.yaml in [`harness`].
     pub cache_entries: usize,
+    /// Stop without losing anything (default false): [`Server::stop`], the binary's
+    /// SIGTERM/SIGINT and SHUTDOWN flush the in-memory table, finish every table write and
+    /// persist all metadata. Without it a stop loses what a kill loses (the real server has no
+    /// signal handler), and SHUTDOWN loses the in-memory table after persisting metadata.
+    /// [`Server::kill`] always loses.
+    pub durable: bool,
+    /// Give a table whose first key equals an earlier table's a `.N` suffix instead of
+    /// overwriting the earlier file (default false: overwrite, losing the earlier table, as
+    /// the real server does when tiny frames share a millisecond).
+    pub keep_colliding_tables: bool,
 }
 
 impl Config {
@@ -67,9 +91,21 @@ impl Config {
             max_connections: 190,
             max_message_bytes: 64 * 1024 * 1024,
             idle_timeout: Duration::from_secs(300),
-            flush_invisible: Duration::ZERO,
+            flush_invisible: Duration::from_millis(100),
             cache_entries: 4096,
+            durable: false,
+            keep_colliding_tables: false,
         }
+    }
+
+    /// racs-lite as a plain store that keeps its data: `durable`, no flush invisibility, no
+    /// table overwrites. For users (and examples) that want racs-lite to keep what it
+    /// acknowledged across stops.
+    pub fn keeping_data(mut self) -> Self {
+        self.durable = true;
+        self.flush_invisible = Duration::ZERO;
+        self.keep_colliding_tables = true;
+        self
     }
 }
 
@@ -101,8 +137,10 @@ impl Server {
         self.inner.as_ref().is_none_or(|i| i.is_finished())
     }
 
-    /// Clean stop: stop accepting, close connections, flush the in-memory table and persist
-    /// all metadata; blocks until done.
+    /// Stop accepting, close connections and stop; blocks until done. With
+    /// [`Config::durable`] the in-memory table is flushed and all metadata persisted; without
+    /// it (the default) this loses what [`Server::kill`] loses, like stopping a real server
+    /// (it has no signal handler).
     pub fn stop(mut self) -> io::Result<()> {
         match self.inner.take() {
             Some(mut i) => i.stop(false),
@@ -110,9 +148,10 @@ impl Server {
         }
     }
 
-    /// Abrupt stop simulating `kill -9`: the in-memory table and any metadata newer than the
-    /// last persisted version (CREATE or the previous clean stop) are lost. Tables already
-    /// handed to the writer still land. Blocks until the port is released.
+    /// Abrupt stop simulating `kill -9`: the in-memory table, the tables still being written
+    /// (see [`Config::flush_invisible`]) and any metadata newer than the last persisted
+    /// version (at CREATE, LRU eviction, SHUTDOWN or a durable stop) are lost. Blocks until
+    /// the port is released.
     pub fn kill(mut self) {
         if let Some(mut i) = self.inner.take() {
             let _ = i.stop(true);
@@ -182,11 +221,12 @@ impl TestServer {
         self.dir.path()
     }
 
-    /// Clean stop; the data directory is kept and the server stays down until `restart`.
+    /// Stop (see [`Server::stop`]: loses like a kill unless `durable`); the data directory is
+    /// kept and the server stays down until `restart`.
     pub fn stop(&mut self) {
         if let Some(s) = self.server.take() {
             s.stop()
-                .unwrap_or_else(|e| panic!("racs-lite TestServer: clean stop failed: {e}"));
+                .unwrap_or_else(|e| panic!("racs-lite TestServer: stop failed: {e}"));
         }
     }
 
@@ -197,7 +237,7 @@ impl TestServer {
         }
     }
 
-    /// Start again on the same port and data directory (stopping cleanly first if running).
+    /// Start again on the same port and data directory (stopping first if running).
     /// Retries binding for up to 10 s; panics if the port stays busy.
     pub fn restart(&mut self) {
         self.stop();

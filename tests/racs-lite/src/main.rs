@@ -1,8 +1,8 @@
 //! racs-lite: a stand-in RACS v0.1.0 server.
 //!
-//! Usage: racs-lite --port 6381 --data-dir DIR [--host ADDR] [--entries N]
-//!        [--max-connections N] [--max-message-bytes N] [--idle-timeout SECS] [--flush-invisible-ms MS]
-//!        [--flush-invisible-ms MS]
+//! Usage: racs-lite --port 6381 --data-dir DIR [--host ADDR] [--entries N] [--cache-entries N]
+//!        [--max-connections N] [--max-message-bytes N] [--idle-timeout SECS]
+//!        [--flush-invisible-ms MS] [--durable] [--keep-colliding-tables]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::ExitCode;
@@ -11,17 +11,24 @@ use std::time::Duration;
 use racs_lite::{Config, Server};
 
 const USAGE: &str = "usage: racs-lite --port PORT --data-dir DIR [--host ADDR] [--entries N] \
-[--max-connections N] [--max-message-bytes N] [--idle-timeout SECS]
+[--cache-entries N] [--max-connections N] [--max-message-bytes N] [--idle-timeout SECS] \
+[--flush-invisible-ms MS] [--durable] [--keep-colliding-tables]
 
   --port PORT              TCP port (6381 is the usual RACS port; 0 = any free port)
   --data-dir DIR           where data is stored (DIR/.racs); created if missing
   --host ADDR              address to bind (default: :: dual-stack, falling back to 0.0.0.0)
   --entries N              blocks in the shared in-memory table (default 40)
+  --cache-entries N        streams whose metadata is cached; eviction persists it (default 4096)
   --max-connections N      simultaneous connections; more are refused (default 190)
   --max-message-bytes N    largest request payload (default 67108864)
   --idle-timeout SECS      close connections idle this long (default 300)
-  --flush-invisible-ms MS  hide each flushed table from EXTRACT this long, as the real
-                           server does for about 500 ms (default 0: never)";
+  --flush-invisible-ms MS  hide each table being written from EXTRACT at least this long; a
+                           kill or stop inside the window loses it (default 100; 0 = off)
+  --durable                SIGTERM, SIGINT and SHUTDOWN flush and persist everything (default:
+                           like the real server, SIGTERM/SIGINT lose what a kill loses and
+                           SHUTDOWN loses the in-memory table)
+  --keep-colliding-tables  tables whose names collide get a .N suffix (default: the later
+                           overwrites the earlier, as on the real server)";
 
 struct Args {
     port: u16,
@@ -38,10 +45,21 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
     let mut max_msg = None;
     let mut idle = None;
     let mut invisible = None;
+    let mut cache_entries = None;
+    let mut durable = false;
+    let mut keep_colliding = false;
     let mut it = argv.iter();
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
             return Err(String::new());
+        }
+        if flag == "--durable" {
+            durable = true;
+            continue;
+        }
+        if flag == "--keep-colliding-tables" {
+            keep_colliding = true;
+            continue;
         }
         let (name, inline) = match flag.split_once('=') {
             Some((n, v)) => (n, Some(v.to_string())),
@@ -72,6 +90,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
             }
             "--data-dir" => data_dir = Some(value()?),
             "--entries" => entries = Some(num::<usize>(name, &value()?)?),
+            "--cache-entries" => cache_entries = Some(num::<usize>(name, &value()?)?),
             "--max-connections" => max_conn = Some(num::<usize>(name, &value()?)?),
             "--max-message-bytes" => max_msg = Some(num::<usize>(name, &value()?)?),
             "--idle-timeout" => idle = Some(num::<u64>(name, &value()?)?),
@@ -106,6 +125,14 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
     if let Some(ms) = invisible {
         config.flush_invisible = Duration::from_millis(ms);
     }
+    if let Some(n) = cache_entries {
+        if n == 0 {
+            return Err("--cache-entries must be at least 1".into());
+        }
+        config.cache_entries = n;
+    }
+    config.durable = durable;
+    config.keep_colliding_tables = keep_colliding;
     Ok(Args { port, host, config })
 }
 
@@ -146,13 +173,6 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    eprintln!(
-        "racs-lite: listening on {} (data dir {}, entries {}, max connections {})",
-        server.local_addr(),
-        args.config.data_dir.display(),
-        args.config.entries,
-        args.config.max_connections
-    );
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -163,15 +183,34 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let reason = rt.block_on(async {
+    // Install the handlers before saying we listen, so an early signal is never fatal.
+    let signals = rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
-        let (mut int, mut term) = match (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) {
-            (Ok(i), Ok(t)) => (i, t),
-            _ => return "cannot install signal handlers",
-        };
+        Ok::<_, std::io::Error>((
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        ))
+    });
+    let (mut int, mut term) = match signals {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("racs-lite: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!(
+        "racs-lite: listening on {} (data dir {}, entries {}, max connections {}, {})",
+        server.local_addr(),
+        args.config.data_dir.display(),
+        args.config.entries,
+        args.config.max_connections,
+        if args.config.durable {
+            "durable"
+        } else {
+            "stops lose unflushed data, like the real server"
+        }
+    );
+    let reason = rt.block_on(async {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
             tokio::select! {
@@ -184,7 +223,7 @@ fn main() -> ExitCode {
     eprintln!("racs-lite: {reason}: stopping");
     match server.stop() {
         Ok(()) => {
-            eprintln!("racs-lite: stopped cleanly");
+            eprintln!("racs-lite: stopped");
             ExitCode::SUCCESS
         }
         Err(e) => {

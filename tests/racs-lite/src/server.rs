@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use crate::exec::{handle_payload, Outcome};
 use crate::pack::{encode, encode_split};
-use crate::storage::Store;
+use crate::storage::{StopMode, Store, StoreOptions};
 use crate::{log, Config};
 
 struct Shared {
@@ -22,9 +22,26 @@ struct Shared {
     max_message_bytes: usize,
     idle_timeout: Duration,
     conns: AtomicUsize,
-    /// Set to request a stop; `kill` selects the abrupt variant.
+    /// Set to request a stop.
     stop_tx: watch::Sender<bool>,
-    kill: AtomicBool,
+    /// How to stop: the first request wins (a SHUTDOWN already done is not redone by a kill).
+    mode: Mutex<Option<StopMode>>,
+    /// Set as soon as a stop is requested: no further request is served.
+    stopping: AtomicBool,
+    durable: bool,
+}
+
+impl Shared {
+    /// Record how to stop (unless already decided) and stop serving requests.
+    fn request_stop(&self, mode: StopMode) -> StopMode {
+        let m = *self
+            .mode
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(mode);
+        self.stopping.store(true, Ordering::SeqCst);
+        m
+    }
 }
 
 /// Bind a listener like the real server: SO_REUSEADDR, dual-stack for IPv6 wildcard.
@@ -52,8 +69,15 @@ impl Running {
     pub fn start(addr: SocketAddr, config: Config) -> io::Result<Running> {
         let listener = bind(addr)?;
         let local = listener.local_addr()?;
-        let mut store = Store::open(&config.data_dir, config.entries)?;
-        store.set_flush_invisible(config.flush_invisible);
+        let store = Store::open_with(
+            &config.data_dir,
+            StoreOptions {
+                entries: config.entries,
+                cache_entries: config.cache_entries,
+                flush_invisible: config.flush_invisible,
+                keep_colliding_tables: config.keep_colliding_tables,
+            },
+        )?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             store: Mutex::new(store),
@@ -62,7 +86,9 @@ impl Running {
             idle_timeout: config.idle_timeout,
             conns: AtomicUsize::new(0),
             stop_tx,
-            kill: AtomicBool::new(false),
+            mode: Mutex::new(None),
+            stopping: AtomicBool::new(false),
+            durable: config.durable,
         });
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -80,9 +106,9 @@ impl Running {
                 });
                 // Cancels every connection task and closes their sockets.
                 rt.shutdown_timeout(Duration::from_secs(5));
-                let clean = !sh.kill.load(Ordering::SeqCst);
+                let mode = sh.request_stop(StopMode::Kill);
                 let mut st = sh.store.lock().unwrap_or_else(|e| e.into_inner());
-                let stopped = st.shutdown(clean);
+                let stopped = st.shutdown(mode);
                 res.and(stopped)
             })?;
         Ok(Running {
@@ -96,10 +122,15 @@ impl Running {
         self.thread.as_ref().is_none_or(|t| t.is_finished())
     }
 
+    /// Stop: `kill` loses what a `kill -9` loses; otherwise `Config::durable` decides
+    /// (durable: flush and persist everything; not durable: the same loss as a kill).
     pub fn stop(&mut self, kill: bool) -> io::Result<()> {
-        if kill {
-            self.shared.kill.store(true, Ordering::SeqCst);
-        }
+        let mode = if kill || !self.shared.durable {
+            StopMode::Kill
+        } else {
+            StopMode::Durable
+        };
+        self.shared.request_stop(mode);
         self.shared.stop_tx.send_replace(true);
         match self.thread.take() {
             Some(t) => t
@@ -211,7 +242,7 @@ async fn connection(mut sock: TcpStream, sh: &Shared) -> io::Result<()> {
                 break;
             }
         }
-        if buf.len() <= 8 {
+        if buf.len() <= 8 || sh.stopping.load(Ordering::SeqCst) {
             return Ok(());
         }
         // Everything read for this message belongs to it; bytes past its end are discarded.
@@ -222,7 +253,23 @@ async fn connection(mut sock: TcpStream, sh: &Shared) -> io::Result<()> {
         }
         match outcome {
             Outcome::Shutdown => {
-                log("SHUTDOWN received: stopping cleanly");
+                let wanted = if sh.durable {
+                    StopMode::Durable
+                } else {
+                    StopMode::Shutdown
+                };
+                let mode = sh.request_stop(wanted);
+                log(&format!("SHUTDOWN received: stopping ({mode:?})"));
+                // Stop the store at once, like the real server's exit: nothing served after
+                // this point is acknowledged.
+                let res = sh
+                    .store
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .shutdown(mode);
+                if let Err(e) = res {
+                    log(&format!("error while stopping: {e}"));
+                }
                 sh.stop_tx.send_replace(true);
                 return Ok(());
             }

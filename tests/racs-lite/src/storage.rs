@@ -1,13 +1,22 @@
-//! Storage (contract section 6, in spirit): stream metadata files keyed by hash, one shared
-//! in-memory table of `entries` blocks, and table files named after their first key.
+//! Storage (contract section 6): stream metadata files keyed by hash behind an LRU cache of
+//! `cache.entries` streams, one shared in-memory table of `entries` blocks, and table files
+//! named after their first key, written by a background writer.
 //!
 //! Layout under `<data_dir>/.racs`:
 //! - `md/<u64 hash in decimal>`: u16 ch, u16 bd, u32 sr, u64 size, i64 ref, i64 ttl(-1),
 //!   u32 id_len (including NUL), id bytes + NUL.
 //! - `seg/YYYY/MM/DD/hh/mm/ss/mmm[.N]`: a 16-byte header (u64 file size, u32 version=100, u32 0),
 //!   entries (u64 hash, u64 ts, u32 crc, u16 len, u8 flags, data), an index of
-//!   count × (hash, ts, offset) u64s, then a u16 count. The `.N` suffix is racs-lite's fix for
-//!   the real server's overwrite of tables whose first keys share a millisecond.
+//!   count × (hash, ts, offset) u64s, then a u16 count. Tables whose first keys share a
+//!   millisecond overwrite each other as on the real server, unless `keep_colliding_tables`
+//!   is set: then later ones get a `.N` suffix.
+//!
+//! Failure and timing semantics (see `Config` in the crate root): a full table is handed to
+//! the writer, which writes `<name>.tmp` and renames it into place no earlier than
+//! `flush_invisible` after the hand-over; until then EXTRACT does not see it (unless
+//! `flush_invisible` is zero, then it is read from memory). Stopping without `durable` (or a
+//! kill) loses the in-memory table and every table not yet renamed, like a real server that
+//! exits while its flush threads are still writing.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -131,7 +140,7 @@ pub fn parse_table_file(img: &[u8]) -> Option<Vec<(u64, u64, &[u8])>> {
 
 #[derive(Debug, Clone)]
 enum Seg {
-    /// Handed to the writer, not yet on disk; still readable.
+    /// Handed to the writer, not yet renamed into place.
     Pending(Arc<Table>),
     Disk(PathBuf),
 }
@@ -142,6 +151,28 @@ struct Job {
     key: (u64, u32),
     path: PathBuf,
     table: Arc<Table>,
+    /// Not renamed into place (so neither visible nor durable) before this instant.
+    deadline: Instant,
+}
+
+/// How the store stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// Flush the in-memory table, finish every table write and persist all metadata.
+    Durable,
+    /// The real server's SHUTDOWN: persist the cached metadata (whose size counts every
+    /// acknowledged block), then lose the in-memory table and the tables still being written.
+    Shutdown,
+    /// `kill -9`: lose the metadata cache, the in-memory table and the tables still being
+    /// written; the metadata on disk stays as last persisted.
+    Kill,
+}
+
+/// Shared between the store and its writer thread.
+struct WriterCtl {
+    /// Set when stopping without `Durable`: tables whose deadline is later are lost.
+    abort_at: Mutex<Option<Instant>>,
+    error: Mutex<Option<io::Error>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -157,22 +188,48 @@ pub fn stream_hash(id: &[u8]) -> u64 {
 /// Tables handed to the writer thread and not yet on disk, at most.
 const MAX_PENDING_TABLES: usize = 16;
 
+/// Storage options (see the fields of the same names in `Config`).
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    pub entries: usize,
+    pub cache_entries: usize,
+    pub flush_invisible: Duration,
+    pub keep_colliding_tables: bool,
+}
+
+impl StoreOptions {
+    /// The defaults of `Config` for everything but `entries`.
+    pub fn with_entries(entries: usize) -> StoreOptions {
+        StoreOptions {
+            entries,
+            cache_entries: 4096,
+            flush_invisible: Duration::from_millis(100),
+            keep_colliding_tables: false,
+        }
+    }
+}
+
 /// The whole server state behind one mutex.
 pub struct Store {
     root: PathBuf,
     cap: usize,
-    pub meta: HashMap<u64, StreamMeta>,
+    opts: StoreOptions,
+    /// Metadata as persisted in `md/` (one file per created stream).
+    disk_meta: HashMap<u64, StreamMeta>,
+    /// The metadata LRU cache (the real server's `cache.entries`): the live values, with the
+    /// tick of their last use. Evicting an entry persists it.
+    cache: HashMap<u64, (StreamMeta, u64)>,
+    lru: BTreeMap<u64, u64>,
+    tick: u64,
     /// Open streams and their bound session (all zeros = unbound).
     pub open: HashMap<u64, [u8; 16]>,
     mem: Table,
     segs: SegIndex,
     writer_tx: Option<mpsc::SyncSender<Job>>,
     writer: Option<JoinHandle<()>>,
-    write_error: Arc<Mutex<Option<io::Error>>>,
-    /// See `Config::flush_invisible`.
-    flush_invisible: Duration,
-    /// Tables hidden from EXTRACT until the given instant.
-    hidden: Vec<((u64, u32), Instant)>,
+    ctl: Arc<WriterCtl>,
+    /// Set once stopped; a second stop does nothing.
+    stopped: bool,
 }
 
 /// What EXTRACT needs to read outside the lock.
@@ -371,40 +428,115 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     fs::rename(&tmp, path)
 }
 
-fn writer_loop(rx: mpsc::Receiver<Job>, segs: SegIndex, err: Arc<Mutex<Option<io::Error>>>) {
-    for job in rx {
-        let res = (|| -> io::Result<()> {
-            if let Some(parent) = job.path.parent() {
-                fs::create_dir_all(parent)?;
+/// A temporary name of its own for each table write (`<name>.<n>.tmp`), so two tables with the
+/// same name never write into one file; the later rename still replaces the earlier file.
+fn tmp_path(path: &Path) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", N.fetch_add(1, Ordering::Relaxed)));
+    PathBuf::from(tmp)
+}
+
+fn write_table(job: &Job) -> io::Result<PathBuf> {
+    if let Some(parent) = job.path.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    let tmp = tmp_path(&job.path);
+    let f = fs::File::create(&tmp)?;
+    let mut w = io::BufWriter::with_capacity(256 * 1024, f);
+    job.table.write_to(&mut w)?;
+    w.into_inner().map_err(|e| e.into_error())?;
+    Ok(tmp)
+}
+
+/// Rename a written table into place and point the index at the file (unless a newer table
+/// with the same name replaced it in the index meanwhile).
+fn finish_table(job: Job, tmp: &Path, segs: &SegIndex, ctl: &WriterCtl) {
+    match fs::rename(tmp, &job.path) {
+        Ok(()) => {
+            let mut idx = lock(segs);
+            if let Some(e) = idx.get_mut(&job.key) {
+                if matches!(e, Seg::Pending(t) if Arc::ptr_eq(t, &job.table)) {
+                    *e = Seg::Disk(job.path);
+                }
             }
-            let mut tmp = job.path.as_os_str().to_owned();
-            tmp.push(".tmp");
-            let f = fs::File::create(&tmp)?;
-            let mut w = io::BufWriter::with_capacity(256 * 1024, f);
-            job.table.write_to(&mut w)?;
-            w.into_inner().map_err(|e| e.into_error())?;
-            fs::rename(&tmp, &job.path)
-        })();
-        match res {
-            Ok(()) => {
-                lock(&segs).insert(job.key, Seg::Disk(job.path));
+        }
+        Err(e) => {
+            crate::log(&format!("cannot rename table {}: {e}", job.path.display()));
+            lock(&ctl.error).get_or_insert(e);
+        }
+    }
+}
+
+/// Drop a lost table from the index (unless a newer table with the same name replaced it).
+fn remove_pending(segs: &SegIndex, job: &Job) {
+    let mut idx = lock(segs);
+    if matches!(idx.get(&job.key), Some(Seg::Pending(t)) if Arc::ptr_eq(t, &job.table)) {
+        idx.remove(&job.key);
+    }
+}
+
+fn writer_loop(rx: mpsc::Receiver<Job>, segs: SegIndex, ctl: Arc<WriterCtl>) {
+    // Written to `.tmp`, waiting for their deadline to be renamed into place.
+    let mut written: std::collections::VecDeque<(Job, PathBuf)> = Default::default();
+    let keep = |job: &Job| match *lock(&ctl.abort_at) {
+        Some(at) => job.deadline <= at,
+        None => true,
+    };
+    loop {
+        let now = Instant::now();
+        while written.front().is_some_and(|(j, _)| j.deadline <= now) {
+            let (job, tmp) = written.pop_front().expect("front exists");
+            finish_table(job, &tmp, &segs, &ctl);
+        }
+        let msg = match written.front() {
+            Some((j, _)) => rx.recv_timeout(j.deadline.saturating_duration_since(now)),
+            None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+        };
+        match msg {
+            Ok(job) => {
+                if !keep(&job) {
+                    continue;
+                }
+                match write_table(&job) {
+                    Ok(tmp) => written.push_back((job, tmp)),
+                    Err(e) => {
+                        // The table is lost, as when the real server cannot create a file.
+                        crate::log(&format!("cannot write table {}: {e}", job.path.display()));
+                        remove_pending(&segs, &job);
+                        lock(&ctl.error).get_or_insert(e);
+                    }
+                }
             }
-            Err(e) => {
-                // Keep the table readable from memory; report at stop.
-                crate::log(&format!("cannot write table {}: {e}", job.path.display()));
-                lock(&err).get_or_insert(e);
-            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    // Stopping: finish what is kept, lose the rest (its `.tmp` is removed).
+    for (job, tmp) in written {
+        if keep(&job) {
+            finish_table(job, &tmp, &segs, &ctl);
+        } else {
+            let _ = fs::remove_file(&tmp);
+            remove_pending(&segs, &job);
         }
     }
 }
 
 impl Store {
-    /// Open (or create) the store under `data_dir/.racs`.
+    /// Open (or create) the store under `data_dir/.racs` with `entries` blocks per table and
+    /// the other options at their defaults.
     pub fn open(data_dir: &Path, entries: usize) -> io::Result<Store> {
+        Self::open_with(data_dir, StoreOptions::with_entries(entries))
+    }
+
+    /// Open (or create) the store under `data_dir/.racs`.
+    pub fn open_with(data_dir: &Path, opts: StoreOptions) -> io::Result<Store> {
         let root = data_dir.join(".racs");
         fs::create_dir_all(root.join("md"))?;
         fs::create_dir_all(root.join("seg"))?;
-        let mut meta = HashMap::new();
+        let mut disk_meta = HashMap::new();
         for ent in fs::read_dir(root.join("md"))?.flatten() {
             let name = ent.file_name().to_string_lossy().into_owned();
             if name.ends_with(".tmp") {
@@ -416,7 +548,7 @@ impl Store {
             };
             match fs::read(ent.path()).ok().as_deref().and_then(decode_meta) {
                 Some(m) => {
-                    meta.insert(hash, m);
+                    disk_meta.insert(hash, m);
                 }
                 None => crate::log(&format!("ignoring malformed metadata file {name}")),
             }
@@ -424,68 +556,103 @@ impl Store {
         let mut segs = BTreeMap::new();
         scan_segs(&root.join("seg"), &mut Vec::new(), &mut segs);
         let segs: SegIndex = Arc::new(Mutex::new(segs));
-        let write_error = Arc::new(Mutex::new(None));
+        let ctl = Arc::new(WriterCtl {
+            abort_at: Mutex::new(None),
+            error: Mutex::new(None),
+        });
         // Bounded, so a client writing faster than the disk is slowed down instead of growing
         // the server's memory without limit.
         let (tx, rx) = mpsc::sync_channel(MAX_PENDING_TABLES);
-        let (s2, e2) = (segs.clone(), write_error.clone());
+        let (s2, c2) = (segs.clone(), ctl.clone());
         let writer = std::thread::Builder::new()
             .name("racs-lite-writer".into())
-            .spawn(move || writer_loop(rx, s2, e2))?;
-        let cap = entries.clamp(1, u16::MAX as usize);
+            .spawn(move || writer_loop(rx, s2, c2))?;
+        let cap = opts.entries.clamp(1, u16::MAX as usize);
+        let mut opts = opts;
+        opts.cache_entries = opts.cache_entries.max(1);
         Ok(Store {
             root,
             cap,
-            meta,
+            opts,
+            disk_meta,
+            cache: HashMap::new(),
+            lru: BTreeMap::new(),
+            tick: 0,
             open: HashMap::new(),
             mem: Table::with_capacity(cap, 64 * 1024),
             segs,
             writer_tx: Some(tx),
             writer: Some(writer),
-            write_error,
-            flush_invisible: Duration::ZERO,
-            hidden: Vec::new(),
+            ctl,
+            stopped: false,
         })
     }
 
-    /// Makes each flushed table invisible to EXTRACT for `d`, as on the real server.
+    /// Makes each flushed table invisible to EXTRACT for at least `d`, as on the real server.
     pub fn set_flush_invisible(&mut self, d: Duration) {
-        self.flush_invisible = d;
+        self.opts.flush_invisible = d;
     }
 
     fn md_path(&self, hash: u64) -> PathBuf {
         self.root.join("md").join(hash.to_string())
     }
 
-    /// Persist one stream's metadata.
-    pub fn persist_meta(&self, hash: u64) -> io::Result<()> {
-        match self.meta.get(&hash) {
-            Some(m) => write_atomic(&self.md_path(hash), &encode_meta(m)),
-            None => Ok(()),
+    /// Write one stream's metadata file (and remember what is on disk).
+    fn persist(&mut self, hash: u64, m: StreamMeta) -> io::Result<()> {
+        write_atomic(&self.md_path(hash), &encode_meta(&m))?;
+        self.disk_meta.insert(hash, m);
+        Ok(())
+    }
+
+    /// The real server's `racs_streaminfo_get`: the cached metadata of a stream (made most
+    /// recently used), loaded from its file on a miss; loading may evict (and so persist) the
+    /// least recently used entry. `None` if the stream does not exist.
+    pub fn meta(&mut self, hash: u64) -> Option<&mut StreamMeta> {
+        self.tick += 1;
+        let tick = self.tick;
+        if let Some((_, t)) = self.cache.get_mut(&hash) {
+            self.lru.remove(t);
+            *t = tick;
+            self.lru.insert(tick, hash);
+        } else {
+            let m = self.disk_meta.get(&hash)?.clone();
+            if self.cache.len() >= self.opts.cache_entries {
+                if let Some((_, old)) = self.lru.pop_first() {
+                    if let Some((om, _)) = self.cache.remove(&old) {
+                        if let Err(e) = self.persist(old, om) {
+                            crate::log(&format!("cannot persist metadata {old}: {e}"));
+                        }
+                    }
+                }
+            }
+            self.cache.insert(hash, (m, tick));
+            self.lru.insert(tick, hash);
         }
+        self.cache.get_mut(&hash).map(|(m, _)| m)
+    }
+
+    /// The metadata a restart would find for a stream (what its file holds).
+    pub fn persisted_meta(&self, hash: u64) -> Option<&StreamMeta> {
+        self.disk_meta.get(&hash)
     }
 
     /// CREATE: false if the stream already exists.
     pub fn create(&mut self, id: &[u8], sr: u32, ch: u16, bd: u16) -> io::Result<bool> {
         let hash = stream_hash(id);
-        if self.meta.contains_key(&hash) {
+        if self.meta(hash).is_some() {
             return Ok(false);
         }
-        self.meta.insert(
-            hash,
-            StreamMeta {
-                ch,
-                bd,
-                sr,
-                size: 0,
-                ref_ms: 0,
-                id: id.to_vec(),
-            },
-        );
-        if let Err(e) = self.persist_meta(hash) {
-            self.meta.remove(&hash);
-            return Err(e);
-        }
+        let m = StreamMeta {
+            ch,
+            bd,
+            sr,
+            size: 0,
+            ref_ms: 0,
+            id: id.to_vec(),
+        };
+        self.persist(hash, m)?;
+        // Loaded into the cache, as the real server's put does.
+        self.meta(hash);
         Ok(true)
     }
 
@@ -500,25 +667,23 @@ impl Store {
         let table = Arc::new(table);
         let mut segs = lock(&self.segs);
         let mut seq = 0u32;
-        while segs.contains_key(&(ts, seq)) {
-            seq += 1;
+        if self.opts.keep_colliding_tables {
+            while segs.contains_key(&(ts, seq)) {
+                seq += 1;
+            }
         }
         let key = (ts, seq);
-        if !self.flush_invisible.is_zero() {
-            let now = Instant::now();
-            self.hidden.retain(|(_, until)| *until > now);
-            self.hidden.push((key, now + self.flush_invisible));
-        }
         segs.insert(key, Seg::Pending(table.clone()));
         drop(segs);
         let job = Job {
             key,
             path: seg_path(&self.root, ts, seq),
             table,
+            deadline: Instant::now() + self.opts.flush_invisible,
         };
         if let Some(tx) = &self.writer_tx {
             if tx.send(job).is_err() {
-                crate::log("table writer is gone; table kept in memory");
+                crate::log("table writer is gone; table lost");
             }
         }
     }
@@ -532,15 +697,16 @@ impl Store {
     }
 
     /// Prepare an EXTRACT: validate under the lock, snapshot what must be read.
-    pub fn plan_extract(&self, id: &[u8], from: i64, to: i64) -> Result<ExtractPlan, String> {
+    pub fn plan_extract(&mut self, id: &[u8], from: i64, to: i64) -> Result<ExtractPlan, String> {
         let hash = stream_hash(id);
-        let Some(m) = self.meta.get(&hash) else {
+        let Some(m) = self.meta(hash) else {
             return Err(ERR_NO_STREAM.to_string());
         };
+        let (ch, bd) = (m.ch, m.bd);
         let (from, to) = (from.max(0) as u64, to.max(0) as u64);
         let mut plan = ExtractPlan {
-            ch: m.ch,
-            bd: m.bd,
+            ch,
+            bd,
             hash,
             from,
             to,
@@ -550,57 +716,74 @@ impl Store {
         if from > to {
             return Ok(plan);
         }
-        let now = Instant::now();
-        let hidden = |key: &(u64, u32)| {
-            self.hidden
-                .iter()
-                .any(|(k, until)| k == key && *until > now)
-        };
+        // A table being written is read from memory only when flush invisibility is off.
+        let pending_visible = self.opts.flush_invisible.is_zero();
         plan.segs = lock(&self.segs)
             .range((from, 0)..=(to, u32::MAX))
-            .filter(|(key, _)| !hidden(key))
+            .filter(|(_, s)| pending_visible || matches!(s, Seg::Disk(_)))
             .map(|(_, s)| s.clone())
             .collect();
         for (h, ts, b) in self.mem.blocks() {
             if h == hash && from <= ts && ts <= to {
-                widen(m.ch, m.bd, b, &mut plan.mem)?;
+                widen(ch, bd, b, &mut plan.mem)?;
             }
         }
         Ok(plan)
     }
 
-    /// Sorted (by decimal hash string) stream names.
-    pub fn names_in_file_order(&self) -> Vec<(&[u8], u64)> {
-        let mut v: Vec<(String, u64)> = self.meta.keys().map(|h| (h.to_string(), *h)).collect();
+    /// SEARCH: the names matching `pat`, in the order of the metadata file names (decimal
+    /// hashes sorted as strings). Every stream is looked up through the cache, as on the real
+    /// server, so a SEARCH may evict (and persist) metadata.
+    pub fn search(&mut self, pat: &[u8]) -> Vec<Vec<u8>> {
+        let mut v: Vec<(String, u64)> =
+            self.disk_meta.keys().map(|h| (h.to_string(), *h)).collect();
         v.sort();
-        v.into_iter()
-            .map(|(_, h)| (self.meta[&h].id.as_slice(), h))
-            .collect()
+        let mut out = Vec::new();
+        for (_, h) in v {
+            if let Some(m) = self.meta(h) {
+                if crate::glob::fnmatch(pat, &m.id) {
+                    out.push(m.id.clone());
+                }
+            }
+        }
+        out
     }
 
-    /// Stop the store. `clean`: flush the in-memory table and persist all metadata.
-    /// Otherwise (kill) both are dropped; tables already handed to the writer still land.
-    pub fn shutdown(&mut self, clean: bool) -> io::Result<()> {
+    /// Stop the store (see [`StopMode`]).
+    pub fn shutdown(&mut self, mode: StopMode) -> io::Result<()> {
+        if self.stopped {
+            return Ok(());
+        }
+        self.stopped = true;
         let mut result = Ok(());
-        if clean {
+        let now = Instant::now();
+        if mode == StopMode::Durable {
             self.rotate();
-            let hashes: Vec<u64> = self.meta.keys().copied().collect();
-            for h in hashes {
-                if let Err(e) = self.persist_meta(h) {
+        } else {
+            self.mem = Table::default();
+            *lock(&self.ctl.abort_at) = Some(now);
+        }
+        if mode == StopMode::Kill {
+            self.cache.clear();
+            self.lru.clear();
+        } else {
+            let cached: Vec<(u64, StreamMeta)> =
+                self.cache.drain().map(|(h, (m, _))| (h, m)).collect();
+            self.lru.clear();
+            for (h, m) in cached {
+                if let Err(e) = self.persist(h, m) {
                     crate::log(&format!("cannot persist metadata {h}: {e}"));
                     if result.is_ok() {
                         result = Err(e);
                     }
                 }
             }
-        } else {
-            self.mem = Table::default();
         }
         self.writer_tx = None;
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
-        if let Some(e) = lock(&self.write_error).take() {
+        if let Some(e) = lock(&self.ctl.error).take() {
             if result.is_ok() {
                 result = Err(e);
             }
@@ -611,8 +794,8 @@ impl Store {
 
 impl Drop for Store {
     fn drop(&mut self) {
-        if self.writer.is_some() {
-            let _ = self.shutdown(false);
+        if !self.stopped {
+            let _ = self.shutdown(StopMode::Kill);
         }
     }
 }

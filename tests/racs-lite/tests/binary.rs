@@ -1,4 +1,5 @@
-//! The `racs-lite` binary: usage errors, serving, dual-stack, clean exit on SIGTERM/SIGINT.
+//! The `racs-lite` binary: usage errors, serving, dual-stack, exit 0 on SIGTERM/SIGINT (losing
+//! the unflushed table like the real server, or keeping it with `--durable`).
 
 mod common;
 
@@ -26,6 +27,8 @@ fn usage_errors_exit_2() {
             "--flush-invisible-ms",
             "soon",
         ][..],
+        &["--port", "1", "--data-dir", "/tmp", "--cache-entries", "0"][..],
+        &["--port", "1", "--data-dir", "/tmp", "--durable=yes"][..],
     ] {
         let out = Command::new(BIN).args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
@@ -33,11 +36,13 @@ fn usage_errors_exit_2() {
     }
 }
 
-fn run_and_signal(signal: &str) {
+/// Start the binary, write one block, signal it; returns the number of table files left.
+fn run_and_signal(signal: &str, extra: &[&str]) -> usize {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(BIN)
         .args(["--port", "0", "--entries", "4", "--data-dir"])
         .arg(dir.path())
+        .args(extra)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -67,7 +72,6 @@ fn run_and_signal(signal: &str) {
     assert!(st.success());
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "exit status after {signal}");
-    // The acknowledged block was flushed: it is on disk.
     let seg = dir.path().join(".racs").join("seg");
     let mut files = 0;
     let mut stack = vec![seg];
@@ -81,15 +85,25 @@ fn run_and_signal(signal: &str) {
             }
         }
     }
-    assert_eq!(files, 1);
+    files
 }
 
 #[test]
-fn sigterm_stops_cleanly() {
-    run_and_signal("-TERM");
+fn sigterm_loses_the_in_memory_table_like_the_real_server() {
+    assert_eq!(run_and_signal("-TERM", &[]), 0);
 }
 
 #[test]
-fn sigint_stops_cleanly() {
-    run_and_signal("-INT");
+fn sigint_loses_the_in_memory_table_like_the_real_server() {
+    assert_eq!(run_and_signal("-INT", &[]), 0);
+}
+
+#[test]
+fn durable_sigterm_flushes_the_acknowledged_block() {
+    assert_eq!(run_and_signal("-TERM", &["--durable"]), 1);
+}
+
+#[test]
+fn durable_sigint_flushes_the_acknowledged_block() {
+    assert_eq!(run_and_signal("-INT", &["--durable"]), 1);
 }

@@ -1,6 +1,7 @@
 //! Quick end-to-end checks of the library API.
 
 use racs_lite::client::{build_frame, show, RawClient};
+use racs_lite::harness::AnyServer;
 use racs_lite::TestServer;
 
 fn hex(s: &str) -> Vec<u8> {
@@ -13,7 +14,8 @@ fn hex(s: &str) -> Vec<u8> {
 
 #[test]
 fn ping_and_contract_vectors() {
-    let srv = TestServer::start();
+    // On racs-lite, or on a fresh real server with RACS_BIN.
+    let srv = AnyServer::start();
     let mut c = RawClient::connect(srv.addr()).unwrap();
     c.send_raw(&hex("0500000000000000 50494e4700")).unwrap();
     assert_eq!(c.read_reply().unwrap(), hex("92a6737472696e67a4504f4e47"));
@@ -51,8 +53,12 @@ fn ping_and_contract_vectors() {
 }
 
 #[test]
-fn restart_keeps_acknowledged_data() {
-    let mut srv = TestServer::start_with(|c| c.entries = 4);
+fn durable_restart_keeps_acknowledged_data() {
+    // The library API (TestServer), with the option that keeps data across stops.
+    let mut srv = TestServer::start_with(|c| {
+        c.entries = 4;
+        c.durable = true;
+    });
     let session = [7u8; 16];
     {
         let mut c = RawClient::connect(srv.addr()).unwrap();
@@ -80,9 +86,29 @@ fn restart_keeps_acknowledged_data() {
 }
 
 #[test]
+fn default_stop_loses_the_in_memory_table() {
+    let mut srv = TestServer::start();
+    {
+        let mut c = RawClient::connect(srv.addr()).unwrap();
+        c.command("CREATE 'r' 8000 1 16").unwrap();
+        c.command("OPEN 'r'").unwrap();
+        let r = c.frame(&build_frame(&[7; 16], b"r", &[1; 160])).unwrap();
+        assert_eq!(show(&r), r#"["null"]"#);
+    }
+    srv.restart();
+    let mut c = RawClient::connect(srv.addr()).unwrap();
+    let r = c.command("EXTRACT 'r' 0 9999999999999").unwrap();
+    assert_eq!(show(&r), r#"["s32v", []]"#);
+    assert_eq!(
+        show(&c.command("INFO 'r' 'size'").unwrap()),
+        r#"["error", "Failure reading metadata"]"#
+    );
+}
+
+#[test]
 fn flush_invisibility_can_be_reproduced() {
-    // Off by default; with the option, a flushed table is missing from EXTRACT for a while,
-    // then comes back, as on the real server.
+    // A table being written is missing from EXTRACT for a while (100 ms by default), then
+    // comes back, as on the real server.
     let srv = TestServer::start_with(|c| {
         c.entries = 2;
         c.flush_invisible = std::time::Duration::from_millis(300);

@@ -3,22 +3,28 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use racs_lite::client::{build_frame, decode_all, show, RawClient};
-use racs_lite::TestServer;
+use racs_lite::harness::AnyServer;
 
-/// The server under test: an in-process racs-lite, or `RACS_ADDR` when set.
+/// The server under test: a fresh server per test (racs-lite in-process, or a real RACS
+/// process when `RACS_BIN` is set), or the shared server at `RACS_ADDR` when that is set.
 pub struct Target {
     pub addr: SocketAddr,
-    /// True for an in-process racs-lite (racs-lite-only cases may run).
+    /// True for racs-lite (racs-lite-only cases may run).
     pub lite: bool,
-    pub srv: Option<TestServer>,
+    /// True when the server was started for this test, so its table layout is known.
+    pub fresh: bool,
+    pub srv: Option<AnyServer>,
 }
 
 pub fn target() -> Target {
     target_with(|_| {})
 }
 
+/// `f` adjusts racs-lite's options; on a real server only `entries` and `cache_entries`
+/// apply (see [`AnyServer::start_with`]).
 pub fn target_with(f: impl FnOnce(&mut racs_lite::Config)) -> Target {
     match std::env::var("RACS_ADDR") {
         Ok(a) if !a.is_empty() => {
@@ -31,14 +37,16 @@ pub fn target_with(f: impl FnOnce(&mut racs_lite::Config)) -> Target {
             Target {
                 addr,
                 lite: false,
+                fresh: false,
                 srv: None,
             }
         }
         _ => {
-            let srv = TestServer::start_with(f);
+            let srv = AnyServer::start_with(f);
             Target {
                 addr: srv.addr(),
-                lite: true,
+                lite: !srv.is_real(),
+                fresh: true,
                 srv: Some(srv),
             }
         }
@@ -49,6 +57,46 @@ impl Target {
     pub fn conn(&self) -> RawClient {
         RawClient::connect(self.addr).expect("connect to the server under test")
     }
+
+    /// True on racs-lite; otherwise prints `skipped: needs racs-lite (<why>)` and returns false.
+    pub fn needs_lite(&self, why: &str) -> bool {
+        if !self.lite {
+            eprintln!("skipped: needs racs-lite ({why})");
+        }
+        self.lite
+    }
+
+    /// True on a server started for this test; otherwise prints why the case is skipped.
+    pub fn needs_fresh(&self, why: &str) -> bool {
+        if !self.fresh {
+            eprintln!("skipped: needs a server of its own, not RACS_ADDR ({why})");
+        }
+        self.fresh
+    }
+
+    pub fn srv(&mut self) -> &mut AnyServer {
+        self.srv.as_mut().expect("a server started for this test")
+    }
+}
+
+/// Wait (up to 10 s) until `EXTRACT id 0 <far future>` returns `samples` samples: tables being
+/// written are invisible for a while on both servers. Returns what it read last.
+pub fn wait_visible(c: &mut RawClient, id: &str, samples: usize) -> Vec<i32> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = extract(c, id, "0", "99999999999999");
+        if v.len() == samples || Instant::now() >= deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Read `SHUTDOWN`'s answer: none, the connection closes.
+pub fn closed_by_server(c: &mut RawClient) -> bool {
+    use std::io::Read;
+    let mut b = [0u8; 1];
+    matches!(c.stream.read(&mut b), Ok(0) | Err(_))
 }
 
 /// A stream name unique to this test run (so reruns against a real server never collide).
