@@ -111,6 +111,7 @@ fn wait_done(
     messages: &mut Vec<gst::Message>,
 ) -> Option<(glib::Error, String)> {
     let ended = common::wait_end(&pipeline.bus().unwrap(), WAIT);
+    common::assert_tidy_messages(&ended.messages);
     messages.extend(ended.messages);
     ended.error
 }

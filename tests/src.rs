@@ -511,6 +511,7 @@ fn play(run: &Run) -> (End, Vec<String>) {
 
 fn wait_end(pipeline: &gst::Pipeline) -> (End, Vec<String>) {
     let ended = common::wait_end(&pipeline.bus().unwrap(), T);
+    common::assert_tidy_messages(&ended.messages);
     let warnings = ended.warnings();
     let end = match ended.error {
         None => End::Eos,

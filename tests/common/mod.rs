@@ -79,6 +79,42 @@ impl Ended {
     }
 }
 
+/// Panics when a message a user reads has the marks of careless text: doubled spaces, a
+/// line-continuation leftover (a newline followed by indentation), or blank ends.
+pub fn assert_tidy(what: &str, text: &str) {
+    assert!(!text.contains("  "), "{what} has doubled spaces: {text:?}");
+    assert!(
+        !text.contains("\n  ") && !text.contains('\\'),
+        "{what} has a line-continuation leftover: {text:?}"
+    );
+    assert_eq!(text.trim(), text, "{what} has blank ends: {text:?}");
+}
+
+/// [`assert_tidy`] for the text and debug text of every error and warning among `messages`,
+/// and no error posted twice.
+pub fn assert_tidy_messages(messages: &[gst::Message]) {
+    let mut errors = Vec::new();
+    for m in messages {
+        let (kind, err, debug) = match m.view() {
+            gst::MessageView::Error(e) => ("error", e.error(), e.debug()),
+            gst::MessageView::Warning(w) => ("warning", w.error(), w.debug()),
+            _ => continue,
+        };
+        let text = err.to_string();
+        assert_tidy(kind, &text);
+        if let Some(d) = debug {
+            assert_tidy(&format!("{kind} debug"), &d);
+        }
+        if kind == "error" {
+            assert!(
+                !errors.contains(&text),
+                "the same error was posted twice: {text:?}"
+            );
+            errors.push(text);
+        }
+    }
+}
+
 /// Collects bus messages until EOS or an error; panics after `within`.
 pub fn wait_end(bus: &gst::Bus, within: Duration) -> Ended {
     let deadline = Instant::now() + within;
@@ -123,6 +159,7 @@ pub fn play(pipeline: &gst::Element) -> Ended {
     while let Some(m) = bus.pop() {
         ended.messages.push(m);
     }
+    assert_tidy_messages(&ended.messages);
     ended
 }
 
