@@ -10,7 +10,7 @@
 //!
 //! The pipeline is `racssrc ... ! audioconvert ! <encoder> ! filesink`, with the encoder:
 //!   .wav  wavenc                             (gstreamer1.0-plugins-good)
-//!   .mp3  lamemp3enc                         (gstreamer1.0-plugins-ugly)
+//!   .mp3  lamemp3enc                         (gstreamer1.0-plugins-good on Debian bookworm)
 //!   .opus, .ogg  audioresample ! opusenc ! oggmux   (gstreamer1.0-plugins-base)
 //!   .flac flacenc                            (gstreamer1.0-plugins-good)
 

@@ -373,7 +373,7 @@ fn export_to_mp3_and_opus_decodes_to_the_right_length() {
         );
         checked += 1;
     } else {
-        eprintln!("lamemp3enc is not installed: MP3 export not checked (install gstreamer1.0-plugins-ugly)");
+        eprintln!("lamemp3enc is not installed: MP3 export not checked (install gstreamer1.0-plugins-good, or -ugly before GStreamer 1.22)");
     }
 
     if element_exists("opusenc") && element_exists("oggmux") {
