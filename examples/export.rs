@@ -168,6 +168,19 @@ fn run() -> Result<(), String> {
     gst::Element::link_many([&src, tail.upcast_ref(), &filesink])
         .map_err(|e| format!("cannot link: {e}"))?;
 
+    // Counts the audio racssrc delivers, so that a range holding none is an error, not an
+    // empty file.
+    let delivered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = delivered.clone();
+    src.static_pad("src")
+        .expect("racssrc has a src pad")
+        .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            if let Some(b) = info.buffer() {
+                counter.fetch_add(b.size() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            gst::PadProbeReturn::Ok
+        });
+
     if pipeline.set_state(gst::State::Playing).is_err() {
         let msg = first_error(&pipeline).unwrap_or_else(|| "the pipeline did not start".into());
         let _ = pipeline.set_state(gst::State::Null);
@@ -176,6 +189,7 @@ fn run() -> Result<(), String> {
     let bus = pipeline.bus().unwrap();
     let started = Instant::now();
     let mut next_report = started + Duration::from_secs(1);
+    let mut last_warning = None;
     let result = loop {
         if Instant::now() >= next_report {
             report(&src, started);
@@ -187,13 +201,24 @@ fn run() -> Result<(), String> {
         match msg.view() {
             gst::MessageView::Eos(_) => break Ok(()),
             gst::MessageView::Error(e) => break Err(e.error().to_string()),
-            gst::MessageView::Warning(w) => eprintln!("export: warning: {}", w.error()),
+            gst::MessageView::Warning(w) => {
+                eprintln!("export: warning: {}", w.error());
+                last_warning = Some(w.error().to_string());
+            }
             _ => {}
         }
     };
     let position = src.query_position::<gst::ClockTime>();
     let _ = pipeline.set_state(gst::State::Null);
     result?;
+    if delivered.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        let _ = std::fs::remove_file(&args.output);
+        return Err(format!(
+            "nothing exported, {} not written: {}",
+            args.output,
+            last_warning.unwrap_or_else(|| "the range holds no audio".into())
+        ));
+    }
     let bytes = std::fs::metadata(&args.output)
         .map(|m| m.len())
         .unwrap_or(0);

@@ -716,6 +716,25 @@ fn record_and_export_examples_round_trip() {
         "{}",
         out.dump()
     );
+    // A range after the end of the stream: an error, and no empty file left behind.
+    let late = work.path().join("late.wav");
+    let mut cmd = example("export");
+    cmd.args(["show"])
+        .arg(&late)
+        .args(["--offset", "60", "--host", "127.0.0.1", "--port", &port]);
+    let out = run(cmd, T);
+    assert_eq!(out.status.code(), Some(1), "{}", out.dump());
+    assert!(
+        out.stderr.contains("export: error: nothing exported")
+            && out.stderr.contains("after the end of the stream"),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        !late.exists(),
+        "an empty {} was left behind",
+        late.display()
+    );
     let mut cmd = example("export");
     cmd.args(["show"]).arg(work.path().join("x.aiff"));
     let out = run(cmd, T);
