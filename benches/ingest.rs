@@ -1,21 +1,33 @@
 // SPDX-License-Identifier: MPL-2.0
 //! Ingest benchmark: racssink (fed by appsrc, pushed into its pad, and in a `filesrc ! wavparse`
 //! transcoding pipeline) against a bare client sending the same frames over one connection, all
-//! to the same in-process racs-lite, in one run.
+//! to the same server, in one run.
 //!
 //!     cargo bench --bench ingest                      # 600 s of audio (plus a 60 s run)
 //!     RACS_BENCH_SECONDS=120 cargo bench --bench ingest
 //!     RACS_BENCH_ROUNDS=9 cargo bench --bench ingest   # best of 9 alternating rounds (5)
+//!     RACS_BIN=/path/to/racs cargo bench --bench ingest   # a fresh real server per round
+//!     RACS_ADDR=host:port cargo bench --bench ingest  # one running server for every round
 //!
-//! Prints MB/s, x-realtime for 44.1 kHz/16-bit/stereo, the racssink/bare ratio, client CPU
-//! seconds per hour of audio, and peak RSS for a short and a long run. The server runs in this
-//! process, so its threads (all named `racs-lite*`) are subtracted from the CPU figures; peak
-//! RSS includes it.
+//! The server is racs-lite in this process by default; with `RACS_BIN` a fresh real RACS process
+//! per round (its data under the benchmark's tmpfs directory); with `RACS_ADDR` a server you
+//! started yourself (streams are named after this process's id, so runs never collide).
+//!
+//! The bare client is what a C client does: a blocking socket, each request written in one
+//! `write`, the reply read back, no runtime. The plugin's own client (`Connection` under
+//! `block_on`) runs beside it, so the cost of the library and of the element show apart.
+//!
+//! Prints MB/s, x-realtime for 44.1 kHz/16-bit/stereo, the ratio of each contender to the bare
+//! client, client CPU seconds per hour of audio, and peak RSS for a short and a long run. An
+//! in-process racs-lite's threads (all named `racs-lite*`) are subtracted from the CPU figures;
+//! peak RSS includes it. A real server is another process and counts in neither.
 
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
-use gstracs::client::{runtime, stream_hash, Connection, SessionId, StreamFormat};
+use gstracs::client::frame::encode_frame_into;
+use gstracs::client::{block_on, stream_hash, Canceller, Connection, SessionId, StreamFormat};
+use racs_lite::harness::{AnyServer, Backend};
 
 const RATE: u32 = 44100;
 const CHANNELS: u16 = 2;
@@ -25,32 +37,35 @@ const BYTES_PER_SECOND: usize = RATE as usize * CHANNELS as usize * 2;
 const BUFFER_BYTES: usize = 4096;
 const CHUNK: usize = 32768;
 
-fn clock_ticks_per_second() -> f64 {
-    // Linux reports /proc CPU times in USER_HZ, which is 100 on every mainstream platform.
-    100.0
+/// CPU seconds (user + system) of the whole process so far, exited threads included.
+fn process_cpu() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
-/// utime + stime of a /proc stat line, in seconds.
-fn cpu_of_stat(stat: &str) -> f64 {
-    // The command name may contain spaces; fields restart after the closing parenthesis.
-    let rest = &stat[stat.rfind(')').map(|i| i + 2).unwrap_or(0)..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    let stime: f64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    (utime + stime) / clock_ticks_per_second()
+/// CPU seconds of one thread of this process, from its schedstat (nanoseconds on CPU).
+fn thread_cpu(task: &std::path::Path) -> f64 {
+    std::fs::read_to_string(task.join("schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0) as f64
+        * 1e-9
 }
 
 /// (CPU seconds of the whole process, CPU seconds of the in-process server's threads).
 fn cpu_split() -> (f64, f64) {
-    let total = cpu_of_stat(&std::fs::read_to_string("/proc/self/stat").unwrap_or_default());
+    let total = process_cpu();
     let mut server = 0.0;
     if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
         for task in tasks.flatten() {
             let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
             if comm.starts_with("racs-lite") {
-                server += cpu_of_stat(
-                    &std::fs::read_to_string(task.path().join("stat")).unwrap_or_default(),
-                );
+                server += thread_cpu(&task.path());
             }
         }
     }
@@ -121,28 +136,132 @@ fn measure(run: impl FnOnce() -> u64) -> Figures {
     }
 }
 
+/// Where the benchmark's server comes from.
+#[derive(Clone)]
+enum Target {
+    /// A fresh server per round: racs-lite in-process, or a real RACS process (`RACS_BIN`).
+    Fresh(Backend),
+    /// One server someone else runs (`RACS_ADDR=host:port`).
+    Given(String),
+}
+
+impl Target {
+    fn from_env() -> Target {
+        match std::env::var("RACS_ADDR") {
+            Ok(addr) if !addr.is_empty() => Target::Given(addr),
+            _ => Target::Fresh(Backend::from_env()),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Target::Fresh(Backend::Lite) => "racs-lite in-process, a fresh one per round".into(),
+            Target::Fresh(Backend::Real(bin)) => {
+                format!("a fresh real RACS process per round ({})", bin.display())
+            }
+            Target::Given(addr) => format!("the server at {addr} (RACS_ADDR), every round"),
+        }
+    }
+
+    /// A server for one round: (host, port, the server if this process runs it).
+    fn start(&self) -> (String, u16, Option<AnyServer>) {
+        match self {
+            Target::Fresh(backend) => {
+                let srv = AnyServer::start_on(backend.clone(), |_| {});
+                (srv.host(), srv.port(), Some(srv))
+            }
+            Target::Given(addr) => {
+                let sock = std::net::ToSocketAddrs::to_socket_addrs(addr)
+                    .ok()
+                    .and_then(|mut a| a.next())
+                    .unwrap_or_else(|| panic!("RACS_ADDR={addr}: not a host:port"));
+                (sock.ip().to_string(), sock.port(), None)
+            }
+        }
+    }
+}
+
+/// One request on a blocking socket, the way a C client does it: prefix and payload in one
+/// write, then the 8-byte reply length and the reply.
+fn bare_request(sock: &mut std::net::TcpStream, request: &[u8], reply: &mut Vec<u8>) {
+    use std::io::{Read, Write};
+    sock.write_all(request).expect("bare client: send");
+    let mut prefix = [0u8; 8];
+    sock.read_exact(&mut prefix)
+        .expect("bare client: reply length");
+    reply.resize(u64::from_le_bytes(prefix) as usize, 0);
+    sock.read_exact(reply).expect("bare client: reply");
+}
+
+fn bare_command(sock: &mut std::net::TcpStream, text: &str) -> Vec<u8> {
+    let mut request = ((text.len() + 1) as u64).to_le_bytes().to_vec();
+    request.extend_from_slice(text.as_bytes());
+    request.push(0);
+    let mut reply = Vec::new();
+    bare_request(sock, &request, &mut reply);
+    reply
+}
+
+/// `["null"]`, the reply to OPEN and to a stored frame.
+const NULL_REPLY: &[u8] = b"\x91\xa4null";
+
+/// The bare client: no runtime, no pool, one buffer reused for every frame.
 fn bare_client(addr: &str, id: &str, seconds: usize, pattern: &[u8]) -> u64 {
+    let mut sock = std::net::TcpStream::connect(addr).expect("bare client: connect");
+    sock.set_nodelay(true).unwrap();
+    bare_command(&mut sock, &format!("CREATE '{id}' {RATE} {CHANNELS} 16"));
+    assert_eq!(bare_command(&mut sock, &format!("OPEN '{id}'")), NULL_REPLY);
+    let session = SessionId::random();
+    let hash = stream_hash(id.as_bytes());
+    let total = seconds * BYTES_PER_SECOND;
+    let mut request = Vec::with_capacity(8 + 34 + CHUNK);
+    let mut reply = Vec::with_capacity(64);
+    let mut sent = 0;
+    while sent < total {
+        let n = CHUNK.min(total - sent);
+        let at = sent % BYTES_PER_SECOND;
+        request.clear();
+        request.extend_from_slice(&((34 + n) as u64).to_le_bytes());
+        encode_frame_into(&mut request, &session, hash, &pattern[at..at + n]).unwrap();
+        bare_request(&mut sock, &request, &mut reply);
+        assert_eq!(reply, NULL_REPLY, "bare client: frame refused");
+        sent += n;
+    }
+    bare_command(&mut sock, &format!("CLOSE '{id}'"));
+    sent as u64
+}
+
+/// The plugin's client without GStreamer: one `Connection`, driven through `block_on` as the
+/// elements drive it.
+fn library_client(addr: &str, id: &str, seconds: usize, pattern: &[u8]) -> u64 {
     let format = StreamFormat::new(RATE, CHANNELS, 16).unwrap();
     let total = seconds * BYTES_PER_SECOND;
-    runtime()
-        .block_on(async {
-            let mut conn = Connection::connect(addr, Duration::from_secs(5)).await?;
-            conn.create(id, &format).await?;
-            conn.open(id).await?;
-            let session = SessionId::random();
-            let hash = stream_hash(id.as_bytes());
-            let mut sent = 0;
-            while sent < total {
-                let n = CHUNK.min(total - sent);
-                let at = sent % BYTES_PER_SECOND;
-                conn.send_frame(&session, hash, &pattern[at..at + n])
-                    .await?;
-                sent += n;
-            }
-            conn.close(id).await?;
-            Ok::<_, gstracs::client::Error>(sent as u64)
-        })
-        .expect("bare client run")
+    let canceller = Canceller::new();
+    let mut conn = block_on(
+        &canceller,
+        Connection::connect(addr, Duration::from_secs(5)),
+    )
+    .expect("library client: connect");
+    block_on(&canceller, async {
+        conn.create(id, &format).await?;
+        conn.open(id).await
+    })
+    .expect("library client: create and open");
+    let session = SessionId::random();
+    let hash = stream_hash(id.as_bytes());
+    let mut sent = 0;
+    while sent < total {
+        let n = CHUNK.min(total - sent);
+        let at = sent % BYTES_PER_SECOND;
+        block_on(
+            &canceller,
+            conn.send_frame(&session, hash, &pattern[at..at + n]),
+        )
+        .expect("library client: frame");
+        sent += n;
+    }
+    block_on(&canceller, conn.close(id)).expect("library client: close");
+    sent as u64
 }
 
 fn bench_caps() -> gst::Caps {
@@ -310,6 +429,18 @@ fn file_into_racssink(host: &str, port: u16, id: &str, wav: &std::path::Path) ->
     finish(&pipeline, &pipeline.by_name("sink").unwrap())
 }
 
+/// The contenders, in the order they run in each round (the bare client last, so that the
+/// others never meet a backlog it leaves in the server).
+const NAMES: [&str; 6] = [
+    "bare client (blocking socket, same frames)",
+    "library client (Connection under block_on)",
+    "appsrc ! racssink, 4096 byte buffers",
+    "appsrc ! racssink, 32768 byte buffers",
+    "racssink alone, 32768 byte buffers",
+    "filesrc ! wavparse ! racssink (WAV on tmpfs)",
+];
+const RUN_ORDER: [usize; 6] = [2, 3, 4, 5, 1, 0];
+
 fn main() {
     gst::init().unwrap();
     gstracs::plugin_register_static().unwrap();
@@ -337,6 +468,8 @@ fn main() {
     });
     // SAFETY-free in edition 2021; set before any other thread reads the environment.
     std::env::set_var("TMPDIR", &data_root);
+    let target = Target::from_env();
+    let tag = std::process::id();
 
     let pattern = pattern();
     let buffers_of = |size: usize| -> Vec<gst::Buffer> {
@@ -344,8 +477,10 @@ fn main() {
             .map(|k| gst::Buffer::from_slice(pattern[k * size..(k + 1) * size].to_vec()))
             .collect()
     };
-    let sizes = [BUFFER_BYTES, CHUNK];
-    let buffer_sets: Vec<Vec<gst::Buffer>> = sizes.iter().map(|&s| buffers_of(s)).collect();
+    let buffer_sets: Vec<Vec<gst::Buffer>> = [BUFFER_BYTES, CHUNK]
+        .iter()
+        .map(|&s| buffers_of(s))
+        .collect();
 
     // Child mode: one contender, once, in a fresh process, so that its peak RSS is its own
     // (freed memory of earlier runs stays mapped by the allocator and would count).
@@ -354,10 +489,13 @@ fn main() {
             .split_once(':')
             .expect("RACS_BENCH_CHILD=which:seconds");
         let (which, seconds): (usize, usize) = (which.parse().unwrap(), seconds.parse().unwrap());
-        let srv = racs_lite::TestServer::start();
+        let (host, port, _srv) = target.start();
+        let addr = format!("{host}:{port}");
+        let id = format!("rss-{tag}");
         let f = measure(|| match which {
-            0 => bare_client(&srv.addr().to_string(), "rss", seconds, &pattern),
-            i => through_racssink(&srv.host(), srv.port(), "rss", seconds, &buffer_sets[i - 1]),
+            0 => bare_client(&addr, &id, seconds, &pattern),
+            1 => library_client(&addr, &id, seconds, &pattern),
+            i => through_racssink(&host, port, &id, seconds, &buffer_sets[i - 2]),
         });
         println!("child-peak-kib {}", f.peak_kib);
         return;
@@ -365,60 +503,38 @@ fn main() {
 
     println!(
         "ingest: 44.1 kHz / 16-bit / stereo ({BYTES_PER_SECOND} bytes/s), {CHUNK} byte frames, \
-         racs-lite in-process (data under {data_root}), best of {rounds} alternating rounds"
+         {}, data under {data_root}, best of {rounds} alternating rounds",
+        target.describe()
     );
     let mut peaks: Vec<usize> = Vec::new();
     for (phase, seconds) in [("short", short), ("long", long)] {
         // Alternate the contenders, several rounds, and keep the best time of each: on a
         // shared machine the scheduler, not the code, decides the worst runs. Peak RSS is the
-        // highest seen over the rounds. Each round gets a fresh server, and the sinks run
-        // before the bare client so that they never meet its leftover server backlog.
-        let mut best: Vec<Option<Figures>> = vec![None, None, None, None, None];
-        let wav =
-            std::path::Path::new(&data_root).join(format!("racs-bench-{}.wav", std::process::id()));
+        // highest seen over the rounds. Each round gets a fresh server (unless one is given).
+        let mut best: Vec<Option<Figures>> = (0..NAMES.len()).map(|_| None).collect();
+        let wav = std::path::Path::new(&data_root).join(format!("racs-bench-{tag}.wav"));
         write_wav(&wav, seconds, &pattern);
         for round in 0..rounds {
-            let srv = racs_lite::TestServer::start();
-            let (host, port, addr) = (srv.host(), srv.port(), srv.addr().to_string());
-            // RACS_BENCH_ONLY=0|1|2|3|4 runs one contender (for diagnosis); the others report 0.
-            let skip = |i: usize| only.is_some_and(|o| o != i);
-            let mut runs = Vec::new();
-            for (i, buffers) in buffer_sets.iter().enumerate() {
-                runs.push(measure(|| {
-                    if skip(i + 1) {
+            let (host, port, srv) = target.start();
+            let addr = format!("{host}:{port}");
+            for which in RUN_ORDER {
+                // RACS_BENCH_ONLY=0..5 runs one contender (for diagnosis); the others report 0.
+                let id = format!("c{which}-{tag}-{phase}-{round}");
+                let f = measure(|| {
+                    if only.is_some_and(|o| o != which) {
                         return 0;
                     }
-                    through_racssink(&host, port, &format!("sink{i}-{round}"), seconds, buffers)
-                }));
-            }
-            runs.push(measure(|| {
-                if skip(3) {
-                    return 0;
-                }
-                into_racssink_pad(
-                    &host,
-                    port,
-                    &format!("pad-{round}"),
-                    seconds,
-                    &buffer_sets[1],
-                )
-            }));
-            runs.push(measure(|| {
-                if skip(4) {
-                    return 0;
-                }
-                file_into_racssink(&host, port, &format!("file-{round}"), &wav)
-            }));
-            runs.insert(
-                0,
-                measure(|| {
-                    if skip(0) {
-                        return 0;
+                    match which {
+                        0 => bare_client(&addr, &id, seconds, &pattern),
+                        1 => library_client(&addr, &id, seconds, &pattern),
+                        2 | 3 => {
+                            through_racssink(&host, port, &id, seconds, &buffer_sets[which - 2])
+                        }
+                        4 => into_racssink_pad(&host, port, &id, seconds, &buffer_sets[1]),
+                        _ => file_into_racssink(&host, port, &id, &wav),
                     }
-                    bare_client(&addr, &format!("bare-{round}"), seconds, &pattern)
-                }),
-            );
-            for (slot, f) in best.iter_mut().zip(runs) {
+                });
+                let slot = &mut best[which];
                 if slot.as_ref().is_none_or(|b| f.wall < b.wall) {
                     *slot = Some(f);
                 }
@@ -429,16 +545,9 @@ fn main() {
         let best: Vec<Figures> = best.into_iter().map(Option::unwrap).collect();
         println!(
             "\n{phase} run: {seconds} s of audio ({:.1} MB)",
-            best[0].bytes.max(best[1].bytes) as f64 / 1e6
+            (seconds * BYTES_PER_SECOND) as f64 / 1e6
         );
-        let names = [
-            "bare client (one connection, same frames)".to_string(),
-            format!("appsrc ! racssink, {} byte buffers", sizes[0]),
-            format!("appsrc ! racssink, {} byte buffers", sizes[1]),
-            format!("racssink alone, {} byte buffers", sizes[1]),
-            "filesrc ! wavparse ! racssink (WAV on tmpfs)".to_string(),
-        ];
-        for (name, f) in names.iter().zip(&best) {
+        for (name, f) in NAMES.iter().zip(&best) {
             println!(
                 "  {name:<46} {:>7.1} MB/s {:>6.0}x realtime {:>6.3} s wall {:>6.2} CPU s/audio hour",
                 f.mb_per_s(),
@@ -447,26 +556,22 @@ fn main() {
                 f.cpu_per_audio_hour(),
             );
         }
-        for (i, size) in sizes.iter().enumerate() {
+        for (name, f) in NAMES.iter().zip(&best).skip(1) {
             println!(
-                "  ratio appsrc ! racssink / bare with {size} byte buffers: {:.3} (goal >= 0.9)",
-                best[i + 1].mb_per_s() / best[0].mb_per_s()
+                "  ratio {name:<46} / bare: {:.3}{}",
+                f.mb_per_s() / best[0].mb_per_s(),
+                if name.contains("racssink") {
+                    " (goal >= 0.9)"
+                } else {
+                    ""
+                }
             );
         }
-        println!(
-            "  ratio racssink alone (no appsrc thread) / bare with {} byte buffers: {:.3}",
-            sizes[1],
-            best[3].mb_per_s() / best[0].mb_per_s()
-        );
-        println!(
-            "  ratio filesrc ! wavparse ! racssink / bare: {:.3}",
-            best[4].mb_per_s() / best[0].mb_per_s()
-        );
         peaks.push(seconds);
     }
     println!(
-        "\npeak RSS (VmHWM of a fresh process running one contender once, in-process server \
-         included), short vs long run:"
+        "\npeak RSS (VmHWM of a fresh process running one contender once; an in-process \
+         racs-lite included), short vs long run:"
     );
     let exe = std::env::current_exe().expect("own executable");
     let child_peak = |which: usize, seconds: usize| -> u64 {
@@ -480,16 +585,11 @@ fn main() {
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or_else(|| panic!("child {which}:{seconds} failed: {out:?}"))
     };
-    let names = [
-        "bare client",
-        "racssink 4 KiB buffers",
-        "racssink 32 KiB buffers",
-    ];
-    for (i, name) in names.iter().enumerate() {
+    for (i, name) in NAMES.iter().enumerate().take(4) {
         let (s_secs, l_secs) = (peaks[0], peaks[1]);
         let (s_rss, l_rss) = (child_peak(i, s_secs), child_peak(i, l_secs));
         println!(
-            "  {name:<24} {s_rss:>7} KiB for {s_secs} s, {l_rss:>7} KiB for {l_secs} s ({:+.1}% for {}x the input)",
+            "  {name:<46} {s_rss:>7} KiB for {s_secs} s, {l_rss:>7} KiB for {l_secs} s ({:+.1}% for {}x the input)",
             (l_rss as f64 / s_rss.max(1) as f64 - 1.0) * 100.0,
             l_secs / s_secs.max(1)
         );
