@@ -164,6 +164,15 @@ fn free_port() -> io::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// How many times the real server in `dir` logged that it listens on `port` (its log,
+/// `racs.log` in the log directory, is appended to across restarts).
+fn listening_lines(dir: &Path, port: u16) -> usize {
+    let needle = format!("Listening on port {port} ");
+    fs::read_to_string(dir.join("racs.log"))
+        .map(|s| s.matches(&needle).count())
+        .unwrap_or(0)
+}
+
 /// True once `addr` answers PING.
 fn answers_ping(addr: SocketAddr) -> bool {
     let Ok(mut c) = RawClient::connect_timeout(addr, Duration::from_millis(500)) else {
@@ -239,6 +248,11 @@ impl AnyServer {
                     p => p,
                 };
                 let addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
+                // The PING must come from this process, not from another test's server that
+                // took the port first (then this one fails to bind and exits): wait for its
+                // own "Listening on port" line in the log as well.
+                let listening = || listening_lines(self.dir.path(), port);
+                let before = listening();
                 let mut p = RealProcess::start(bin, self.dir.path(), port, &self.config)?;
                 let deadline = Instant::now() + Duration::from_secs(5);
                 loop {
@@ -247,7 +261,7 @@ impl AnyServer {
                             "the server exited at start: {st}"
                         )));
                     }
-                    if answers_ping(addr) {
+                    if listening() > before && answers_ping(addr) {
                         self.addr = addr;
                         self.running = Some(Running::Real(p));
                         return Ok(());

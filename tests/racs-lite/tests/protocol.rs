@@ -375,6 +375,9 @@ fn block_numbers(v: &[i32]) -> Vec<i32> {
 #[test]
 fn time_literals() {
     let t = target();
+    if !t.needs_fresh("narrow ranges depend on the table layout of a shared server") {
+        return;
+    }
     let mut c = t.conn();
     let (id, r) = stream_100ms(&mut c, 3);
     let base = lit_secs(r);
@@ -684,6 +687,9 @@ fn extract_errors() {
 #[test]
 fn extract_inclusive_whole_blocks() {
     let t = target();
+    if !t.needs_fresh("narrow ranges depend on the table layout of a shared server") {
+        return;
+    }
     let mut c = t.conn();
     let (id, r) = stream_100ms(&mut c, 5);
     let mut ex =
@@ -700,6 +706,9 @@ fn extract_inclusive_whole_blocks() {
 #[test]
 fn block_timestamps_for_several_frame_sizes() {
     let t = target();
+    if !t.needs_fresh("narrow ranges depend on the table layout of a shared server") {
+        return;
+    }
     let mut c = t.conn();
     // 44.1 kHz stereo 16-bit = 176400 B/s; 24-bit mono 48 kHz = 144000 B/s.
     for (sr, ch, bd, frame) in [
@@ -767,8 +776,22 @@ fn tiny_frames_share_a_key_and_sign_extension() {
     let expect: Vec<i32> = (0..30).flat_map(|k| [k, -k]).collect();
     // On a shared server another stream may have started the in-memory table earlier, and
     // then [ref, ref] misses it (the name-time filter): only [0, ref] is sure.
-    let from = if t.fresh { r } else { 0 };
-    let v = extract(&mut c, &id, &from.to_string(), &r.to_string());
+    // On a shared server the table may even be named after another stream's later key: only
+    // [0, far future] is sure there. And a table holding some of them may be being written
+    // (invisible) for a while.
+    let (from, to) = if t.fresh {
+        (r, r)
+    } else {
+        (0, 99_999_999_999_999)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let v = loop {
+        let v = extract(&mut c, &id, &from.to_string(), &to.to_string());
+        if v.len() >= expect.len() || Instant::now() >= deadline {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert_eq!(v, expect);
     // 24-bit samples are sign-extended, not scaled; a partial trailing sample-frame is dropped.
     let id24 = uniq("s24");
