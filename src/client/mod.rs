@@ -6,6 +6,8 @@ pub mod error;
 pub mod frame;
 pub mod pool;
 pub mod reader;
+pub mod rotation;
+pub mod timeline;
 pub mod wire;
 pub mod writer;
 
