@@ -26,8 +26,9 @@ packages=(
   libgstreamer-plugins-base1.0-dev    # gstreamer-base/-audio .pc files
   gstreamer1.0-tools                  # gst-launch-1.0, gst-inspect-1.0 (tests/launch.rs, README)
   gstreamer1.0-plugins-base           # audiotestsrc, audioconvert, decodebin, playbin, opusenc, oggmux, vorbisenc
-  gstreamer1.0-plugins-good           # wavenc, wavparse, flacenc, lamemp3enc (MP3 export), souphttpsrc, pulsesrc
+  gstreamer1.0-plugins-good           # wavenc, wavparse, flacenc, lamemp3enc (MP3 export), jackaudiosrc/-sink, pulsesrc
   gstreamer1.0-plugins-bad            # hlssink2, voaacenc, mpegtsmux (HLS export)
+  jackd2                              # a JACK server (dummy backend) for the JACK recipes (tests/jack.rs)
   python3                             # Debian's interpreter: the one python3-gi is built for
   python3-gi                          # PyGObject (tests/python.rs)
   gir1.2-gstreamer-1.0                # Gst typelib for PyGObject
