@@ -36,7 +36,8 @@ fn usage_errors_exit_2() {
     }
 }
 
-/// Start the binary, write one block, signal it; returns the number of table files left.
+/// Start the binary, write one block, signal it (or send SHUTDOWN); returns the number of
+/// table files left.
 fn run_and_signal(signal: &str, extra: &[&str]) -> usize {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(BIN)
@@ -65,11 +66,16 @@ fn run_and_signal(signal: &str, extra: &[&str]) -> usize {
     }
     create_open(&mut c, "bin", 8000, 1, 16);
     assert_eq!(send_frame(&mut c, &[1; 16], "bin", &pcm16(&[3; 80])), NULL);
-    let st = Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    if signal == "SHUTDOWN" {
+        c.send_message(b"SHUTDOWN\0").unwrap();
+        assert!(closed_by_server(&mut c), "no reply to SHUTDOWN");
+    } else {
+        let st = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "exit status after {signal}");
     let seg = dir.path().join(".racs").join("seg");
@@ -85,7 +91,29 @@ fn run_and_signal(signal: &str, extra: &[&str]) -> usize {
             }
         }
     }
+    // The metadata file: size (bytes 8..16) as persisted.
+    let md = std::fs::read(
+        dir.path()
+            .join(".racs/md")
+            .join(racs_lite::stream_hash(b"bin").to_string()),
+    )
+    .unwrap();
+    let size = u64::from_le_bytes(md[8..16].try_into().unwrap());
+    match (signal, extra.contains(&"--durable")) {
+        ("SHUTDOWN", _) | (_, true) => assert_eq!(size, 160, "persisted size"),
+        _ => assert_eq!(size, 0, "size as at CREATE"),
+    }
     files
+}
+
+#[test]
+fn shutdown_persists_metadata_loses_the_block_and_exits_0() {
+    assert_eq!(run_and_signal("SHUTDOWN", &[]), 0);
+}
+
+#[test]
+fn durable_shutdown_flushes_the_acknowledged_block() {
+    assert_eq!(run_and_signal("SHUTDOWN", &["--durable"]), 1);
 }
 
 #[test]
