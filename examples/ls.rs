@@ -55,11 +55,7 @@ fn main() -> ExitCode {
     if patterns.is_empty() {
         patterns = ["*", "*/*", "*/*/*", "*/*/*/*"].map(String::from).to_vec();
     }
-    let addr = if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    };
+    let addr = gstracs::client::host_port(&host, port);
     match runtime().block_on(list(&addr, &patterns)) {
         Ok(rows) => {
             print_rows(&rows);

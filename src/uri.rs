@@ -10,111 +10,91 @@ pub struct RacsUri {
     pub params: Vec<(String, String)>,
 }
 
-fn hex_val(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
-/// Decodes `%XX` escapes; the result must be UTF-8.
+/// Decodes `%XX` escapes (GLib's `g_uri_unescape_bytes`); the result must be UTF-8.
 pub fn percent_decode(s: &str, what: &str) -> Result<String, String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hi = bytes.get(i + 1).copied().and_then(hex_val);
-            let lo = bytes.get(i + 2).copied().and_then(hex_val);
-            match (hi, lo) {
-                (Some(hi), Some(lo)) => {
-                    out.push(hi << 4 | lo);
-                    i += 3;
-                    continue;
-                }
-                _ => {
-                    return Err(format!(
-                        "bad percent escape at byte {i} of the {what} {s:?} (expected %XX with two \
-                         hex digits)"
-                    ))
-                }
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8(out).map_err(|_| format!("the {what} {s:?} does not decode to UTF-8"))
-}
-
-/// Escapes everything but unreserved characters.
-pub fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for &b in s.as_bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// Parses `racs://host[:port]/stream-id[?key=value&...]`. IPv6 hosts go in brackets.
-pub fn parse(uri: &str) -> Result<RacsUri, String> {
-    let rest = uri
-        .split_once("://")
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("racs"))
-        .map(|(_, rest)| rest)
-        .ok_or_else(|| format!("{uri:?} is not a racs:// URI (racs://host:port/stream-id)"))?;
-    let (rest, query) = match rest.split_once('?') {
-        Some((rest, query)) => (rest, Some(query)),
-        None => (rest, None),
-    };
-    let rest = rest.split('#').next().unwrap_or_default();
-    let (authority, path) = rest.split_once('/').ok_or_else(|| {
-        format!("{uri:?} names no stream: the form is racs://host:port/stream-id")
+    let bytes = glib::Uri::unescape_bytes(s, None).map_err(|_| {
+        let at = s
+            .char_indices()
+            .find(|(i, c)| {
+                *c == '%'
+                    && !s
+                        .get(i + 1..i + 3)
+                        .is_some_and(|h| h.chars().all(|c| c.is_ascii_hexdigit()))
+            })
+            .map_or(0, |(i, _)| i);
+        format!(
+            "bad percent escape at byte {at} of the {what} {s:?} (expected %XX with two hex digits)"
+        )
     })?;
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (host, after) = v6
-            .split_once(']')
-            .ok_or_else(|| format!("{uri:?}: an IPv6 host needs a closing ']'"))?;
-        let port = match after {
-            "" => None,
-            p => Some(p.strip_prefix(':').ok_or_else(|| {
-                format!("{uri:?}: expected ':port' after the IPv6 host, got {p:?}")
-            })?),
-        };
-        (host.to_string(), port)
-    } else {
-        match authority.rsplit_once(':') {
-            Some((host, port)) => (host.to_string(), Some(port)),
-            None => (authority.to_string(), None),
-        }
-    };
-    if host.is_empty() {
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| format!("the {what} {s:?} does not decode to UTF-8"))
+}
+
+/// Escapes everything but unreserved characters (GLib's `g_uri_escape_string`).
+pub fn percent_encode(s: &str) -> String {
+    glib::Uri::escape_string(s, None, false).into()
+}
+
+/// Parses `racs://host[:port]/stream-id[?key=value&...]` with GLib's URI parser (RFC 3986).
+/// IPv6 hosts go in brackets.
+pub fn parse(uri: &str) -> Result<RacsUri, String> {
+    let form = "the form is racs://host:port/stream-id";
+    let parsed =
+        glib::Uri::parse(uri, glib::UriFlags::ENCODED | glib::UriFlags::NON_DNS).map_err(|e| {
+            match e.kind::<glib::UriError>() {
+                _ if !uri.to_ascii_lowercase().starts_with("racs://") => {
+                    format!("{uri:?} is not a racs:// URI (racs://host:port/stream-id)")
+                }
+                Some(glib::UriError::BadPort) => {
+                    format!(
+                        "{uri:?}: the port is not a number in 1..=65535 ({})",
+                        e.message()
+                    )
+                }
+                Some(glib::UriError::BadPath | glib::UriError::BadQuery)
+                    if e.message().contains('%') =>
+                {
+                    format!(
+                        "{uri:?} has a bad percent escape (expected %XX with two hex digits): {}",
+                        e.message()
+                    )
+                }
+                Some(glib::UriError::BadHost) if uri.contains('[') => {
+                    format!(
+                        "{uri:?}: an IPv6 host needs a closing ']' ({})",
+                        e.message()
+                    )
+                }
+                _ => format!("{uri:?} is not a valid URI: {} ({form})", e.message()),
+            }
+        })?;
+    if !parsed.scheme().eq_ignore_ascii_case("racs") {
         return Err(format!(
-            "{uri:?} names no host: the form is racs://host:port/stream-id"
+            "{uri:?} is not a racs:// URI (racs://host:port/stream-id)"
         ));
     }
-    let port = match port {
-        None | Some("") => None,
-        Some(p) => Some(
-            p.parse::<u16>()
+    let host = percent_decode(parsed.host().as_deref().unwrap_or_default(), "host")?;
+    if host.is_empty() {
+        return Err(format!("{uri:?} names no host: {form}"));
+    }
+    let port = match parsed.port() {
+        -1 => None,
+        p => Some(
+            u16::try_from(p)
                 .ok()
                 .filter(|p| *p != 0)
-                .ok_or_else(|| format!("{uri:?}: the port {p:?} is not a number in 1..=65535"))?,
+                .ok_or_else(|| format!("{uri:?}: the port {p} is not a number in 1..=65535"))?,
         ),
     };
-    let stream_id = percent_decode(path, "stream id")?;
+    let path = parsed.path();
+    let stream_id = percent_decode(path.strip_prefix('/').unwrap_or(&path), "stream id")?;
     if stream_id.is_empty() {
-        return Err(format!(
-            "{uri:?} names no stream: the form is racs://host:port/stream-id"
-        ));
+        return Err(format!("{uri:?} names no stream: {form}"));
     }
     let mut params = Vec::new();
-    for pair in query
+    for pair in parsed
+        .query()
+        .as_deref()
         .unwrap_or_default()
         .split('&')
         .filter(|p| !p.is_empty())
@@ -172,10 +152,20 @@ mod tests {
             ("racs://host/x%ff", "UTF-8"),
             ("racs://host/x?takeover", "key=value"),
             ("racs://[::1/x", "closing ']'"),
+            ("racs://host:x1/x", "1..=65535"),
         ] {
             let err = parse(uri).unwrap_err();
             assert!(err.contains(needle), "{uri}: {err}");
         }
+    }
+
+    #[test]
+    fn addresses_bracket_ipv6_hosts() {
+        use crate::client::{bracket_host, host_port};
+        assert_eq!(host_port("::1", 6381), "[::1]:6381");
+        assert_eq!(host_port("[::1]", 6381), "[::1]:6381");
+        assert_eq!(host_port("localhost", 1), "localhost:1");
+        assert_eq!(bracket_host("fe80::1"), "[fe80::1]");
     }
 
     #[test]
