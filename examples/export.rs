@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MPL-2.0
 //! Export a time range of a RACS stream to a WAV, MP3, Opus or FLAC file (chosen by extension):
 //!
 //!     cargo run --release --example export -- <stream-id> <output-file>

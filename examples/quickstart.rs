@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MPL-2.0
 //! The quickstart: store ten seconds of audio in RACS with `racssink`, extract seconds 2.5 to 7.5
 //! again with `racssrc` into a WAV file, and check that what came back is what went in.
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MPL-2.0
 //! Record any audio file or URI into a RACS stream:
 //!
 //!     cargo run --release --example record -- <file-or-uri> <stream-id> [--host H] [--port P]

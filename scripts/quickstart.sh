@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MPL-2.0
 # Command 1: the main job. Installs what is missing, builds the plugin, starts racs-lite in-process
 # (or uses RACS_ADDR=host:port), records 10 s of audio through racssink, extracts seconds 2.5-7.5
 # through racssrc into a WAV file, and checks that what came back is what went in.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MPL-2.0
 # Installs what building, running and testing gst-plugin-racs needs on Debian bookworm (12) and
 # checks the Rust toolchain. Idempotent: when everything is present it prints one line and touches
 # nothing. Uses sudo only when not root. Safe to run without a terminal (CI).

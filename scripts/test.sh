@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MPL-2.0
 # Command 2: every check and every test of the workspace. This is what CI runs (.ci/run).
 #
 #   scripts/test.sh                     every suite on racs-lite (what CI runs)

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MPL-2.0
 //! The plugin as a user meets it on the command line: the built libgstracs.so found through
 //! GST_PLUGIN_PATH by gst-inspect-1.0 and gst-launch-1.0, recording files into racs-lite and
 //! exporting streams to WAV, MP3 and Opus files that decode back to the right length.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MPL-2.0
 //! "GStreamer apps in any language": a Python program using PyGObject records a stream with
 //! racssink and extracts it with racssrc (tests/python/record_extract.py), against racs-lite,
 //! loading the built libgstracs.so through GST_PLUGIN_PATH like any installed plugin.

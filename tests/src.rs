@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MPL-2.0
 //! racssrc and its range reader against racs-lite started in-process.
 //!
 //! Streams carry a ramp that encodes each sample frame's index (channel 0 = low 16 bits,

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MPL-2.0
 //! The racs:// URI handler as applications use it: playbin and uridecodebin playing a stream,
 //! and racssink made from a URI, all against racs-lite.
 

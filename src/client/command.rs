@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MPL-2.0
 //! Command text: literals validated so that nothing a user types can change the command,
 //! times sent as integer epoch milliseconds, every command NUL-terminated.
 

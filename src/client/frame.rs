@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MPL-2.0
 //! RSP frames and the stream timeline that the server derives from them.
 
 use super::error::{Error, Result};

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MPL-2.0
 //! The RACS protocol, free of GStreamer types: command text, frames, one connection in
 //! lock-step, and the plugin-global connection pool.
 

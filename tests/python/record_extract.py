@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MPL-2.0
 """Record a stream into RACS with racssink and extract it again with racssrc, from Python.
 
 This is an ordinary GStreamer application using PyGObject: the plugin is found like any other

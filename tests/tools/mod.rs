@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MPL-2.0
 //! Helpers for the tests that use the plugin the way its users do: the built `libgstracs.so`
 //! loaded by GStreamer's own tools (gst-launch-1.0, gst-inspect-1.0) and by Python, every child
 //! process run with a deadline, and a small WAV reader to check what comes out.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MPL-2.0
 //! Ingest and EXTRACT throughput of racs-lite, driven by a bare client on one loopback
 //! connection (the same kind of client used to measure the real server).
 //!

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MPL-2.0
 //! A tiny blocking client for tests and benchmarks: raw framing, no retries, no pipelining.
 
 use std::io::{self, Read, Write};

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MPL-2.0
 //! Command execution and frame handling (contract sections 2, 3 and 5).
 
 use std::sync::{Mutex, MutexGuard};

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MPL-2.0
 //! `fnmatch(pattern, name, FNM_PATHNAME)` on bytes, as the real server's SEARCH calls it (its
 //! `FNM_IGNORECASE` is defined as 0x01, which is glibc's `FNM_PATHNAME`): `*`, `?`, bracket
 //! expressions with `!`/`^` negation, ranges and `[:class:]`, and backslash escapes.

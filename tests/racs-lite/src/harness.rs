@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MPL-2.0
 //! The server every test suite runs against: an in-process racs-lite by default, or a fresh real
 //! RACS v0.1.0 process per test when `RACS_BIN=/path/to/racs` is set.
 //!

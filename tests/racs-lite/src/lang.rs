@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MPL-2.0
 //! The command language of RACS v0.1.0: tokenizer and parser (contract section 2).
 
 use crate::timefmt::timegm;

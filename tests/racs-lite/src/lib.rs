@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MPL-2.0
 //! racs-lite: a stand-in RACS v0.1.0 server for tests, examples and the quickstart.
 //!
 //! It speaks the wire protocol described in `racs-protocol.md` (see section 7b there for what is

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MPL-2.0
 //! racs-lite: a stand-in RACS v0.1.0 server.
 //!
 //! Usage: racs-lite --port 6381 --data-dir DIR [--host ADDR] [--entries N] [--cache-entries N]

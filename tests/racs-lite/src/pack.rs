@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MPL-2.0
 //! Reply values and their msgpack encoding (contract section 4).
 
 /// One reply object.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MPL-2.0
 //! Networking: one tokio task per connection, on a runtime owned by a background thread.
 
 use std::io;

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MPL-2.0
 //! Storage (contract section 6): stream metadata files keyed by hash behind an LRU cache of
 //! `cache.entries` streams, one shared in-memory table of `entries` blocks, and table files
 //! named after their first key, written by a background writer.

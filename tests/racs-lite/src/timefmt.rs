@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MPL-2.0
 //! Calendar helpers: `timegm`-style conversion with field normalisation, and the reverse
 //! conversion used to name table files `seg/YYYY/MM/DD/hh/mm/ss/mmm`.
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MPL-2.0
 //! The `racs-lite` binary: usage errors, serving, dual-stack, exit 0 on SIGTERM/SIGINT (losing
 //! the unflushed table like the real server, or keeping it with `--durable`).
 

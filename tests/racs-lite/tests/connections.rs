@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MPL-2.0
 //! Many simultaneous connections against a limit: the excess is refused cleanly and the
 //! server keeps serving.
 

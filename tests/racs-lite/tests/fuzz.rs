@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MPL-2.0
 //! Property tests: the tokenizer, the command parser, the frame decoder and the whole request
 //! path never panic, whatever the input; and the server survives random bytes on the wire.
 

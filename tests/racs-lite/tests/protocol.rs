@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MPL-2.0
 //! Protocol conformance suite (contract sections 1-5).
 //!
 //! Runs against a fresh server per test: an in-process racs-lite by default, or a real RACS

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MPL-2.0
 //! Restart behaviour, like a real RACS v0.1.0 server by default: a kill (and a stop, which is
 //! the same on the real server) loses the in-memory table and the metadata newer than its last
 //! persisted version; SHUTDOWN persists metadata and then loses the in-memory table; LRU

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MPL-2.0
 //! Quick end-to-end checks of the library API.
 
 use racs_lite::client::{build_frame, show, RawClient};

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MPL-2.0
 //! Shared helpers for the racs-lite integration tests.
 #![allow(dead_code)]
 
