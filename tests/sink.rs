@@ -970,10 +970,16 @@ fn restart_run(
     fault: impl FnOnce(&mut TestServer) + Send + 'static,
 ) -> (TestServer, Vec<gst::Message>, gst::Structure) {
     let format = fmt(16000, 1, 16);
+    // No replay window: what the server loses stays lost and must be reported (re-sending
+    // is covered by tests/sink_crash.rs).
     let sink = make_sink(
         &srv,
         id,
-        &[("chunk-size", "3200"), ("retry-timeout", "10000")],
+        &[
+            ("chunk-size", "3200"),
+            ("retry-timeout", "10000"),
+            ("replay-window", "0"),
+        ],
     );
     let mut feeder = Feeder::new(sink, format);
     for piece in data[..at].chunks(1000) {

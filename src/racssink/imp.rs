@@ -4,7 +4,7 @@
 //! and the reconnect logic live in `client::writer`.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gst::glib;
 use gst::prelude::*;
@@ -13,9 +13,11 @@ use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 use once_cell::sync::Lazy;
 
-use super::GapPolicy;
+use super::{GapPolicy, RecoveryPolicy};
+use crate::client::reader::format_unix_ms;
 use crate::client::writer::{
-    StreamWriter, WriteError, WriterConfig, WriterEvent, WriterStats, DEFAULT_CHUNK_BYTES,
+    self, Loss, LossKind, ReplayWindow, Restart, StreamWriter, WriteError, WriterConfig,
+    WriterEvent, WriterStats, DEFAULT_CHUNK_BYTES, DEFAULT_SETTLE,
 };
 use crate::client::{block_on, validate_stream_id, Canceller, Error, Pool, StreamFormat};
 use crate::props::{
@@ -35,6 +37,7 @@ const DEFAULT_CHUNK_SIZE: u32 = DEFAULT_CHUNK_BYTES as u32;
 const DEFAULT_CREATE_IF_MISSING: bool = true;
 const DEFAULT_TAKEOVER: bool = false;
 const DEFAULT_RETRY_TIMEOUT_MS: u32 = 10000;
+const DEFAULT_REPLAY_WINDOW: &str = "auto";
 /// The server's fixed connection table holds about 200 clients.
 /// The caps query asks the server for a stored format; it must not hold up negotiation long.
 const CAPS_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -55,6 +58,9 @@ struct Settings {
     timeout_ms: u32,
     retry_timeout_ms: u32,
     gap_policy: GapPolicy,
+    /// As set; parsed when the element starts (an invalid value is a settings error then).
+    replay_window: String,
+    recovery_policy: RecoveryPolicy,
 }
 
 impl Default for Settings {
@@ -70,6 +76,8 @@ impl Default for Settings {
             timeout_ms: DEFAULT_TIMEOUT_MS,
             retry_timeout_ms: DEFAULT_RETRY_TIMEOUT_MS,
             gap_policy: GapPolicy::default(),
+            replay_window: DEFAULT_REPLAY_WINDOW.into(),
+            recovery_policy: RecoveryPolicy::default(),
         }
     }
 }
@@ -117,10 +125,27 @@ impl Settings {
                     _ => return Err(format!("gap-policy={value:?}: expected silence or none")),
                 }
             }
+            "replay-window" => {
+                ReplayWindow::parse(value)?;
+                self.replay_window = value.to_string();
+            }
+            "recovery-policy" => {
+                self.recovery_policy = match value {
+                    "auto" => RecoveryPolicy::Auto,
+                    "keep-audio" => RecoveryPolicy::KeepAudio,
+                    "keep-time" => RecoveryPolicy::KeepTime,
+                    _ => {
+                        return Err(format!(
+                            "recovery-policy={value:?}: expected auto, keep-audio or keep-time"
+                        ))
+                    }
+                }
+            }
             _ => {
                 return Err(format!(
                     "unknown URI parameter {key:?}; racssink takes pool-size, chunk-size, \
-                     timeout, retry-timeout, create-if-missing, takeover and gap-policy"
+                     timeout, retry-timeout, create-if-missing, takeover, gap-policy, \
+                     replay-window and recovery-policy"
                 ))
             }
         }
@@ -152,6 +177,20 @@ impl Settings {
         if self.gap_policy != d.gap_policy {
             params.push("gap-policy=none".to_string());
         }
+        if self.replay_window != d.replay_window {
+            params.push(format!(
+                "replay-window={}",
+                uri::percent_encode(&self.replay_window)
+            ));
+        }
+        if self.recovery_policy != d.recovery_policy {
+            let nick = match self.recovery_policy {
+                RecoveryPolicy::Auto => "auto",
+                RecoveryPolicy::KeepAudio => "keep-audio",
+                RecoveryPolicy::KeepTime => "keep-time",
+            };
+            params.push(format!("recovery-policy={nick}"));
+        }
         let mut uri = format!("racs://{}/{}", self.addr(), uri::percent_encode(id));
         if !params.is_empty() {
             uri.push('?');
@@ -172,6 +211,9 @@ struct State {
     /// Running time of the first byte counted in `bytes_since_base`.
     base: Option<gst::ClockTime>,
     bytes_since_base: u64,
+    /// Upstream is live (asked at the first buffer): buffers carry capture times.
+    live: Option<bool>,
+    recovery_policy: RecoveryPolicy,
 }
 
 impl State {
@@ -197,6 +239,8 @@ pub struct RacsSink {
     canceller: Canceller,
     stats: Arc<Mutex<WriterStats>>,
     caps_cache: Mutex<Option<CapsCache>>,
+    /// The policy in force and the replay window in bytes, for the loss messages.
+    recovery: Mutex<(writer::RecoveryPolicy, u64)>,
 }
 
 impl Default for RacsSink {
@@ -207,6 +251,7 @@ impl Default for RacsSink {
             canceller: Canceller::new(),
             stats: Arc::default(),
             caps_cache: Mutex::new(None),
+            recovery: Mutex::new((writer::RecoveryPolicy::KeepAudio, 0)),
         }
     }
 }
@@ -260,48 +305,174 @@ impl RacsSink {
                 retry_for.as_millis()
             ),
             WriterEvent::Recovered => gst::info!(CAT, imp = self, "writing again"),
-            WriterEvent::LostAcknowledged {
-                lost_bytes,
-                server_size,
-            } => {
-                let (id, addr, seconds) = self.describe_bytes(lost_bytes);
+            WriterEvent::Restarted(r) => self.on_restart(r),
+            WriterEvent::Loss(loss) => self.on_loss(loss),
+            WriterEvent::Lag { lag_us } => {
+                let id = self.stream_id();
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "after the restart, new audio of '{id}' is stored {:.3} s after its capture",
+                    lag_us as f64 / 1e6
+                );
+                self.post_element(
+                    gst::Structure::builder("racssink-lag")
+                        .field("stream-id", id)
+                        .field("lag-us", lag_us)
+                        .build(),
+                );
+            }
+            WriterEvent::TimeOffset { offset_us } => {
+                let (id, addr, _) = self.describe_bytes(0);
                 gst::element_imp_warning!(
                     self,
                     gst::ResourceError::Write,
                     (
-                        "The RACS server at {} lost {} bytes ({:.3} s) of stream '{}' that it had \
-                         acknowledged (it restarted after a crash?); writing continues after its \
-                         {} remaining bytes",
-                        addr,
-                        lost_bytes,
-                        seconds,
+                        "recovery-policy=keep-time: stream '{}' on the RACS server at {} already \
+                         has a timeline, on which this audio is stored {:.3} s {} its capture \
+                         time; racssink keeps that difference constant (a new stream, or one \
+                         that ended just before, stores it at its capture time)",
                         id,
-                        server_size
+                        addr,
+                        (offset_us as f64 / 1e6).abs(),
+                        if offset_us > 0 { "after" } else { "before" }
                     )
                 );
             }
             WriterEvent::Reference { ref_ms, size } => {
-                let id = self
-                    .settings
-                    .lock()
-                    .unwrap()
-                    .stream_id
-                    .clone()
-                    .unwrap_or_default();
+                let id = self.stream_id();
                 gst::info!(
                     CAT,
                     imp = self,
                     "stream '{id}' has ref {ref_ms} ms, size {size}"
                 );
-                let s = gst::Structure::builder("racssink-ref")
-                    .field("stream-id", id)
-                    .field("ref-ms", ref_ms)
-                    .field("size", size)
-                    .build();
-                let obj = self.obj();
-                let _ = obj.post_message(gst::message::Element::builder(s).src(&*obj).build());
+                self.post_element(
+                    gst::Structure::builder("racssink-ref")
+                        .field("stream-id", id)
+                        .field("ref-ms", ref_ms)
+                        .field("size", size)
+                        .build(),
+                );
             }
         }
+    }
+
+    fn stream_id(&self) -> String {
+        self.settings
+            .lock()
+            .unwrap()
+            .stream_id
+            .clone()
+            .unwrap_or_default()
+    }
+
+    fn post_element(&self, s: gst::Structure) {
+        let obj = self.obj();
+        let _ = obj.post_message(gst::message::Element::builder(s).src(&*obj).build());
+    }
+
+    fn on_restart(&self, r: Restart) {
+        let (id, addr, lost_s) = self.describe_bytes(r.server_lost);
+        gst::info!(
+            CAT,
+            imp = self,
+            "stream '{id}' reopened on {addr}: the server lost {} acknowledged bytes ({lost_s:.3} \
+             s), {} re-sent, new timeline: {}, server size {}",
+            r.server_lost,
+            r.replayed,
+            r.new_epoch,
+            r.server_size
+        );
+        if r.server_lost > 0 && r.replayed == r.server_lost {
+            gst::element_imp_info!(
+                self,
+                gst::ResourceError::Write,
+                (
+                    "The RACS server at {} lost {} bytes ({:.3} s) of stream '{}' that it had \
+                     acknowledged (it restarted after a crash); all of it is re-sent from the \
+                     replay window, so the stream keeps every sample, stored later than it was \
+                     captured",
+                    addr,
+                    r.server_lost,
+                    lost_s,
+                    id
+                )
+            );
+        }
+        self.post_element(
+            gst::Structure::builder("racssink-restart")
+                .field("stream-id", id)
+                .field("server-lost-bytes", r.server_lost)
+                .field("replayed-bytes", r.replayed)
+                .field("new-timeline", r.new_epoch)
+                .field("server-size", r.server_size)
+                .build(),
+        );
+    }
+
+    fn on_loss(&self, loss: Loss) {
+        let (id, addr, seconds) = self.describe_bytes(loss.bytes);
+        let start_ms = loss.start_us.div_euclid(1000);
+        let start = format_unix_ms(start_ms);
+        let end = format_unix_ms(start_ms + (loss.duration_ns / 1_000_000) as i64);
+        let (policy, window) = *self.recovery.lock().unwrap();
+        match loss.kind {
+            LossKind::Lost => {
+                let why = if policy == writer::RecoveryPolicy::KeepTime {
+                    "recovery-policy=keep-time re-sends nothing, as re-sent audio would be stored \
+                     away from its capture time"
+                        .to_string()
+                } else {
+                    format!(
+                        "it was older than the replay-window kept for re-sending ({window} bytes)"
+                    )
+                };
+                gst::element_imp_warning!(
+                    self,
+                    gst::ResourceError::Write,
+                    (
+                        "The RACS server at {} lost {} bytes ({:.3} s) of stream '{}' that it had \
+                         acknowledged (it restarted after a crash): the audio stored from {} to {} \
+                         is missing from the stream; {}",
+                        addr,
+                        loss.bytes,
+                        seconds,
+                        id,
+                        start,
+                        end,
+                        why
+                    )
+                );
+            }
+            LossKind::Dropped => {
+                gst::element_imp_warning!(
+                    self,
+                    gst::ResourceError::Write,
+                    (
+                        "recovery-policy=keep-time dropped {} bytes ({:.3} s) of stream '{}', \
+                         captured from {} to {}: after the RACS server at {} came back it could \
+                         no longer be stored within 50 ms of its capture time",
+                        loss.bytes,
+                        seconds,
+                        id,
+                        start,
+                        end,
+                        addr
+                    )
+                );
+            }
+        }
+        self.post_element(
+            gst::Structure::builder("racssink-loss")
+                .field("stream-id", id)
+                .field("kind", loss.kind.nick())
+                .field("start", start)
+                .field("start-us", loss.start_us)
+                .field("duration", loss.duration_ns)
+                .field("bytes", loss.bytes)
+                .field("input-offset", loss.input_offset)
+                .build(),
+        );
     }
 
     fn describe_bytes(&self, bytes: u64) -> (String, String, f64) {
@@ -379,6 +550,9 @@ impl RacsSink {
         if settings.host.is_empty() {
             return Some("The host property is empty".into());
         }
+        if let Err(e) = ReplayWindow::parse(&settings.replay_window) {
+            return Some(format!("Invalid {e}"));
+        }
         None
     }
 
@@ -394,6 +568,14 @@ impl RacsSink {
             takeover: settings.takeover,
             timeout: settings.timeout(),
             retry_timeout: Duration::from_millis(settings.retry_timeout_ms.into()),
+            replay_window: ReplayWindow::parse(&settings.replay_window)
+                .map_err(WriteError::InvalidSettings)?,
+            // `auto` is settled at the first buffer, when upstream can say whether it is live.
+            policy: match settings.recovery_policy {
+                RecoveryPolicy::KeepTime => writer::RecoveryPolicy::KeepTime,
+                _ => writer::RecoveryPolicy::KeepAudio,
+            },
+            settle: DEFAULT_SETTLE,
         };
         let mut writer =
             StreamWriter::new(pool, config, self.canceller.clone(), self.stats.clone())?;
@@ -411,6 +593,7 @@ impl RacsSink {
         if state.writer.is_none() {
             let settings = self.settings.lock().unwrap().clone();
             state.gap_policy = settings.gap_policy;
+            state.recovery_policy = settings.recovery_policy;
             state.writer = Some(self.new_writer(&settings)?);
         }
         let writer = state.writer.as_mut().expect("just set");
@@ -513,6 +696,49 @@ impl RacsSink {
         }
     }
 
+    /// Settles `recovery-policy=auto` at the first data: keep-time when upstream is live (its
+    /// buffers carry capture times), keep-audio otherwise.
+    fn settle_policy(&self, state: &mut State) {
+        if state.live.is_some() {
+            return;
+        }
+        let mut q = gst::query::Latency::new();
+        let live = self.obj().sink_pad().peer_query(&mut q) && q.result().0;
+        state.live = Some(live);
+        let policy = match state.recovery_policy {
+            RecoveryPolicy::KeepTime => writer::RecoveryPolicy::KeepTime,
+            RecoveryPolicy::KeepAudio => writer::RecoveryPolicy::KeepAudio,
+            RecoveryPolicy::Auto if live => writer::RecoveryPolicy::KeepTime,
+            RecoveryPolicy::Auto => writer::RecoveryPolicy::KeepAudio,
+        };
+        if let Some(w) = state.writer.as_mut() {
+            w.set_policy(policy);
+            *self.recovery.lock().unwrap() = (policy, w.replay_window_bytes());
+            gst::info!(
+                CAT,
+                imp = self,
+                "upstream is {}live: recovery policy {policy:?}, replay window {} bytes",
+                if live { "" } else { "not " },
+                w.replay_window_bytes()
+            );
+        }
+    }
+
+    /// The wall-clock time (µs since the Unix epoch) at which the sample at `running_time` was
+    /// captured, through the pipeline clock (meaningful for live sources only).
+    fn capture_us(&self, running_time: gst::ClockTime) -> Option<i64> {
+        let obj = self.obj();
+        let clock = obj.clock()?;
+        let base = obj.base_time()?;
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .ok()?
+            .as_micros() as i64;
+        let now = clock.time().nseconds() as i64;
+        let at = (base + running_time).nseconds() as i64;
+        Some(wall - (now - at) / 1000)
+    }
+
     /// Fills the timeline up to running time `until` with silence (gap-policy=silence).
     fn fill_until(&self, state: &mut State, until: gst::ClockTime) -> Result<(), WriteError> {
         let Some(format) = state.format else {
@@ -545,11 +771,16 @@ impl RacsSink {
         } else {
             format.bytes_per_frame() as u64 - misaligned
         };
+        let capture = if state.live == Some(true) {
+            self.capture_us(expected)
+        } else {
+            None
+        };
         state
             .writer
             .as_mut()
             .expect("a format implies a writer")
-            .write_silence(bytes + pad)?;
+            .write_silence_at(bytes + pad, capture)?;
         state.bytes_since_base += bytes + pad;
         Ok(())
     }
@@ -653,12 +884,36 @@ impl ObjectImpl for RacsSink {
                     )
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecString::builder("replay-window")
+                    .nick("Replay window")
+                    .blurb(
+                        "Acknowledged audio kept to re-send what the server loses in a crash \
+                         (keep-audio): auto (two server tables: 80 frames of chunk-size), a \
+                         size (1048576, 512KiB, 4MiB) or a time (500ms, 10s); 0 keeps nothing",
+                    )
+                    .default_value(Some(DEFAULT_REPLAY_WINDOW))
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default(
+                    "recovery-policy",
+                    RecoveryPolicy::default(),
+                )
+                .nick("Recovery policy")
+                .blurb(
+                    "Where audio goes after the server restarted: keep-audio stores all of it in \
+                     order (re-sending what the server lost), later than captured; keep-time \
+                     stores every sample within 50 ms of its capture time, dropping a backlog; \
+                     auto is keep-time for live sources, keep-audio otherwise",
+                )
+                .mutable_ready()
+                .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb(
                         "racssink-stats: bytes-sent, bytes-acked, frames-sent, frames-acked, \
                          reconnects, silence-bytes, silence-duration (ns), rtt-avg-us, \
-                         rtt-max-us, lost-acked-bytes",
+                         rtt-max-us, lost-acked-bytes, server-lost-bytes, replayed-bytes, \
+                         dropped-bytes, dropped-duration (ns)",
                     )
                     .read_only()
                     .build(),
@@ -699,6 +954,20 @@ impl ObjectImpl for RacsSink {
                 settings.retry_timeout_ms = value.get().expect("type checked upstream")
             }
             "gap-policy" => settings.gap_policy = value.get().expect("type checked upstream"),
+            "replay-window" => {
+                let text = value
+                    .get::<Option<String>>()
+                    .expect("type checked upstream")
+                    .unwrap_or_else(|| DEFAULT_REPLAY_WINDOW.into());
+                if let Err(e) = ReplayWindow::parse(&text) {
+                    // Kept so that starting fails with a clear message.
+                    gst::error!(CAT, imp = self, "Invalid {e}");
+                }
+                settings.replay_window = text;
+            }
+            "recovery-policy" => {
+                settings.recovery_policy = value.get().expect("type checked upstream")
+            }
             name => unimplemented!("property {name}"),
         }
         gst::debug!(CAT, imp = self, "{} set", pspec.name());
@@ -718,6 +987,10 @@ impl ObjectImpl for RacsSink {
                 .field("rtt-avg-us", s.rtt_avg_us())
                 .field("rtt-max-us", s.rtt_max_us)
                 .field("lost-acked-bytes", s.lost_acked_bytes)
+                .field("server-lost-bytes", s.server_lost_bytes)
+                .field("replayed-bytes", s.replayed_bytes)
+                .field("dropped-bytes", s.dropped_bytes)
+                .field("dropped-duration", s.ns_of(s.dropped_bytes))
                 .build()
                 .to_value();
         }
@@ -733,6 +1006,8 @@ impl ObjectImpl for RacsSink {
             "timeout" => settings.timeout_ms.to_value(),
             "retry-timeout" => settings.retry_timeout_ms.to_value(),
             "gap-policy" => settings.gap_policy.to_value(),
+            "replay-window" => settings.replay_window.to_value(),
+            "recovery-policy" => settings.recovery_policy.to_value(),
             name => unimplemented!("property {name}"),
         }
     }
@@ -922,16 +1197,20 @@ impl BaseSinkImpl for RacsSink {
             self.open(&mut state, format)
                 .map_err(|e| self.flow_error(e, true))?;
         }
+        self.settle_policy(&mut state);
+        let running_time = match (buffer.pts(), state.segment.as_ref()) {
+            (Some(pts), Some(segment)) => segment.to_running_time(pts),
+            _ => None,
+        };
         if state.gap_policy == GapPolicy::Silence {
-            let running_time = match (buffer.pts(), state.segment.as_ref()) {
-                (Some(pts), Some(segment)) => segment.to_running_time(pts),
-                _ => None,
-            };
             if let Some(running_time) = running_time {
                 self.track(&mut state, running_time)
                     .map_err(|e| self.flow_error(e, false))?;
             }
         }
+        let capture = running_time
+            .filter(|_| state.live == Some(true))
+            .and_then(|rt| self.capture_us(rt));
         let map = buffer.map_readable().map_err(|_| {
             gst::element_imp_error!(self, gst::CoreError::Failed, ("cannot map a buffer"));
             gst::FlowError::Error
@@ -941,7 +1220,7 @@ impl BaseSinkImpl for RacsSink {
             .writer
             .as_mut()
             .expect("open above")
-            .write(&map)
+            .write_at(&map, capture)
             .map_err(|e| self.flow_error(e, false))?;
         state.bytes_since_base += map.len() as u64;
         Ok(gst::FlowSuccess::Ok)
@@ -967,6 +1246,9 @@ impl BaseSinkImpl for RacsSink {
                     .zip(duration)
                     .map(|(rt, d)| (rt, rt + d));
                 let open = state.writer.as_ref().is_some_and(|w| w.is_open());
+                if open {
+                    self.settle_policy(&mut state);
+                }
                 if let (Some((start, end)), true, GapPolicy::Silence) =
                     (end, open, state.gap_policy)
                 {

@@ -33,8 +33,40 @@ pub enum GapPolicy {
     None = 1,
 }
 
+/// Where re-sent and held audio goes after the server restarted (the server alone picks the
+/// times: after a kill, the next frame starts a new timeline at its arrival).
+#[derive(Debug, Default, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstRacsSinkRecoveryPolicy")]
+pub enum RecoveryPolicy {
+    /// keep-time for live sources, keep-audio for everything else.
+    #[default]
+    #[enum_value(
+        name = "Auto: keep-time for live sources, keep-audio otherwise",
+        nick = "auto"
+    )]
+    Auto = 0,
+    /// Store all audio, in order: what the server lost is re-sent from the replay window, then
+    /// what was held, later than its capture time.
+    #[enum_value(
+        name = "Keep audio: re-send what the server lost, store everything in order, later than \
+                captured",
+        nick = "keep-audio"
+    )]
+    KeepAudio = 1,
+    /// Store every sample within 50 ms of its capture time: drop a live backlog up to the live
+    /// edge and re-send nothing; dropped and lost audio is reported.
+    #[enum_value(
+        name = "Keep time: every stored sample within 50 ms of its capture time, a backlog is \
+                dropped",
+        nick = "keep-time"
+    )]
+    KeepTime = 2,
+}
+
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     GapPolicy::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    RecoveryPolicy::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     gst::Element::register(
         Some(plugin),
         "racssink",

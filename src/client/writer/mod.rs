@@ -1,29 +1,159 @@
-//! Writes one RACS stream: CREATE/INFO/OPEN, fixed-size frames with one request in flight,
-//! and recovery from broken connections and server restarts without losing or duplicating a
-//! sample. No GStreamer types: `racssink` drives it, and the tests drive it directly.
+//! Writes one RACS stream: CREATE/INFO/OPEN, fixed-size frames with one request in flight, and
+//! recovery from broken connections and server failures that tells the truth about what the
+//! server holds. No GStreamer types: `racssink` drives it, and the tests drive it directly.
 //!
 //! The writer keeps one [`SessionId`] for its whole run. After its own reconnect, frames from
 //! that session still pass on a server that kept running, so it does not OPEN again; only when
 //! a frame is refused (`Stream is closed or currently in use.`) does it try OPEN: success means
-//! the server forgot the open state (a restart), `Stream is already open` means another writer
-//! holds the stream now.
+//! the server forgot the open state (a restart, or a CLOSE from elsewhere), `Stream is already
+//! open` means another writer holds the stream now.
+//!
+//! After such a reopen the server's own figures cannot be trusted (contract sections 5 and 6):
+//! after a kill, INFO `size` and `ref` fall back to their last persisted values (usually CREATE's
+//! zeros: "Failure reading metadata"); after a SHUTDOWN, `size` counts the in-memory blocks the
+//! server then lost. So the writer establishes the *ground truth* itself: it knows every block
+//! it had acknowledged and the key the server gave each one ([`ledger`]), and asks EXTRACT how
+//! many of its newest blocks are still there (see [`Ctx::find_truth`]). What the server lost is
+//! re-sent from a *replay window* of recent acknowledged frames, or reported exactly, and the
+//! [`RecoveryPolicy`] decides where re-sent and held audio goes on the server's new timeline.
 
+pub mod ledger;
+
+use std::cell::Cell;
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::command::{validate_stream_id, InfoAttr};
 use super::error::Error;
 use super::frame::{stream_hash, SessionId, StreamFormat, MAX_BLOCK_BYTES};
-use super::pool::{block_on, Canceller, Pool};
+use super::pool::{block_on, Canceller, Pool, PooledConnection};
+use super::wire::Value;
+use ledger::{missing_suffix, Block, Ledger};
 
 /// The default number of PCM bytes per frame.
 pub const DEFAULT_CHUNK_BYTES: usize = 32768;
+/// Blocks in one table of a RACS server with its default configuration (`memtable.entries`):
+/// what a kill or a SHUTDOWN can lose at once, across all streams, besides the tables it was
+/// still writing.
+pub const SERVER_TABLE_FRAMES: u64 = 40;
+/// Under keep-time, how much later than its capture a sample may be stored before the writer
+/// drops late audio instead (the policy promises 50 ms; the rest is margin for the server's
+/// millisecond keys and the clock mapping).
+pub const KEEP_TIME_MAX_LAG: Duration = Duration::from_millis(20);
+/// How long a table the server is writing can stay invisible to EXTRACT (about 0.5 s observed
+/// on a loaded real server): a block missing from a probe is lost only if it stays missing
+/// this long.
+pub const DEFAULT_SETTLE: Duration = Duration::from_millis(1200);
 
 const STREAM_IN_USE: &str = "Stream is closed or currently in use.";
 const ALREADY_OPEN: &str = "Stream is already open";
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
+/// Far enough in the future to cover every block (year 2100, epoch ms).
+const FAR_MS: i64 = 4_102_444_800_000;
+/// Newest blocks of the current epoch a ground-truth search considers.
+const MAX_CANDIDATES: usize = 4096;
+/// Tries at winning a stream from a live writer (`takeover`).
+const TAKEOVER_TRIES: u32 = 50;
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+fn now_ms() -> i64 {
+    now_us() / 1000
+}
+
+/// How much acknowledged audio the writer keeps to re-send after the server loses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReplayWindow {
+    /// Two tables of a server with the default configuration: `2 ×`
+    /// [`SERVER_TABLE_FRAMES`] frames of the chunk size.
+    #[default]
+    Auto,
+    Bytes(u64),
+    Time(Duration),
+}
+
+impl ReplayWindow {
+    /// `auto`, a number of bytes (`1048576`, `512KiB`, `4MiB`, `1MB`), or a time (`500ms`,
+    /// `10s`); `0` turns re-sending off.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let t = text.trim().to_ascii_lowercase();
+        if t == "auto" {
+            return Ok(ReplayWindow::Auto);
+        }
+        let split = t
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let unit = unit.trim();
+        let bad = || {
+            format!(
+                "replay-window {text:?}: expected auto, a size in bytes (such as 1048576, 512KiB \
+                 or 4MiB) or a time (such as 500ms or 10s)"
+            )
+        };
+        let value: f64 = num.parse().map_err(|_| bad())?;
+        if !value.is_finite() || value < 0.0 {
+            return Err(bad());
+        }
+        let bytes = |mult: f64| Ok(ReplayWindow::Bytes((value * mult).round() as u64));
+        match unit {
+            "" | "b" => bytes(1.0),
+            "k" | "kb" => bytes(1e3),
+            "kib" => bytes(1024.0),
+            "m" | "mb" => bytes(1e6),
+            "mib" => bytes(1024.0 * 1024.0),
+            "ms" => Ok(ReplayWindow::Time(Duration::from_secs_f64(value / 1000.0))),
+            "s" => Ok(ReplayWindow::Time(Duration::from_secs_f64(value))),
+            _ => Err(bad()),
+        }
+    }
+
+    /// The window in bytes for a stream of `format` written in frames of `chunk` bytes.
+    pub fn bytes(&self, format: &StreamFormat, chunk: usize) -> u64 {
+        match *self {
+            ReplayWindow::Auto => 2 * SERVER_TABLE_FRAMES * chunk as u64,
+            ReplayWindow::Bytes(b) => b,
+            ReplayWindow::Time(d) => {
+                (d.as_secs_f64() * format.bytes_per_second() as f64).ceil() as u64
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for ReplayWindow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReplayWindow::Auto => f.write_str("auto"),
+            ReplayWindow::Bytes(b) => write!(f, "{b}"),
+            ReplayWindow::Time(d) if d.subsec_micros() % 1000 == 0 && d.as_millis() % 1000 != 0 => {
+                write!(f, "{}ms", d.as_millis())
+            }
+            ReplayWindow::Time(d) => write!(f, "{}s", d.as_secs_f64()),
+        }
+    }
+}
+
+/// Where audio goes after the server restarted, since the server alone picks the keys (a
+/// kill starts a new timeline at the arrival of the next frame).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecoveryPolicy {
+    /// Store everything, in order: what the server lost is re-sent (from the replay window),
+    /// then what was held; all of it later than its capture time.
+    #[default]
+    KeepAudio,
+    /// Keep every stored sample within 50 ms of its capture time: nothing is re-sent, audio
+    /// that can no longer be stored at its time (a live backlog) is dropped up to the live
+    /// edge, and both are reported.
+    KeepTime,
+}
 
 /// What the writer needs to know besides the format, which arrives later (with the caps).
 #[derive(Debug, Clone)]
@@ -33,13 +163,17 @@ pub struct WriterConfig {
     /// raised to 1 ms of audio (see [`chunk_bytes_for`]).
     pub chunk_bytes: usize,
     pub create_if_missing: bool,
-    /// Close and reopen a stream that is already open instead of failing.
+    /// Close and reopen a stream that is already open instead of failing, and claim it at once.
     pub takeover: bool,
     /// Bound on each request, and on each connect.
     pub timeout: Duration,
     /// How long to keep reconnecting after a connection error before giving up; 0 gives up at
     /// once.
     pub retry_timeout: Duration,
+    pub replay_window: ReplayWindow,
+    pub policy: RecoveryPolicy,
+    /// How long a block must stay missing from EXTRACT before it counts as lost.
+    pub settle: Duration,
 }
 
 impl WriterConfig {
@@ -51,12 +185,15 @@ impl WriterConfig {
             takeover: false,
             timeout: Duration::from_secs(5),
             retry_timeout: Duration::from_secs(10),
+            replay_window: ReplayWindow::Auto,
+            policy: RecoveryPolicy::KeepAudio,
+            settle: DEFAULT_SETTLE,
         }
     }
 }
 
 /// Counters of one writer's run. `bytes_sent`/`frames_sent` count every transmission,
-/// retransmissions included; `*_acked` count what the server is known to have stored.
+/// retransmissions included; `*_acked` count input the server acknowledged (once each).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WriterStats {
     pub bytes_sent: u64,
@@ -66,8 +203,14 @@ pub struct WriterStats {
     /// Recoveries: a broken connection replaced, or the stream reopened after a server restart.
     pub reconnects: u64,
     pub silence_bytes: u64,
-    /// Acknowledged bytes the server no longer has (it restarted after a crash).
+    /// Acknowledged bytes the server lost (found by the ground-truth probes after a failure).
+    pub server_lost_bytes: u64,
+    /// Of those, the bytes re-sent from the replay window.
+    pub replayed_bytes: u64,
+    /// Acknowledged bytes that are not in the stream: lost by the server and not re-sent.
     pub lost_acked_bytes: u64,
+    /// Bytes dropped under keep-time because they could no longer be stored at their time.
+    pub dropped_bytes: u64,
     pub rtt_total_us: u64,
     pub rtt_max_us: u64,
     /// Bytes per second of the stream's format, 0 until known.
@@ -82,13 +225,63 @@ impl WriterStats {
             .unwrap_or_default()
     }
 
-    /// The inserted silence as a duration, in nanoseconds.
-    pub fn silence_ns(&self) -> u64 {
+    /// `bytes` of this stream's format as nanoseconds.
+    pub fn ns_of(&self, bytes: u64) -> u64 {
         if self.bytes_per_second == 0 {
             return 0;
         }
-        (u128::from(self.silence_bytes) * 1_000_000_000 / u128::from(self.bytes_per_second)) as u64
+        (u128::from(bytes) * 1_000_000_000 / u128::from(self.bytes_per_second)) as u64
     }
+
+    /// The inserted silence as a duration, in nanoseconds.
+    pub fn silence_ns(&self) -> u64 {
+        self.ns_of(self.silence_bytes)
+    }
+}
+
+/// Why audio is missing from the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LossKind {
+    /// The server acknowledged it, then lost it (a kill, a SHUTDOWN), and it was not re-sent.
+    Lost,
+    /// keep-time dropped it: it could no longer be stored within 50 ms of its capture time.
+    Dropped,
+}
+
+impl LossKind {
+    pub fn nick(self) -> &'static str {
+        match self {
+            LossKind::Lost => "lost",
+            LossKind::Dropped => "dropped",
+        }
+    }
+}
+
+/// One contiguous range of audio missing from the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loss {
+    pub kind: LossKind,
+    pub bytes: u64,
+    /// Its duration in nanoseconds.
+    pub duration_ns: u64,
+    /// Wall-clock time of its first sample, in µs since the Unix epoch: the time the server had
+    /// given it (lost), or its capture time (dropped).
+    pub start_us: i64,
+    /// Bytes of the writer's input before it.
+    pub input_offset: u64,
+}
+
+/// What a recovery after a server restart found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restart {
+    /// Acknowledged bytes the server no longer had.
+    pub server_lost: u64,
+    /// Of those, bytes re-sent from the replay window.
+    pub replayed: u64,
+    /// The server starts a new timeline (a new `ref`) with the next frame.
+    pub new_epoch: bool,
+    /// The server's size of the stream after the restart.
+    pub server_size: u64,
 }
 
 /// Things worth telling the user about, reported as they happen.
@@ -99,11 +292,18 @@ pub enum WriterEvent {
     Retrying { error: String, retry_for: Duration },
     /// The writer is writing again after `Retrying` or after a server restart.
     Recovered,
-    /// The server has fewer bytes than it acknowledged: it lost `lost_bytes` (a restart after
-    /// a crash). The stream continues from `server_size`.
-    LostAcknowledged { lost_bytes: u64, server_size: u64 },
-    /// The first frame of the run (or the first after the server lost the whole stream) is
-    /// stored: the stream's reference time in epoch ms, and its size after that frame.
+    /// The stream was reopened after the server forgot it: what it had lost, what is re-sent.
+    Restarted(Restart),
+    /// Audio that will not be in the stream (reported once per contiguous range).
+    Loss(Loss),
+    /// After a restart, the first new audio is stored `lag_us` later than it was captured
+    /// (keep-audio: the outage and the re-sent audio push it back).
+    Lag { lag_us: i64 },
+    /// keep-time on a stream whose timeline was set before this run: its stored times differ
+    /// from the capture times by `offset_us` (kept constant).
+    TimeOffset { offset_us: i64 },
+    /// The first frame of a timeline is stored: the stream's reference time in epoch ms, and
+    /// its size after that frame. Again after the server started a new timeline.
     Reference { ref_ms: i64, size: u64 },
 }
 
@@ -131,19 +331,30 @@ pub enum WriteError {
         stream: String,
         addr: String,
     },
+    /// `takeover` could not claim the stream from a writer that keeps binding it first.
+    TakeoverFailed {
+        stream: String,
+        addr: String,
+        tries: u32,
+    },
     /// The stream grew by bytes this writer did not send.
     ForeignData {
         stream: String,
         addr: String,
         bytes: u64,
     },
-    /// Connection errors outlasted `retry-timeout`; `bytes` of audio were not stored.
+    /// Connection errors outlasted `retry-timeout`: what is known of the audio of this run.
     Unstored {
         stream: String,
+        bytes_per_second: u64,
+        /// Acknowledged (and not known lost).
+        stored: u64,
+        /// A frame sent without an answer: the server may still store it.
+        unknown: u64,
+        /// Never reached the server.
         bytes: u64,
-        seconds: f64,
         retry_for: Duration,
-        last: Error,
+        last: Box<Error>,
     },
     /// Any other error from the client layer (connect failure, server error reply...).
     Client(Error),
@@ -163,6 +374,10 @@ impl WriteError {
     fn is_retryable(&self) -> bool {
         matches!(self, WriteError::Client(e) if e.is_connection_error())
     }
+}
+
+fn secs(bytes: u64, bps: u64) -> f64 {
+    bytes as f64 / bps.max(1) as f64
 }
 
 impl std::fmt::Display for WriteError {
@@ -195,8 +410,19 @@ impl std::fmt::Display for WriteError {
             WriteError::TakenOver { stream, addr } => write!(
                 f,
                 "stream '{stream}' on the RACS server at {addr} was taken over by another writer \
-                 (the server answered \"{STREAM_IN_USE}\" and the stream is open elsewhere); \
-                 this writer stopped"
+                 (the server answered \"{STREAM_IN_USE}\" and the stream is open elsewhere, \
+                 typically by a racssink with takeover=true); this writer stopped. Everything it \
+                 had acknowledged before is stored"
+            ),
+            WriteError::TakeoverFailed {
+                stream,
+                addr,
+                tries,
+            } => write!(
+                f,
+                "takeover=true could not claim stream '{stream}' on the RACS server at {addr}: \
+                 after {tries} tries (CLOSE, OPEN and an immediate frame each) another writer \
+                 still bound it first"
             ),
             WriteError::ForeignData {
                 stream,
@@ -209,16 +435,36 @@ impl std::fmt::Display for WriteError {
             ),
             WriteError::Unstored {
                 stream,
+                bytes_per_second,
+                stored,
+                unknown,
                 bytes,
-                seconds,
                 retry_for,
                 last,
-            } => write!(
-                f,
-                "gave up after {} ms of retrying (retry-timeout): {last}. {seconds:.3} s of audio \
-                 ({bytes} bytes) were not stored in stream '{stream}'",
-                retry_for.as_millis()
-            ),
+            } => {
+                let bps = *bytes_per_second;
+                write!(
+                    f,
+                    "gave up after {} ms of retrying (retry-timeout): {last}. {:.3} s of audio \
+                     ({bytes} bytes) were not stored in stream '{stream}'",
+                    retry_for.as_millis(),
+                    secs(*bytes, bps),
+                )?;
+                if *unknown > 0 {
+                    write!(
+                        f,
+                        "; {:.3} s ({unknown} bytes, the frame in flight when the server stopped \
+                         answering) may or may not be stored: the server did not answer for it \
+                         and may still execute it",
+                        secs(*unknown, bps)
+                    )?;
+                }
+                write!(
+                    f,
+                    "; {:.3} s ({stored} bytes) before that were stored and acknowledged",
+                    secs(*stored, bps)
+                )
+            }
             WriteError::Client(e) => e.fmt(f),
         }
     }
@@ -240,15 +486,16 @@ pub fn chunk_bytes_for(format: &StreamFormat, wanted: usize) -> Result<usize, Wr
     Ok(format.chunk_bytes(wanted).unwrap_or(0).max(min))
 }
 
-/// What a fresh `INFO size` says about a frame whose fate is unknown.
+/// What a fresh `INFO size` says about a frame whose fate is unknown, on a server that kept
+/// running (after a restart the ground truth decides, not INFO).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reconcile {
     /// The server does not have the frame: send it.
     Resend,
     /// The server stored the frame; its acknowledgement was lost.
     Stored,
-    /// The server has `lost` fewer bytes than it acknowledged; send the frame after them.
-    Lost { lost: u64 },
+    /// The server has fewer bytes than acknowledged: it restarted (ground truth needed).
+    Restarted,
     /// The stream holds `extra` bytes this writer never sent.
     Foreign { extra: u64 },
 }
@@ -260,7 +507,7 @@ pub fn reconcile(acked: u64, frame_len: u64, size: u64) -> Reconcile {
     } else if size == acked + frame_len {
         Reconcile::Stored
     } else if size < acked {
-        Reconcile::Lost { lost: acked - size }
+        Reconcile::Restarted
     } else {
         Reconcile::Foreign {
             extra: size - acked,
@@ -281,6 +528,40 @@ pub struct Prepared {
     pub took_over: bool,
 }
 
+/// The outcome of one try at a frame.
+#[derive(Debug)]
+enum Delivery {
+    /// Stored now.
+    Acked { rtt: Duration, ref_ms: Option<i64> },
+    /// An earlier try had stored it (INFO size says so); not sent again.
+    AlreadyStored { ref_ms: Option<i64> },
+    /// The stream had to be opened again: the server restarted (or the stream was closed
+    /// from elsewhere). Nothing was sent; the ground truth comes first.
+    Reopened,
+}
+
+/// What the server holds of this writer's newest blocks after a reopen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Truth {
+    /// INFO size (0 when it fails) and ref (None when it fails) after the restart.
+    size: u64,
+    ref_ms: Option<i64>,
+    /// Newest acknowledged blocks of the current epoch the server no longer has.
+    lost_blocks: u64,
+    /// The frame in doubt (sent, unanswered) is stored.
+    front_stored: bool,
+    /// Bytes missing that no suffix of the newest blocks explains (the count is exact, their
+    /// place is not).
+    unexplained: u64,
+}
+
+/// The frame whose fate the ground truth must settle along with the acknowledged blocks.
+#[derive(Debug, Clone, Copy)]
+struct InDoubt {
+    key: i64,
+    visible: u64,
+}
+
 /// The pieces of a writer an attempt needs, borrowed so the attempt can run on the runtime
 /// while the writer's counters stay with the caller.
 struct Ctx<'a> {
@@ -290,19 +571,6 @@ struct Ctx<'a> {
     session: &'a SessionId,
     timeout: Duration,
     stats: &'a Mutex<WriterStats>,
-}
-
-#[derive(Debug, Default)]
-struct Outcome {
-    /// The frame was already stored (found by INFO size); it was not sent again.
-    already_stored: bool,
-    /// `(lost, server_size)` when the server lost acknowledged data.
-    lost: Option<(u64, u64)>,
-    reopened: bool,
-    /// The server's size after the frame.
-    size_after: u64,
-    rtt: Option<Duration>,
-    ref_ms: Option<i64>,
 }
 
 impl Ctx<'_> {
@@ -329,6 +597,42 @@ impl Ctx<'_> {
         let mut stats = self.stats.lock().unwrap();
         stats.frames_sent += 1;
         stats.bytes_sent += len as u64;
+    }
+
+    /// `CLOSE |> OPEN` in one request (no other request can come between them on the real
+    /// server), then a zero-length frame of this session at once, so the stream is bound to
+    /// this writer before the writer it takes over sends again. Repeated while that writer
+    /// wins the race for the unbound stream.
+    async fn claim(&self, conn: &mut PooledConnection) -> Result<(), WriteError> {
+        let text = format!("CLOSE '{id}' |> OPEN '{id}'", id = self.id);
+        let mut payload = text.into_bytes();
+        payload.push(0);
+        for _ in 0..TAKEOVER_TRIES {
+            match conn.request(&payload).await?.into_value() {
+                Ok(Value::Null) => {}
+                Err(Error::Server(msg)) if msg == "Stream is not open" => {
+                    conn.open(self.id).await?
+                }
+                Err(e) => return Err(e.into()),
+                Ok(other) => {
+                    return Err(Error::Protocol {
+                        addr: self.addr(),
+                        reason: format!("unexpected reply {other:?} to CLOSE |> OPEN"),
+                    }
+                    .into())
+                }
+            }
+            match conn.send_frame(self.session, self.hash, &[]).await {
+                Ok(()) => return Ok(()),
+                Err(Error::Server(msg)) if msg == STREAM_IN_USE => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(WriteError::TakeoverFailed {
+            stream: self.id.to_string(),
+            addr: self.addr(),
+            tries: TAKEOVER_TRIES,
+        })
     }
 
     async fn prepare(
@@ -391,103 +695,317 @@ impl Ctx<'_> {
                         addr: self.addr(),
                     });
                 }
-                conn.close(self.id).await?;
-                conn.open(self.id).await?;
+                self.claim(&mut conn).await?;
                 prepared.took_over = true;
+                // The writer cut off may have appended until the claim.
+                prepared.size = conn.info(self.id, InfoAttr::Size).await?.unwrap_or(0) as u64;
+                prepared.ref_ms = conn.info(self.id, InfoAttr::Ref).await?.unwrap_or(0);
             }
             Err(e) => return Err(e.into()),
         }
         Ok(prepared)
     }
 
-    /// One try at getting `frame` stored. `check` is the acknowledged size when the fate of an
-    /// earlier try is unknown, so INFO size must decide whether to send at all.
+    /// OPEN after a refusal or a size that went down: `Reopened`, or who holds the stream.
+    async fn reopen(&self, conn: &mut PooledConnection) -> Result<Delivery, WriteError> {
+        match conn.open(self.id).await {
+            Ok(()) => Ok(Delivery::Reopened),
+            Err(Error::Server(msg)) if msg == ALREADY_OPEN => {
+                // Open, but for whom? A zero-length frame passes only for this session.
+                match conn.send_frame(self.session, self.hash, &[]).await {
+                    Ok(()) => Ok(Delivery::Reopened),
+                    Err(Error::Server(msg)) if msg == STREAM_IN_USE => Err(self.taken_over()),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// One try at getting `frame` stored. `check`: an earlier try may have stored it, so INFO
+    /// size decides whether to send at all. `sent` is set once the frame may have reached the
+    /// server.
     async fn deliver(
         &self,
         frame: &[u8],
         acked: u64,
         check: bool,
         want_ref: bool,
-    ) -> Result<Outcome, WriteError> {
+        sent: &Cell<bool>,
+    ) -> Result<Delivery, WriteError> {
         let mut conn = self.pool.checkout(self.timeout).await?;
-        let mut out = Outcome::default();
-        let mut base = acked;
         let len = frame.len() as u64;
-        let mut checked = false;
+        let want = |r: Option<i64>| if want_ref { r } else { None };
         if check {
             let size = conn.info(self.id, InfoAttr::Size).await?.unwrap_or(0) as u64;
-            checked = true;
             match reconcile(acked, len, size) {
-                Reconcile::Resend => {}
+                Reconcile::Resend => sent.set(false),
                 Reconcile::Stored => {
-                    out.already_stored = true;
-                    out.size_after = size;
+                    let r = if want_ref {
+                        conn.info(self.id, InfoAttr::Ref).await.ok().flatten()
+                    } else {
+                        None
+                    };
+                    return Ok(Delivery::AlreadyStored { ref_ms: want(r) });
                 }
-                Reconcile::Lost { lost } => {
-                    out.lost = Some((lost, size));
-                    base = size;
-                }
+                Reconcile::Restarted => return self.reopen(&mut conn).await,
                 Reconcile::Foreign { extra } => return Err(self.foreign(extra)),
             }
         }
-        if !out.already_stored {
-            self.count_send(frame.len());
-            let mut started = Instant::now();
-            match conn.send_frame(self.session, self.hash, frame).await {
-                Ok(()) => {}
-                Err(Error::Server(msg)) if msg == STREAM_IN_USE => {
-                    // Not open (the server restarted, or someone closed it) or bound to
-                    // another session. OPEN tells the two apart.
-                    match conn.open(self.id).await {
-                        Ok(()) => out.reopened = true,
-                        Err(Error::Server(msg)) if msg == ALREADY_OPEN => {
-                            return Err(self.taken_over())
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                    if !checked {
-                        // A restart may have lost acknowledged data.
-                        let size = conn.info(self.id, InfoAttr::Size).await?.unwrap_or(0) as u64;
-                        match reconcile(acked, len, size) {
-                            Reconcile::Resend | Reconcile::Stored => {
-                                // The frame was refused, so `size == acked + len` can only
-                                // mean foreign bytes; treat everything above `acked` so.
-                                if size != acked {
-                                    return Err(self.foreign(size - acked));
-                                }
-                            }
-                            Reconcile::Lost { lost } => {
-                                out.lost = Some((lost, size));
-                                base = size;
-                            }
-                            Reconcile::Foreign { extra } => return Err(self.foreign(extra)),
-                        }
-                    }
-                    self.count_send(frame.len());
-                    started = Instant::now();
-                    match conn.send_frame(self.session, self.hash, frame).await {
-                        Ok(()) => {}
-                        Err(Error::Server(msg)) if msg == STREAM_IN_USE => {
-                            return Err(self.taken_over())
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-                Err(e) => return Err(e.into()),
+        self.count_send(frame.len());
+        let started = Instant::now();
+        sent.set(true);
+        match conn.send_frame(self.session, self.hash, frame).await {
+            Ok(()) => {}
+            Err(Error::Server(msg)) if msg == STREAM_IN_USE => {
+                // Refused: certainly not stored. Not open (a restart, or a CLOSE from
+                // elsewhere) or bound to another session; OPEN tells the two apart.
+                sent.set(false);
+                return match conn.open(self.id).await {
+                    Ok(()) => Ok(Delivery::Reopened),
+                    Err(Error::Server(msg)) if msg == ALREADY_OPEN => Err(self.taken_over()),
+                    Err(e) => Err(e.into()),
+                };
             }
-            out.rtt = Some(started.elapsed());
-            out.size_after = base + len;
+            Err(e) => return Err(e.into()),
         }
-        if want_ref {
-            // Best effort: the frame is stored whatever happens here.
-            out.ref_ms = conn.info(self.id, InfoAttr::Ref).await.ok().flatten();
+        let rtt = started.elapsed();
+        // Best effort: the frame is stored whatever happens here.
+        let ref_ms = if want_ref {
+            conn.info(self.id, InfoAttr::Ref).await.ok().flatten()
+        } else {
+            None
+        };
+        Ok(Delivery::Acked { rtt, ref_ms })
+    }
+
+    /// Bytes of this stream EXTRACT returns for `[from, to]`, in the stream's sample width.
+    async fn visible(
+        &self,
+        conn: &mut PooledConnection,
+        format: &StreamFormat,
+        from: i64,
+        to: i64,
+    ) -> Result<u64, WriteError> {
+        if to < from {
+            return Ok(0);
         }
-        Ok(out)
+        let s32 = conn
+            .extract(self.id, from.max(0) as u64, to.max(0) as u64)
+            .await?;
+        Ok((s32.len() / 4 * format.bytes_per_sample()) as u64)
+    }
+
+    /// What the server holds of this writer's newest blocks, after it reopened the stream.
+    ///
+    /// Every block's key is known (the ledger), so an `EXTRACT [from, to]` must return exactly
+    /// the visible bytes of this writer's blocks whose keys lie in the range, and a shortfall
+    /// is the newest blocks (a server loses its in-memory table and the tables it was still
+    /// writing, never older ones). Two traps of the server shape the search:
+    /// - a table on disk is read only if its name, the key of its first entry (often another
+    ///   stream's), lies in `[from, to]`: the probe starts a little before the newest blocks
+    ///   and reaches back further each time (1, 2, 4... blocks, then by time below the
+    ///   timeline's start) until two probes agree on which blocks are missing, so a table that
+    ///   starts before `from` cannot pass for a loss;
+    /// - a table being written is invisible for a moment: a shortfall counts only once it has
+    ///   stayed the same for `settle`.
+    async fn find_truth(
+        &self,
+        ledger: &Ledger,
+        in_doubt: Option<InDoubt>,
+        settle: Duration,
+    ) -> Result<Truth, WriteError> {
+        let format = ledger.format();
+        let mut conn = self.pool.checkout(self.timeout).await?;
+        let size = conn.info(self.id, InfoAttr::Size).await?.unwrap_or(0) as u64;
+        let ref_ms = conn.info(self.id, InfoAttr::Ref).await?;
+        let mut truth = Truth {
+            size,
+            ref_ms,
+            lost_blocks: 0,
+            front_stored: false,
+            unexplained: 0,
+        };
+        let tail = ledger.tail(MAX_CANDIDATES);
+        let mut cands: Vec<(i64, u64)> = tail
+            .iter()
+            .map(|b| (b.key, ledger.visible(u64::from(b.len))))
+            .collect();
+        if let Some(d) = in_doubt {
+            cands.push((d.key, d.visible));
+        }
+        if cands.iter().all(|&(_, v)| v == 0) {
+            return Ok(truth);
+        }
+        let n = cands.len();
+        let newest = cands[n - 1].0;
+        let block_ms = (MAX_BLOCK_BYTES as u64 * 1000 / format.bytes_per_second().max(1)) as i64;
+        // Reaches a little before a block: its table may start with a slightly earlier key.
+        let slack = cands
+            .windows(2)
+            .map(|w| w[1].0 - w[0].0)
+            .max()
+            .unwrap_or(block_ms)
+            .max(1)
+            * 2
+            + 100;
+        let pre_floor = ledger
+            .pre_floor()
+            .or_else(|| ledger.foreign_before().then_some(cands[0].0));
+        let probe = Probe {
+            ctx: self,
+            ledger,
+            cands: &cands,
+            in_doubt,
+            pre_floor,
+            format,
+        };
+        let started = Instant::now();
+        // Steps needed before a probe reaches below the oldest candidate.
+        let steps_in = usize::BITS - (n - 1).leading_zeros();
+        let mut last: Option<(usize, i64, i64)> = None;
+        let mut accepted: Option<(usize, i64, i64)> = None;
+        let mut unexplained = 0;
+        for step in 0..steps_in + 6 {
+            let (from, below) = if step < steps_in {
+                (cands[n - (1usize << step)].0 - slack, false)
+            } else {
+                (cands[0].0 - slack * 4i64.pow(step - steps_in), true)
+            };
+            let from = from.max(0);
+            let to = (newest.max(now_ms()) + 60_000 * 4i64.pow(step.min(4))).clamp(newest, FAR_MS);
+            let (missing, suffix, in_range) = probe.run(&mut conn, from, to).await?;
+            if missing == 0 {
+                accepted = Some((0, from, to));
+                break;
+            }
+            match suffix {
+                // A suffix with a present block before it inside the probe, or all of them
+                // with the probe reaching below the oldest: it must come out twice in a row.
+                Some(s) if s < in_range || below => {
+                    if last.map(|l| l.0) == Some(s) {
+                        accepted = Some((s, from, to));
+                        break;
+                    }
+                    last = Some((s, from, to));
+                }
+                _ => {
+                    last = None;
+                    unexplained = missing;
+                }
+            }
+            if from == 0 {
+                break;
+            }
+        }
+        let Some((mut s, from, to)) = accepted.or(last) else {
+            // No suffix fits: the count is exact, the place is not.
+            truth.unexplained = unexplained;
+            return Ok(truth);
+        };
+        // A table being written hides its blocks for a moment: wait that out before calling
+        // anything lost, and take the answer only once it stays the same.
+        if s > 0 {
+            for round in 0..4 {
+                let pause = if round == 0 {
+                    settle.saturating_sub(started.elapsed())
+                } else {
+                    settle / 2
+                };
+                tokio::time::sleep(pause).await;
+                let (missing, suffix, _) = probe.run(&mut conn, from, to).await?;
+                let again = if missing == 0 { Some(0) } else { suffix };
+                let Some(again) = again else {
+                    truth.unexplained = missing;
+                    return Ok(truth);
+                };
+                if again == s {
+                    break;
+                }
+                s = again;
+                if s == 0 {
+                    break;
+                }
+            }
+        }
+        let doubt = usize::from(in_doubt.is_some());
+        if s == 0 {
+            truth.front_stored = in_doubt.is_some();
+        } else {
+            truth.lost_blocks = (s - doubt) as u64;
+        }
+        Ok(truth)
     }
 }
 
+/// One ground-truth probe's fixed parts.
+struct Probe<'a, 'c> {
+    ctx: &'a Ctx<'c>,
+    ledger: &'a Ledger,
+    /// Keys and visible bytes of the newest blocks of the current epoch, oldest first, and
+    /// the frame in doubt last.
+    cands: &'a [(i64, u64)],
+    in_doubt: Option<InDoubt>,
+    pre_floor: Option<i64>,
+    format: StreamFormat,
+}
+
+impl Probe<'_, '_> {
+    /// The candidates' shortfall in `[from, to]`, the suffix it fits, and how many
+    /// candidates the probe covers.
+    async fn run(
+        &self,
+        conn: &mut PooledConnection,
+        from: i64,
+        to: i64,
+    ) -> Result<(u64, Option<usize>, usize), WriteError> {
+        let mut seen = self.ctx.visible(conn, &self.format, from, to).await?;
+        let lo = match self.pre_floor {
+            Some(p) if from < p => {
+                // Blocks written before this run lie below its first key: take them out.
+                let before = self.ctx.visible(conn, &self.format, from, p - 1).await?;
+                seen = seen.saturating_sub(before);
+                p
+            }
+            _ => from,
+        };
+        let mut expected = self.ledger.expected_from(lo);
+        if let Some(d) = self.in_doubt.filter(|d| d.key >= lo) {
+            expected += d.visible;
+        }
+        let missing = expected.saturating_sub(seen);
+        let in_range = self.cands.iter().filter(|&&(k, _)| k >= lo).count();
+        Ok((missing, missing_suffix(self.cands, lo, missing), in_range))
+    }
+}
+
+/// A frame ready to go; the queue holds them in order.
+#[derive(Debug)]
+struct OutFrame {
+    data: Vec<u8>,
+    /// Capture time of its first sample (µs since the Unix epoch), when known.
+    capture_us: Option<i64>,
+    /// Bytes of the writer's input before it.
+    input: u64,
+    /// Acknowledged once, lost by the server, re-sent from the replay window.
+    replay: bool,
+    /// A zero-length frame that starts the server's new timeline now (keep-time).
+    bind: bool,
+    /// A try may have reached the server without an answer: its fate is unknown.
+    maybe_sent: bool,
+}
+
+/// An acknowledged frame kept in the replay window.
+#[derive(Debug)]
+struct Kept {
+    data: Vec<u8>,
+    capture_us: Option<i64>,
+    input: u64,
+    epoch: usize,
+}
+
 /// Writes one stream. Create it with [`StreamWriter::new`], call [`prepare`] once the format is
-/// known, then [`write`]/[`write_silence`], and [`finish`] at the end.
+/// known, then [`write`]/[`write_at`]/[`write_silence`], and [`finish`] at the end.
 ///
 /// Every network wait runs through [`block_on`] with the writer's [`Canceller`], so it must be
 /// called from a plain thread (never from inside the runtime), and `cancel()` interrupts it at
@@ -495,6 +1013,7 @@ impl Ctx<'_> {
 ///
 /// [`prepare`]: StreamWriter::prepare
 /// [`write`]: StreamWriter::write
+/// [`write_at`]: StreamWriter::write_at
 /// [`write_silence`]: StreamWriter::write_silence
 /// [`finish`]: StreamWriter::finish
 pub struct StreamWriter {
@@ -505,16 +1024,36 @@ pub struct StreamWriter {
     session: SessionId,
     format: Option<StreamFormat>,
     chunk: usize,
-    /// Bytes waiting for a full chunk.
+    /// Bytes waiting for a full chunk, with the input offset and capture time of the first.
     held: Vec<u8>,
-    /// A frame handed to the network whose fate is not known yet.
-    pending: Vec<u8>,
-    has_pending: bool,
-    /// The last try failed or was cancelled half-way: ask INFO size before sending again.
-    suspect: bool,
-    /// The server's size as far as this writer knows (all acknowledged bytes included).
+    held_input: u64,
+    held_capture: Option<i64>,
+    /// Frames to send, in order; the first may be in doubt (`maybe_sent`).
+    queue: VecDeque<OutFrame>,
+    /// The server's size of the stream as far as this writer knows.
     server_size: u64,
+    /// Input bytes taken so far (sent, held or dropped).
+    input: u64,
+    /// The capture time of one input byte, from the last write that gave one.
+    capture_base: Option<(u64, i64)>,
+    ledger: Option<Ledger>,
+    /// The replay window: the newest acknowledged frames, oldest first.
+    kept: VecDeque<Kept>,
+    kept_bytes: u64,
+    window: u64,
+    spare: Vec<Vec<u8>>,
+    /// The server's size and ref are 0: its next frame starts a new timeline.
+    fresh: bool,
+    /// The current timeline's ref was reported.
     ref_reported: bool,
+    /// keep-time: the difference stored - capture (µs) kept constant, once measured.
+    time_offset: Option<i64>,
+    /// After a restart under keep-audio: report the lag of the first new audio stored.
+    lag_pending: bool,
+    /// Consecutive dropped audio not reported yet.
+    drops: Option<Loss>,
+    /// The stream was reopened; the next acknowledgement completes the recovery.
+    recovering: bool,
     open: bool,
     failed: bool,
     stats: Arc<Mutex<WriterStats>>,
@@ -529,8 +1068,9 @@ impl std::fmt::Debug for StreamWriter {
             .field("format", &self.format)
             .field("chunk", &self.chunk)
             .field("held", &self.held.len())
-            .field("has_pending", &self.has_pending)
+            .field("queued", &self.queue.len())
             .field("server_size", &self.server_size)
+            .field("kept_bytes", &self.kept_bytes)
             .field("open", &self.open)
             .field("failed", &self.failed)
             .finish()
@@ -556,11 +1096,23 @@ impl StreamWriter {
             format: None,
             chunk: 0,
             held: Vec::new(),
-            pending: Vec::new(),
-            has_pending: false,
-            suspect: false,
+            held_input: 0,
+            held_capture: None,
+            queue: VecDeque::new(),
             server_size: 0,
+            input: 0,
+            capture_base: None,
+            ledger: None,
+            kept: VecDeque::new(),
+            kept_bytes: 0,
+            window: 0,
+            spare: Vec::new(),
+            fresh: false,
             ref_reported: false,
+            time_offset: None,
+            lag_pending: false,
+            drops: None,
+            recovering: false,
             open: false,
             failed: false,
             stats,
@@ -571,6 +1123,16 @@ impl StreamWriter {
     /// Receives [`WriterEvent`]s, on the thread that called the writer.
     pub fn set_observer(&mut self, observer: impl FnMut(WriterEvent) + Send + 'static) {
         self.observer = Some(Box::new(observer));
+    }
+
+    /// Changes the recovery policy (before the first write: the replay window depends on it).
+    pub fn set_policy(&mut self, policy: RecoveryPolicy) {
+        self.config.policy = policy;
+        self.update_window();
+    }
+
+    pub fn policy(&self) -> RecoveryPolicy {
+        self.config.policy
     }
 
     pub fn session(&self) -> SessionId {
@@ -594,6 +1156,11 @@ impl StreamWriter {
         self.chunk
     }
 
+    /// The replay window in bytes (0 under keep-time, which never re-sends).
+    pub fn replay_window_bytes(&self) -> u64 {
+        self.window
+    }
+
     /// Whether the stream is open for this writer (after `prepare`, before `finish`).
     pub fn is_open(&self) -> bool {
         self.open
@@ -601,12 +1168,7 @@ impl StreamWriter {
 
     /// Bytes accepted but not yet acknowledged by the server.
     pub fn unacked_bytes(&self) -> u64 {
-        (self.held.len()
-            + if self.has_pending {
-                self.pending.len()
-            } else {
-                0
-            }) as u64
+        self.held.len() as u64 + self.queue.iter().map(|f| f.data.len() as u64).sum::<u64>()
     }
 
     /// The server's size of the stream as far as this writer knows.
@@ -635,9 +1197,68 @@ impl StreamWriter {
         }
     }
 
+    fn bps(&self) -> u64 {
+        self.format
+            .map(|f| f.bytes_per_second())
+            .unwrap_or(1)
+            .max(1)
+    }
+
+    fn bpf(&self) -> u64 {
+        self.format.map(|f| f.bytes_per_frame() as u64).unwrap_or(1)
+    }
+
+    fn keep_time(&self) -> bool {
+        self.config.policy == RecoveryPolicy::KeepTime
+    }
+
+    fn update_window(&mut self) {
+        self.window = match self.format {
+            Some(format) if !self.keep_time() => {
+                self.config.replay_window.bytes(&format, self.chunk)
+            }
+            _ => 0,
+        };
+        self.trim_window();
+    }
+
+    /// The capture time of input byte `at`, when the input carries capture times.
+    fn capture_of(&self, at: u64) -> Option<i64> {
+        let (base_at, base_us) = self.capture_base?;
+        let delta = (at as i128 - base_at as i128) * 1_000_000 / self.bps() as i128;
+        Some(base_us + delta as i64)
+    }
+
+    /// The current timeline's ref, when known.
+    fn current_ref(&self) -> Option<i64> {
+        let ledger = self.ledger.as_ref()?;
+        ledger.epoch(ledger.current()).ref_ms
+    }
+
+    /// The time (µs) the server gives the byte stored after `size` bytes of the current
+    /// timeline (its block's key when a block starts there).
+    fn stored_us(&self, size: u64) -> Option<i64> {
+        let r = self.current_ref()?;
+        Some(r * 1000 + (u128::from(size) * 1_000_000 / u128::from(self.bps())) as i64)
+    }
+
+    fn take_buffer(&mut self) -> Vec<u8> {
+        let mut v = self.spare.pop().unwrap_or_default();
+        v.clear();
+        v.reserve(self.chunk);
+        v
+    }
+
+    fn recycle(&mut self, mut v: Vec<u8>) {
+        if self.spare.len() < 4 && v.capacity() <= 2 * MAX_BLOCK_BYTES {
+            v.clear();
+            self.spare.push(v);
+        }
+    }
+
     /// Creates the stream if needed (and allowed), checks an existing stream's format, and
-    /// opens it. One try, bounded by `timeout` per request: a server that is down is reported
-    /// at once, not retried.
+    /// opens it (claiming it at once with `takeover`). One try, bounded by `timeout` per
+    /// request: a server that is down is reported at once, not retried.
     pub fn prepare(&mut self, format: StreamFormat) -> Result<Prepared, WriteError> {
         if self.open {
             if self.format == Some(format) {
@@ -663,12 +1284,23 @@ impl StreamWriter {
         self.format = Some(format);
         self.chunk = chunk;
         self.held.reserve(chunk);
-        self.pending.reserve(chunk);
         self.server_size = prepared.size;
+        let ref_ms = (prepared.ref_ms != 0).then_some(prepared.ref_ms);
+        let mut ledger = Ledger::new(format, prepared.created);
+        ledger.begin_epoch(ref_ms);
+        self.ledger = Some(ledger);
+        self.fresh = prepared.size == 0 && ref_ms.is_none();
+        self.ref_reported = false;
+        self.time_offset = None;
+        self.lag_pending = false;
+        for k in std::mem::take(&mut self.kept) {
+            self.recycle(k.data);
+        }
+        self.kept_bytes = 0;
         self.open = true;
         self.failed = false;
-        self.suspect = false;
         self.stats.lock().unwrap().bytes_per_second = format.bytes_per_second();
+        self.update_window();
         Ok(prepared)
     }
 
@@ -686,64 +1318,186 @@ impl StreamWriter {
         Ok(())
     }
 
-    /// Appends PCM; every full chunk is sent and acknowledged before this returns.
-    pub fn write(&mut self, mut pcm: &[u8]) -> Result<(), WriteError> {
+    /// Appends PCM that continues the previous write; every full chunk is sent and
+    /// acknowledged before this returns.
+    pub fn write(&mut self, pcm: &[u8]) -> Result<(), WriteError> {
+        self.write_at(pcm, None)
+    }
+
+    /// Appends PCM whose first sample was captured at `capture_us` (wall clock, µs since the
+    /// Unix epoch; `None`: it continues the previous write). Under keep-time the capture times
+    /// decide what is too late to store.
+    pub fn write_at(&mut self, pcm: &[u8], capture_us: Option<i64>) -> Result<(), WriteError> {
         self.ensure_writable()?;
-        self.deliver_pending(true)
+        if let Some(c) = capture_us {
+            self.capture_base = Some((self.input, c));
+        }
+        self.pump(true)
             .map_err(|e| self.add_unstored(e, pcm.len()))?;
+        let mut pcm = pcm;
+        if self.keep_time() && self.capture_base.is_some() {
+            if self.fresh && self.queue.is_empty() {
+                // Start the server's timeline now, at the live edge, instead of at the arrival
+                // of the first full frame (a chunk later than its first sample).
+                self.push_bind();
+                self.pump(true)
+                    .map_err(|e| self.add_unstored(e, pcm.len()))?;
+            }
+            let late = self.late_bytes(pcm.len() as u64);
+            if late > 0 {
+                let from_held = self.drop_unsent(late);
+                let rest = ((late - from_held) as usize).min(pcm.len());
+                if rest > 0 {
+                    let (input, capture) = (self.input, self.capture_of(self.input));
+                    self.note_drop(input, capture, rest as u64);
+                    self.input += rest as u64;
+                    pcm = &pcm[rest..];
+                }
+            } else {
+                self.flush_drops();
+            }
+        }
         while !pcm.is_empty() {
-            if self.held.is_empty() && pcm.len() >= self.chunk && !self.suspect {
-                // A whole chunk in the caller's buffer goes out without being copied first.
-                let (frame, rest) = pcm.split_at(self.chunk);
-                self.send_direct(frame)
-                    .map_err(|e| self.add_unstored(e, rest.len()))?;
-                pcm = rest;
-                continue;
+            if self.held.is_empty() {
+                self.held_input = self.input;
+                self.held_capture = self.capture_of(self.input);
             }
             let take = (self.chunk - self.held.len()).min(pcm.len());
             self.held.extend_from_slice(&pcm[..take]);
+            self.input += take as u64;
             pcm = &pcm[take..];
             if self.held.len() == self.chunk {
-                self.send_held(true)
+                self.queue_held();
+                self.pump(true)
                     .map_err(|e| self.add_unstored(e, pcm.len()))?;
             }
         }
         Ok(())
     }
 
-    /// One try at sending `frame` from where it is; if that fails it becomes the pending
-    /// frame (copied) and recovers like any other.
-    fn send_direct(&mut self, frame: &[u8]) -> Result<(), WriteError> {
-        debug_assert!(!self.has_pending && !self.suspect);
-        let want_ref = !self.ref_reported;
-        let ctx = self.ctx();
-        let acked = self.server_size;
-        match run(&self.canceller, async {
-            ctx.deliver(frame, acked, false, want_ref).await
-        }) {
-            Ok(out) => {
-                self.apply(out, false, frame.len() as u64);
-                Ok(())
-            }
-            Err(e) => {
-                self.pending.clear();
-                self.pending.extend_from_slice(frame);
-                self.has_pending = true;
-                match e {
-                    WriteError::Cancelled => {
-                        self.suspect = true;
-                        Err(WriteError::Cancelled)
-                    }
-                    e if e.is_retryable() => {
-                        self.suspect = true;
-                        self.deliver_pending(true)
-                    }
-                    e => {
-                        self.failed = true;
-                        Err(e)
-                    }
+    /// Moves what is held into the queue as one frame.
+    fn queue_held(&mut self) {
+        let mut data = self.take_buffer();
+        std::mem::swap(&mut data, &mut self.held);
+        self.queue.push_back(OutFrame {
+            data,
+            capture_us: self.held_capture,
+            input: self.held_input,
+            replay: false,
+            bind: false,
+            maybe_sent: false,
+        });
+    }
+
+    fn push_bind(&mut self) {
+        self.queue.push_front(OutFrame {
+            data: Vec::new(),
+            capture_us: None,
+            input: self.input,
+            replay: false,
+            bind: true,
+            maybe_sent: false,
+        });
+    }
+
+    /// keep-time: bytes at the head of what is not stored yet (queued, held, then `incoming`
+    /// bytes of the current write) that are too late to be stored near their capture time.
+    fn late_bytes(&mut self, incoming: u64) -> u64 {
+        let queued: u64 = self.queue.iter().map(|f| f.data.len() as u64).sum();
+        let (first_input, capture) = match self.queue.iter().find(|f| !f.bind) {
+            Some(f) => (f.input, f.capture_us),
+            None if !self.held.is_empty() => (self.held_input, self.held_capture),
+            None => (self.input, self.capture_of(self.input)),
+        };
+        let _ = first_input;
+        let (Some(capture), Some(stored)) = (capture, self.stored_us(self.server_size)) else {
+            return 0;
+        };
+        let lag = stored - capture;
+        let max = KEEP_TIME_MAX_LAG.as_micros() as i64;
+        let offset = match self.time_offset {
+            Some(o) => o,
+            None => {
+                // A timeline set before this run: keep its difference from capture constant.
+                let o = if lag.abs() > max { lag } else { 0 };
+                self.time_offset = Some(o);
+                if o != 0 {
+                    self.emit(WriterEvent::TimeOffset { offset_us: o });
                 }
+                o
             }
+        };
+        let excess = lag - offset;
+        if excess <= max {
+            return 0;
+        }
+        let bpf = self.bpf();
+        let bytes = (i128::from(excess) * i128::from(self.bps()) / 1_000_000) as u64 / bpf * bpf;
+        bytes.min(queued + self.held.len() as u64 + incoming / bpf * bpf)
+    }
+
+    /// Drops `n` bytes from the front of the queued (not re-sent) frames and then of what is
+    /// held, reporting them; returns how many were dropped.
+    fn drop_unsent(&mut self, n: u64) -> u64 {
+        let mut left = n;
+        let bps = self.bps();
+        while left > 0 {
+            let Some(i) = self.queue.iter().position(|f| !f.bind && !f.replay) else {
+                break;
+            };
+            let f = &mut self.queue[i];
+            let take = left.min(f.data.len() as u64) as usize;
+            let (input, capture) = (f.input, f.capture_us);
+            f.data.drain(..take);
+            f.input += take as u64;
+            f.capture_us = f
+                .capture_us
+                .map(|c| c + (take as u64 * 1_000_000 / bps) as i64);
+            if f.data.is_empty() {
+                let f = self.queue.remove(i).expect("found above");
+                self.recycle(f.data);
+            }
+            self.note_drop(input, capture, take as u64);
+            left -= take as u64;
+        }
+        if left > 0 && !self.held.is_empty() {
+            let take = left.min(self.held.len() as u64) as usize;
+            let (input, capture) = (self.held_input, self.held_capture);
+            self.held.drain(..take);
+            self.held_input += take as u64;
+            self.held_capture = capture.map(|c| c + (take as u64 * 1_000_000 / bps) as i64);
+            self.note_drop(input, capture, take as u64);
+            left -= take as u64;
+        }
+        n - left
+    }
+
+    /// Records dropped audio, merging it with the previous drop when they touch.
+    fn note_drop(&mut self, input: u64, capture: Option<i64>, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
+        self.stats.lock().unwrap().dropped_bytes += bytes;
+        if let Some(d) = self.drops.as_mut() {
+            if d.input_offset + d.bytes == input {
+                d.bytes += bytes;
+                return;
+            }
+        }
+        self.flush_drops();
+        self.drops = Some(Loss {
+            kind: LossKind::Dropped,
+            bytes,
+            duration_ns: 0,
+            start_us: capture.unwrap_or(0),
+            input_offset: input,
+        });
+    }
+
+    fn flush_drops(&mut self) {
+        if let Some(mut d) = self.drops.take() {
+            d.duration_ns = (u128::from(d.bytes) * 1_000_000_000 / u128::from(self.bps())) as u64;
+            self.emit(WriterEvent::Loss(d));
         }
     }
 
@@ -752,37 +1506,48 @@ impl StreamWriter {
         match err {
             WriteError::Unstored {
                 stream,
+                bytes_per_second,
+                stored,
+                unknown,
                 bytes,
                 retry_for,
                 last,
-                ..
-            } => {
-                let bytes = bytes + rest as u64;
-                let bps = self.format.map(|f| f.bytes_per_second()).unwrap_or(1);
-                WriteError::Unstored {
-                    stream,
-                    bytes,
-                    seconds: bytes as f64 / bps as f64,
-                    retry_for,
-                    last,
-                }
-            }
+            } => WriteError::Unstored {
+                stream,
+                bytes_per_second,
+                stored,
+                unknown,
+                bytes: bytes + rest as u64,
+                retry_for,
+                last,
+            },
             other => other,
         }
     }
 
-    /// Appends `bytes` of silence (zero samples); counted in the stats.
-    pub fn write_silence(&mut self, bytes: u64) -> Result<(), WriteError> {
+    /// Appends `bytes` of silence (zero samples) captured from `capture_us` on (or continuing
+    /// the input); counted in the stats.
+    pub fn write_silence_at(
+        &mut self,
+        bytes: u64,
+        capture_us: Option<i64>,
+    ) -> Result<(), WriteError> {
         self.ensure_writable()?;
         self.stats.lock().unwrap().silence_bytes += bytes;
         const ZEROS: [u8; 4096] = [0; 4096];
         let mut left = bytes;
+        let mut capture = capture_us;
         while left > 0 {
             let n = left.min(ZEROS.len() as u64) as usize;
-            self.write(&ZEROS[..n])?;
+            self.write_at(&ZEROS[..n], capture.take())?;
             left -= n as u64;
         }
         Ok(())
+    }
+
+    /// Appends `bytes` of silence continuing the input.
+    pub fn write_silence(&mut self, bytes: u64) -> Result<(), WriteError> {
+        self.write_silence_at(bytes, None)
     }
 
     /// Sends what is held (a partial last frame may be shorter than 1 ms) and CLOSEs the
@@ -793,9 +1558,11 @@ impl StreamWriter {
             self.open = false;
             return Ok(());
         }
-        self.deliver_pending(retry)?;
+        self.flush_drops();
+        self.pump(retry)?;
         if !self.held.is_empty() {
-            self.send_held(retry)?;
+            self.queue_held();
+            self.pump(retry)?;
         }
         self.close(retry)?;
         self.open = false;
@@ -836,123 +1603,461 @@ impl StreamWriter {
         .map_err(WriteError::from)
     }
 
-    fn send_held(&mut self, retry: bool) -> Result<(), WriteError> {
-        debug_assert!(!self.has_pending);
-        std::mem::swap(&mut self.held, &mut self.pending);
-        self.held.clear();
-        self.has_pending = true;
-        self.deliver_pending(retry)
-    }
-
-    /// Gets the pending frame stored, reconnecting within the retry policy.
-    fn deliver_pending(&mut self, retry: bool) -> Result<(), WriteError> {
-        if !self.has_pending {
-            return Ok(());
-        }
-        let budget = if retry {
+    /// Sends the queued frames, reconnecting and recovering within the retry policy.
+    fn pump(&mut self, retry: bool) -> Result<(), WriteError> {
+        let mut retrier = Retrier::new(if retry {
             self.config.retry_timeout
         } else {
             Duration::ZERO
-        };
-        let mut deadline = None;
-        let mut failures = 0u32;
-        let mut backoff = FIRST_BACKOFF;
-        loop {
+        });
+        while let Some(front) = self.queue.front() {
             let want_ref = !self.ref_reported;
+            let check = front.maybe_sent && !front.bind;
+            let sent = Cell::new(front.maybe_sent);
+            if let Some(ledger) = self.ledger.as_mut() {
+                ledger.note_sent(now_ms());
+            }
             let ctx = self.ctx();
+            let front = self.queue.front().expect("checked above");
             let result = run(&self.canceller, async {
-                ctx.deliver(&self.pending, self.server_size, self.suspect, want_ref)
+                ctx.deliver(&front.data, self.server_size, check, want_ref, &sent)
                     .await
             });
+            if let Some(front) = self.queue.front_mut() {
+                front.maybe_sent = sent.get() && !front.bind;
+            }
             match result {
-                Ok(out) => {
-                    let len = self.pending.len() as u64;
-                    self.has_pending = false;
-                    self.pending.clear();
-                    self.apply(out, failures > 0, len);
-                    return Ok(());
+                Ok(Delivery::Acked { rtt, ref_ms }) => {
+                    self.ack_front(Some(rtt), ref_ms, retrier.failures > 0);
+                    retrier = retrier.restart();
                 }
-                Err(WriteError::Cancelled) => {
-                    self.suspect = true;
-                    return Err(WriteError::Cancelled);
+                Ok(Delivery::AlreadyStored { ref_ms }) => {
+                    self.ack_front(None, ref_ms, retrier.failures > 0);
+                    retrier = retrier.restart();
                 }
-                Err(e) if e.is_retryable() => {
-                    self.suspect = true;
-                    failures += 1;
-                    let now = Instant::now();
-                    let deadline = *deadline.get_or_insert(now + budget);
-                    if now >= deadline {
-                        self.failed = true;
-                        let bytes = self.unacked_bytes();
-                        let bps = self.format.map(|f| f.bytes_per_second()).unwrap_or(1);
-                        let WriteError::Client(last) = e else {
-                            unreachable!("retryable errors are client errors")
-                        };
-                        return Err(WriteError::Unstored {
-                            stream: self.config.stream_id.clone(),
-                            bytes,
-                            seconds: bytes as f64 / bps as f64,
-                            retry_for: budget,
-                            last,
-                        });
-                    }
-                    if failures == 1 {
-                        self.emit(WriterEvent::Retrying {
-                            error: e.to_string(),
-                            retry_for: budget,
-                        });
-                    }
-                    self.pause(&mut backoff, deadline)?;
+                Ok(Delivery::Reopened) => {
+                    self.recover(&mut retrier)?;
                 }
-                Err(e) => {
+                Err(e) => self.on_failure(e, &mut retrier)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// A failed try: retried within the budget, or the error that ends the run.
+    fn on_failure(&mut self, e: WriteError, retrier: &mut Retrier) -> Result<(), WriteError> {
+        match e {
+            WriteError::Cancelled => Err(WriteError::Cancelled),
+            e if e.is_retryable() => {
+                if retrier.failed() {
                     self.failed = true;
-                    return Err(e);
+                    let WriteError::Client(last) = e else {
+                        unreachable!("retryable errors are client errors")
+                    };
+                    return Err(self.give_up(last, retrier.budget));
                 }
+                if retrier.failures == 1 {
+                    self.emit(WriterEvent::Retrying {
+                        error: e.to_string(),
+                        retry_for: retrier.budget,
+                    });
+                }
+                let deadline = retrier.deadline.expect("set by failed()");
+                self.pause(&mut retrier.backoff, deadline)
+            }
+            e => {
+                self.failed = true;
+                Err(e)
             }
         }
     }
 
-    fn apply(&mut self, out: Outcome, after_failures: bool, len: u64) {
-        self.suspect = false;
+    /// The error after the retries ran out: what is stored, unknown, and not stored.
+    fn give_up(&mut self, last: Error, retry_for: Duration) -> WriteError {
+        self.flush_drops();
+        let mut unknown = 0;
+        let mut bytes = self.held.len() as u64;
+        let mut replays = 0;
+        for (i, f) in self.queue.iter().enumerate() {
+            if i == 0 && f.maybe_sent {
+                unknown += f.data.len() as u64;
+            } else {
+                bytes += f.data.len() as u64;
+            }
+            if f.replay {
+                replays += f.data.len() as u64;
+            }
+        }
+        let stored = {
+            let mut stats = self.stats.lock().unwrap();
+            // Re-sends that will not happen: acknowledged audio the stream does not have.
+            stats.lost_acked_bytes += replays;
+            stats.bytes_acked.saturating_sub(stats.lost_acked_bytes)
+        };
+        WriteError::Unstored {
+            stream: self.config.stream_id.clone(),
+            bytes_per_second: self.bps(),
+            stored,
+            unknown,
+            bytes,
+            retry_for,
+            last: Box::new(last),
+        }
+    }
+
+    /// The front frame is stored: into the ledger and the replay window.
+    fn ack_front(&mut self, rtt: Option<Duration>, ref_ms: Option<i64>, after_failures: bool) {
+        let f = self.queue.pop_front().expect("a front frame");
+        let len = f.data.len() as u64;
+        let offset = self.server_size;
         {
             let mut stats = self.stats.lock().unwrap();
-            stats.frames_acked += 1;
-            stats.bytes_acked += len;
-            if let Some((lost, _)) = out.lost {
-                stats.lost_acked_bytes += lost;
+            if len > 0 {
+                stats.frames_acked += 1;
+                if f.replay {
+                    stats.replayed_bytes += len;
+                } else {
+                    stats.bytes_acked += len;
+                }
             }
-            if after_failures || out.reopened {
+            if after_failures || self.recovering {
                 stats.reconnects += 1;
             }
-            if let Some(rtt) = out.rtt {
+            if let Some(rtt) = rtt.filter(|_| len > 0) {
                 let us = rtt.as_micros() as u64;
                 stats.rtt_total_us += us;
                 stats.rtt_max_us = stats.rtt_max_us.max(us);
             }
         }
-        if let Some((lost_bytes, server_size)) = out.lost {
-            self.emit(WriterEvent::LostAcknowledged {
-                lost_bytes,
-                server_size,
-            });
-            if server_size == 0 {
-                // The server starts a new timeline (a new ref) with the next frame.
-                self.ref_reported = false;
-            }
-        }
-        self.server_size = out.size_after;
-        if after_failures || out.reopened {
+        self.server_size += len;
+        self.fresh = false;
+        if after_failures || self.recovering {
+            self.recovering = false;
             self.emit(WriterEvent::Recovered);
         }
-        if let Some(ref_ms) = out.ref_ms {
-            if !self.ref_reported {
-                self.ref_reported = true;
-                self.emit(WriterEvent::Reference {
-                    ref_ms,
-                    size: self.server_size,
-                });
+        if let (Some(r), Some(ledger)) = (ref_ms, self.ledger.as_mut()) {
+            let e = ledger.current();
+            if ledger.epoch(e).ref_ms.is_none() {
+                ledger.set_ref(e, r);
             }
         }
+        if let Some(r) = ref_ms.filter(|_| !self.ref_reported) {
+            self.ref_reported = true;
+            self.emit(WriterEvent::Reference {
+                ref_ms: r,
+                size: self.server_size,
+            });
+        }
+        if len > 0 {
+            let ledger = self.ledger.as_mut().expect("open");
+            ledger.push(offset, f.input, len as u32);
+            let epoch = ledger.current();
+            if self.lag_pending && !f.replay {
+                self.lag_pending = false;
+                if let (Some(stored), Some(capture)) = (self.stored_us(offset), f.capture_us) {
+                    self.emit(WriterEvent::Lag {
+                        lag_us: stored - capture,
+                    });
+                }
+            }
+            self.keep(f.data, f.capture_us, f.input, epoch);
+        } else if f.bind && self.keep_time() {
+            self.realign();
+        }
+    }
+
+    /// Keeps an acknowledged frame in the replay window (or recycles it).
+    fn keep(&mut self, data: Vec<u8>, capture_us: Option<i64>, input: u64, epoch: usize) {
+        if self.window == 0 {
+            self.recycle(data);
+            return;
+        }
+        self.kept_bytes += data.len() as u64;
+        self.kept.push_back(Kept {
+            data,
+            capture_us,
+            input,
+            epoch,
+        });
+        self.trim_window();
+    }
+
+    fn trim_window(&mut self) {
+        while let Some(front) = self.kept.front() {
+            let len = front.data.len() as u64;
+            if self.kept_bytes - len < self.window && self.window > 0 {
+                break;
+            }
+            let k = self.kept.pop_front().expect("front exists");
+            self.kept_bytes -= len;
+            self.recycle(k.data);
+        }
+    }
+
+    /// keep-time after the timeline moved (a restart): drops what is queued or held and can
+    /// no longer be stored near its capture time.
+    fn realign(&mut self) {
+        let late = self.late_bytes(0);
+        if late > 0 {
+            self.drop_unsent(late);
+            self.rechunk();
+        }
+        self.flush_drops();
+    }
+
+    /// After a partial drop: what is queued (not re-sent) and held, cut into whole chunks
+    /// again, so the timeline keeps its fixed block size.
+    fn rechunk(&mut self) {
+        let mut fresh: VecDeque<OutFrame> = VecDeque::new();
+        let mut keep = VecDeque::new();
+        for f in self.queue.drain(..) {
+            if f.bind || f.replay {
+                keep.push_back(f);
+            } else {
+                fresh.push_back(f);
+            }
+        }
+        self.queue = keep;
+        if fresh.is_empty() {
+            return;
+        }
+        let first = fresh.front().expect("not empty");
+        let (input, capture) = (first.input, first.capture_us);
+        let mut bytes: Vec<u8> = Vec::new();
+        for f in fresh {
+            bytes.extend_from_slice(&f.data);
+            self.recycle(f.data);
+        }
+        bytes.extend_from_slice(&self.held);
+        self.held.clear();
+        let bps = self.bps();
+        let mut at = 0;
+        while bytes.len() - at >= self.chunk {
+            let mut data = self.take_buffer();
+            data.extend_from_slice(&bytes[at..at + self.chunk]);
+            self.queue.push_back(OutFrame {
+                data,
+                capture_us: capture.map(|c| c + (at as u64 * 1_000_000 / bps) as i64),
+                input: input + at as u64,
+                replay: false,
+                bind: false,
+                maybe_sent: false,
+            });
+            at += self.chunk;
+        }
+        self.held.extend_from_slice(&bytes[at..]);
+        self.held_input = input + at as u64;
+        self.held_capture = capture.map(|c| c + (at as u64 * 1_000_000 / bps) as i64);
+    }
+
+    /// The stream had to be reopened: establish what the server holds, report and re-send
+    /// what it lost, and move to its new timeline.
+    fn recover(&mut self, retrier: &mut Retrier) -> Result<(), WriteError> {
+        let in_doubt = match (self.queue.front(), self.ledger.as_ref()) {
+            (Some(f), Some(ledger)) if f.maybe_sent && !f.data.is_empty() => Some(InDoubt {
+                key: ledger.key(ledger.current(), self.server_size),
+                visible: ledger.visible(f.data.len() as u64),
+            }),
+            _ => None,
+        };
+        let truth = loop {
+            let ctx = self.ctx();
+            let ledger = self.ledger.as_ref().expect("open");
+            let settle = self.config.settle;
+            match run(&self.canceller, async {
+                ctx.find_truth(ledger, in_doubt, settle).await
+            }) {
+                Ok(truth) => break truth,
+                Err(e) => self.on_failure(e, retrier)?,
+            }
+        };
+        self.apply_truth(truth);
+        Ok(())
+    }
+
+    fn apply_truth(&mut self, truth: Truth) {
+        let bps = self.bps();
+        // The frame in doubt first: it came after every acknowledged block.
+        if truth.front_stored {
+            self.ack_front(None, None, false);
+        } else if let Some(f) = self.queue.front_mut() {
+            f.maybe_sent = false;
+        }
+        let ledger = self.ledger.as_mut().expect("open");
+        let lost = ledger.mark_lost_tail(truth.lost_blocks);
+        let server_lost: u64 =
+            lost.iter().map(|b| u64::from(b.len)).sum::<u64>() + truth.unexplained;
+        // What the window still holds of them is re-sent (keep-audio), newest last.
+        let mut replay: VecDeque<Kept> = VecDeque::new();
+        let mut unreplayed = lost.len();
+        if !self.keep_time() {
+            while unreplayed > 0 {
+                let b = lost[unreplayed - 1];
+                match self.kept.back() {
+                    Some(k)
+                        if k.epoch == b.epoch
+                            && k.input == b.input
+                            && k.data.len() as u64 == u64::from(b.len) =>
+                    {
+                        let k = self.kept.pop_back().expect("checked");
+                        self.kept_bytes -= k.data.len() as u64;
+                        replay.push_front(k);
+                        unreplayed -= 1;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        // Lost blocks still in the window are of no use now.
+        while let Some(k) = self.kept.back() {
+            if lost[..unreplayed]
+                .iter()
+                .any(|b| b.epoch == k.epoch && b.input == k.input)
+            {
+                let k = self.kept.pop_back().expect("checked");
+                self.kept_bytes -= k.data.len() as u64;
+                self.recycle(k.data);
+            } else {
+                break;
+            }
+        }
+        let replayed: u64 = replay.iter().map(|k| k.data.len() as u64).sum();
+        let mut losses = coalesce(&lost[..unreplayed], bps);
+        if truth.unexplained > 0 {
+            // Bytes missing in no place the search could pin down: reported at the newest
+            // block still counted present.
+            let at = self
+                .ledger
+                .as_ref()
+                .and_then(|l| l.tail(1).first().copied());
+            losses.push(Loss {
+                kind: LossKind::Lost,
+                bytes: truth.unexplained,
+                duration_ns: (u128::from(truth.unexplained) * 1_000_000_000 / u128::from(bps))
+                    as u64,
+                start_us: at.map(|b| b.key * 1000).unwrap_or(0),
+                input_offset: at.map(|b| b.input).unwrap_or(0),
+            });
+        }
+        {
+            let mut stats = self.stats.lock().unwrap();
+            stats.server_lost_bytes += server_lost;
+            stats.lost_acked_bytes += losses.iter().map(|l| l.bytes).sum::<u64>();
+        }
+        // The server's timeline from here on.
+        let ledger = self.ledger.as_mut().expect("open");
+        let current_ref = ledger.epoch(ledger.current()).ref_ms;
+        let new_epoch = if truth.size == 0 && truth.ref_ms.is_none() {
+            ledger.begin_epoch(None);
+            self.fresh = true;
+            true
+        } else if truth.ref_ms.is_some() && truth.ref_ms != current_ref {
+            ledger.begin_epoch(truth.ref_ms);
+            self.fresh = false;
+            true
+        } else {
+            false
+        };
+        if new_epoch {
+            self.ref_reported = false;
+            if self.keep_time() {
+                self.time_offset = Some(0);
+            }
+        }
+        self.server_size = truth.size;
+        for k in replay.into_iter().rev() {
+            self.queue.push_front(OutFrame {
+                data: k.data,
+                capture_us: k.capture_us,
+                input: k.input,
+                replay: true,
+                bind: false,
+                maybe_sent: false,
+            });
+        }
+        self.emit(WriterEvent::Restarted(Restart {
+            server_lost,
+            replayed,
+            new_epoch,
+            server_size: truth.size,
+        }));
+        for loss in losses {
+            self.emit(WriterEvent::Loss(loss));
+        }
+        if self.keep_time() {
+            if self.fresh && self.capture_base.is_some() {
+                self.push_bind();
+            } else {
+                self.realign();
+            }
+        } else {
+            self.lag_pending = true;
+        }
+        self.recovering = true;
+    }
+}
+
+/// Contiguous lost blocks as loss ranges.
+fn coalesce(blocks: &[Block], bps: u64) -> Vec<Loss> {
+    let mut out: Vec<Loss> = Vec::new();
+    let mut prev: Option<Block> = None;
+    for b in blocks {
+        let len = u64::from(b.len);
+        match (out.last_mut(), prev) {
+            (Some(l), Some(p))
+                if p.epoch == b.epoch
+                    && p.offset + u64::from(p.len) == b.offset
+                    && p.input + u64::from(p.len) == b.input =>
+            {
+                l.bytes += len;
+            }
+            _ => out.push(Loss {
+                kind: LossKind::Lost,
+                bytes: len,
+                duration_ns: 0,
+                start_us: b.key * 1000,
+                input_offset: b.input,
+            }),
+        }
+        prev = Some(*b);
+    }
+    for l in &mut out {
+        l.duration_ns = (u128::from(l.bytes) * 1_000_000_000 / u128::from(bps.max(1))) as u64;
+    }
+    out
+}
+
+/// The retry budget of one frame: reconnect with backoff until `budget` has passed since
+/// the first failure.
+#[derive(Debug)]
+struct Retrier {
+    budget: Duration,
+    deadline: Option<Instant>,
+    failures: u32,
+    backoff: Duration,
+}
+
+impl Retrier {
+    fn new(budget: Duration) -> Self {
+        Retrier {
+            budget,
+            deadline: None,
+            failures: 0,
+            backoff: FIRST_BACKOFF,
+        }
+    }
+
+    /// A fresh budget for the next frame.
+    fn restart(&self) -> Self {
+        Retrier::new(self.budget)
+    }
+
+    /// Counts a failure; true once the budget is spent.
+    fn failed(&mut self) -> bool {
+        self.failures += 1;
+        let now = Instant::now();
+        let deadline = *self.deadline.get_or_insert(now + self.budget);
+        now >= deadline
     }
 }
 
@@ -973,8 +2078,8 @@ mod tests {
     fn reconcile_decides_from_the_servers_size() {
         assert_eq!(reconcile(1000, 100, 1000), Reconcile::Resend);
         assert_eq!(reconcile(1000, 100, 1100), Reconcile::Stored);
-        assert_eq!(reconcile(1000, 100, 0), Reconcile::Lost { lost: 1000 });
-        assert_eq!(reconcile(1000, 100, 400), Reconcile::Lost { lost: 600 });
+        assert_eq!(reconcile(1000, 100, 0), Reconcile::Restarted);
+        assert_eq!(reconcile(1000, 100, 400), Reconcile::Restarted);
         assert_eq!(reconcile(1000, 100, 1050), Reconcile::Foreign { extra: 50 });
         assert_eq!(
             reconcile(1000, 100, 5000),
@@ -1028,17 +2133,41 @@ mod tests {
         assert!(e.contains("'s'") && e.contains("h:1") && e.contains("create-if-missing"));
         let e = WriteError::Unstored {
             stream: "s".into(),
+            bytes_per_second: 176400,
+            stored: 352800,
+            unknown: 0,
             bytes: 17640,
-            seconds: 0.1,
             retry_for: Duration::from_millis(250),
-            last: Error::Connect {
+            last: Box::new(Error::Connect {
                 addr: "h:1".into(),
                 reason: "refused".into(),
-            },
+            }),
         }
         .to_string();
         assert!(
-            e.contains("0.100 s") && e.contains("17640 bytes") && e.contains("250 ms"),
+            e.contains("0.100 s of audio (17640 bytes) were not stored in stream 's'")
+                && e.contains("250 ms")
+                && e.contains("2.000 s (352800 bytes) before that were stored"),
+            "{e}"
+        );
+        assert!(!e.contains("may or may not"), "{e}");
+        let e = WriteError::Unstored {
+            stream: "s".into(),
+            bytes_per_second: 176400,
+            stored: 0,
+            unknown: 32768,
+            bytes: 100,
+            retry_for: Duration::from_millis(250),
+            last: Box::new(Error::Timeout {
+                addr: "h:1".into(),
+                what: "a frame".into(),
+                after: Duration::from_millis(100),
+            }),
+        }
+        .to_string();
+        assert!(
+            e.contains("32768 bytes, the frame in flight")
+                && e.contains("may or may not be stored"),
             "{e}"
         );
     }
@@ -1051,6 +2180,38 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, WriteError::InvalidSettings(_)));
         assert!(err.to_string().contains("single quote"), "{err}");
+    }
+
+    #[test]
+    fn replay_windows_parse_bytes_and_times() {
+        let fmt = StreamFormat::new(44100, 2, 16).unwrap();
+        assert_eq!(ReplayWindow::parse("auto"), Ok(ReplayWindow::Auto));
+        assert_eq!(ReplayWindow::Auto.bytes(&fmt, 32768), 80 * 32768);
+        assert_eq!(ReplayWindow::parse(" 0 "), Ok(ReplayWindow::Bytes(0)));
+        assert_eq!(
+            ReplayWindow::parse("4MiB"),
+            Ok(ReplayWindow::Bytes(4 << 20))
+        );
+        assert_eq!(
+            ReplayWindow::parse("512KiB"),
+            Ok(ReplayWindow::Bytes(512 << 10))
+        );
+        assert_eq!(
+            ReplayWindow::parse("1MB"),
+            Ok(ReplayWindow::Bytes(1_000_000))
+        );
+        let t = ReplayWindow::parse("500ms").unwrap();
+        assert_eq!(t, ReplayWindow::Time(Duration::from_millis(500)));
+        assert_eq!(t.bytes(&fmt, 32768), 88200);
+        assert_eq!(t.to_string(), "500ms");
+        assert_eq!(
+            ReplayWindow::parse("10s"),
+            Ok(ReplayWindow::Time(Duration::from_secs(10)))
+        );
+        for bad in ["", "ten", "-1", "5 parsecs", "1e3"] {
+            let e = ReplayWindow::parse(bad).unwrap_err();
+            assert!(e.contains("expected auto"), "{bad}: {e}");
+        }
     }
 
     #[test]
@@ -1157,11 +2318,21 @@ mod tests {
         f.writer.prepare(S16_MONO_8K).unwrap();
         let first = pcm(1600, 2);
         f.writer.write(&first).unwrap();
-        // Pretend the reply to that frame never came: it is pending again and in doubt.
-        f.writer.pending = first.clone();
-        f.writer.has_pending = true;
-        f.writer.suspect = true;
+        // Pretend the reply to that frame never came: it is queued again and in doubt.
+        f.writer.queue.push_back(OutFrame {
+            data: first.clone(),
+            capture_us: None,
+            input: 0,
+            replay: false,
+            bind: false,
+            maybe_sent: true,
+        });
         f.writer.server_size = 0;
+        f.writer.ledger = Some({
+            let mut l = Ledger::new(S16_MONO_8K, true);
+            l.begin_epoch(None);
+            l
+        });
         let second = pcm(1600, 3);
         f.writer.write(&second).unwrap();
         f.writer.finish(true).unwrap();

@@ -1,0 +1,858 @@
+// SPDX-License-Identifier: MPL-2.0
+//! racssink on a server that crashes, restarts, stalls and is taken over: what it says was
+//! stored, lost and dropped must be exactly what the server holds.
+//!
+//! Every case runs on racs-lite (which loses data as a real RACS v0.1.0 server does) or, with
+//! `RACS_BIN`, on a fresh real server per test. The server's content is read back twice: with
+//! EXTRACT, and block by block from its table files (the same format on both servers), which
+//! gives every block's key, so stored times are checked against capture times without trusting
+//! the writer's own arithmetic. Content is repetitive on purpose (silence, tones, clicks): a
+//! block in the wrong place or stored twice cannot be found by its samples, only by counting.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::{first_difference, TestServer};
+use gst::prelude::*;
+use racs_lite::client::{build_frame, show, RawClient};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------------------------
+// Formats and signals
+
+#[derive(Debug, Clone, Copy)]
+struct Fmt {
+    rate: u32,
+    channels: u16,
+    bits: u16,
+}
+
+impl Fmt {
+    const fn new(rate: u32, channels: u16, bits: u16) -> Fmt {
+        Fmt {
+            rate,
+            channels,
+            bits,
+        }
+    }
+    fn bpf(&self) -> usize {
+        usize::from(self.channels) * usize::from(self.bits / 8)
+    }
+    fn bps(&self) -> u64 {
+        u64::from(self.rate) * self.bpf() as u64
+    }
+    /// Bytes of `ms` milliseconds.
+    fn ms(&self, ms: u64) -> usize {
+        (u64::from(self.rate) * ms / 1000) as usize * self.bpf()
+    }
+    fn us_of(&self, bytes: u64) -> i64 {
+        (u128::from(bytes) * 1_000_000 / u128::from(self.bps())) as i64
+    }
+}
+
+/// Repetitive content of `len` bytes starting at byte `at` of the stream.
+#[derive(Debug, Clone, Copy)]
+enum Signal {
+    Silence,
+    Tone(f64),
+    Clicks(u64),
+    /// Silence with a tone burst every other second: long identical stretches.
+    Bursts,
+}
+
+impl Signal {
+    fn make(self, f: Fmt, at: usize, len: usize) -> Vec<u8> {
+        let first = (at / f.bpf()) as u64;
+        let frames = len / f.bpf();
+        match self {
+            Signal::Silence => common::silence(frames, f.channels, f.bits),
+            Signal::Tone(hz) => common::tone(first, frames, f.rate, f.channels, f.bits, hz),
+            Signal::Clicks(period) => common::clicks(first, frames, period, f.channels, f.bits),
+            Signal::Bursts => {
+                let mut out = Vec::with_capacity(len);
+                let tone = common::tone(first, frames, f.rate, f.channels, f.bits, 440.0);
+                for i in 0..frames {
+                    let on = (first + i as u64) / u64::from(f.rate) % 2 == 1;
+                    let b = &tone[i * f.bpf()..(i + 1) * f.bpf()];
+                    if on {
+                        out.extend_from_slice(b);
+                    } else {
+                        out.extend(std::iter::repeat_n(0u8, f.bpf()));
+                    }
+                }
+                out
+            }
+        }
+    }
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading the server's tables from its data directory
+
+/// Every block of stream `id` in the table files under `data_dir/.racs/seg`: (key, data), in
+/// key order (a table being written, `.tmp`, is skipped).
+fn blocks_on_disk(data_dir: &Path, id: &str) -> Vec<(i64, Vec<u8>)> {
+    fn walk(dir: &Path, hash: u64, out: &mut Vec<(i64, Vec<u8>)>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let name = e.file_name().to_string_lossy().to_string();
+            if path.is_dir() {
+                walk(&path, hash, out);
+            } else if !name.ends_with(".tmp") {
+                if let Ok(bytes) = std::fs::read(&path) {
+                    parse_table(&bytes, hash, out);
+                }
+            }
+        }
+    }
+    let hash = racs_lite::stream_hash(id.as_bytes());
+    let mut out = Vec::new();
+    walk(&data_dir.join(".racs").join("seg"), hash, &mut out);
+    out.sort_by_key(|(k, _)| *k);
+    out
+}
+
+/// A table: 16-byte header, entries (u64 hash, u64 key, u32 crc, u16 len, u8 flags, data),
+/// an index, and a u16 entry count at the end.
+fn parse_table(b: &[u8], hash: u64, out: &mut Vec<(i64, Vec<u8>)>) {
+    if b.len() < 18 {
+        return;
+    }
+    let count = u16::from_le_bytes([b[b.len() - 2], b[b.len() - 1]]) as usize;
+    let mut at = 16;
+    for _ in 0..count {
+        if at + 23 > b.len() {
+            return;
+        }
+        let h = u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+        let key = i64::from_le_bytes(b[at + 8..at + 16].try_into().unwrap());
+        let len = u16::from_le_bytes([b[at + 20], b[at + 21]]) as usize;
+        let data = &b[at + 23..(at + 23 + len).min(b.len())];
+        if h == hash {
+            out.push((key, data.to_vec()));
+        }
+        at += 23 + len;
+    }
+}
+
+/// Pushes every block still in the server's in-memory table out to its table files (a filler
+/// stream of `entries + 1` small frames), and waits until each of `ids` has `want[i]` bytes
+/// on disk.
+fn flush_to_disk(srv: &TestServer, ids: &[(&str, usize)]) {
+    let mut c = RawClient::connect(srv.addr()).unwrap();
+    let filler = format!("zz-filler-{}", now_us());
+    c.command(&format!("CREATE '{filler}' 8000 1 16")).unwrap();
+    c.command(&format!("OPEN '{filler}'")).unwrap();
+    let session = [7u8; 16];
+    for _ in 0..=srv.config().entries {
+        let r = c.frame(&build_frame(&session, filler.as_bytes(), &[0u8; 160]));
+        assert_eq!(show(&r.unwrap()), r#"["null"]"#);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for &(id, want) in ids {
+        loop {
+            let have: usize = blocks_on_disk(srv.data_dir(), id)
+                .iter()
+                .map(|(_, d)| d.len())
+                .sum();
+            if have >= want || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// One racssink, fed from the test
+
+/// A racssink in its own pipeline, fed through a pad from the test: as fast as it takes
+/// (an import) or paced by the pipeline clock with capture timestamps (a live source, which
+/// also answers the latency query as live).
+struct Rig {
+    id: String,
+    fmt: Fmt,
+    signal: Signal,
+    live: bool,
+    pipeline: gst::Pipeline,
+    sink: gst::Element,
+    pad: gst::Pad,
+    pushed: AtomicU64,
+    fed: Mutex<Vec<u8>>,
+    /// Wall-clock µs of running time 0 (live rigs).
+    wall0_us: i64,
+}
+
+impl Rig {
+    fn new(
+        srv: &TestServer,
+        id: &str,
+        fmt: Fmt,
+        signal: Signal,
+        live: bool,
+        props: &[(&str, &str)],
+    ) -> Rig {
+        common::init();
+        let sink = gst::ElementFactory::make("racssink")
+            .property("host", srv.host())
+            .property("port", u32::from(srv.port()))
+            .property("stream-id", id)
+            .build()
+            .unwrap();
+        for (k, v) in props {
+            sink.set_property_from_str(k, v);
+        }
+        // No preroll: the pipeline is PLAYING (with its clock) before the first buffer.
+        sink.set_property("async", false);
+        let pipeline = gst::Pipeline::new();
+        pipeline.add(&sink).unwrap();
+        let pad = gst::Pad::builder(gst::PadDirection::Src)
+            .name("feed")
+            .query_function(move |_pad, _parent, query| match query.view_mut() {
+                gst::QueryViewMut::Latency(q) if live => {
+                    q.set(true, gst::ClockTime::from_mseconds(10), None);
+                    true
+                }
+                _ => false,
+            })
+            .build();
+        pad.set_active(true).unwrap();
+        pad.link(&sink.static_pad("sink").unwrap()).unwrap();
+        pipeline.set_state(gst::State::Playing).unwrap();
+        assert!(pad.push_event(gst::event::StreamStart::new(id)));
+        assert!(pad.push_event(gst::event::Caps::new(&common::caps(
+            fmt.rate,
+            fmt.channels,
+            fmt.bits
+        ))));
+        let segment = gst::FormattedSegment::<gst::ClockTime>::new();
+        assert!(pad.push_event(gst::event::Segment::new(&segment)));
+        let clock = pipeline.clock().expect("a playing pipeline has a clock");
+        let base = pipeline.base_time().unwrap();
+        let wall0_us = now_us() - (clock.time().nseconds() as i64 - base.nseconds() as i64) / 1000;
+        Rig {
+            id: id.to_string(),
+            fmt,
+            signal,
+            live,
+            pipeline,
+            sink,
+            pad,
+            pushed: AtomicU64::new(0),
+            fed: Mutex::new(Vec::new()),
+            wall0_us,
+        }
+    }
+
+    fn running_time(&self) -> gst::ClockTime {
+        let clock = self.pipeline.clock().unwrap();
+        clock.time() - self.pipeline.base_time().unwrap()
+    }
+
+    /// Pushes the next `len` bytes of the signal (live: once the clock has passed their end).
+    fn push(&self, len: usize) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let at = self.pushed.load(Ordering::SeqCst) as usize;
+        let data = self.signal.make(self.fmt, at, len);
+        let pts = gst::ClockTime::from_useconds(self.fmt.us_of(at as u64) as u64);
+        let dur = gst::ClockTime::from_useconds(self.fmt.us_of(len as u64) as u64);
+        if self.live {
+            let end = pts + dur;
+            let now = self.running_time();
+            if end > now {
+                std::thread::sleep(Duration::from_nanos((end - now).nseconds()));
+            }
+        }
+        self.fed.lock().unwrap().extend_from_slice(&data);
+        self.pushed.fetch_add(len as u64, Ordering::SeqCst);
+        let mut buffer = gst::Buffer::from_slice(data);
+        {
+            let b = buffer.get_mut().unwrap();
+            b.set_pts(pts);
+            b.set_duration(dur);
+        }
+        self.pad.push(buffer)
+    }
+
+    /// Pushes `total` bytes in buffers of `buf` bytes; stops at the first flow error.
+    fn push_all(&self, total: usize, buf: usize) -> Result<(), gst::FlowError> {
+        let mut left = total;
+        while left > 0 {
+            let n = left.min(buf);
+            self.push(n)?;
+            left -= n;
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> gst::Structure {
+        self.sink.property::<gst::Structure>("stats")
+    }
+
+    #[allow(dead_code)]
+    fn stat(&self, name: &str) -> u64 {
+        self.stats().get::<u64>(name).unwrap()
+    }
+
+    /// EOS (unless the run already failed), then everything the run left behind.
+    fn finish(self, eos: bool) -> Run {
+        let bus = self.pipeline.bus().unwrap();
+        let ended = if eos {
+            self.pad.push_event(gst::event::Eos::new());
+            common::wait_end(&bus, WAIT)
+        } else {
+            let mut messages = Vec::new();
+            while let Some(m) = bus.pop() {
+                messages.push(m);
+            }
+            let error = messages.iter().find_map(|m| match m.view() {
+                gst::MessageView::Error(e) => Some((
+                    e.error(),
+                    e.debug().map(|d| d.to_string()).unwrap_or_default(),
+                )),
+                _ => None,
+            });
+            common::Ended { messages, error }
+        };
+        let stats = self.stats();
+        self.pipeline.set_state(gst::State::Ready).unwrap();
+        let mut messages = ended.messages;
+        while let Some(m) = bus.pop() {
+            messages.push(m);
+        }
+        self.pipeline.set_state(gst::State::Null).unwrap();
+        common::assert_tidy_messages(&messages);
+        Run {
+            id: self.id,
+            fmt: self.fmt,
+            live: self.live,
+            fed: self.fed.into_inner().unwrap(),
+            error: ended.error.map(|(e, d)| format!("{e} | {d}")),
+            messages,
+            stats,
+            wall0_us: self.wall0_us,
+        }
+    }
+}
+
+/// What one racssink run left behind.
+struct Run {
+    id: String,
+    fmt: Fmt,
+    #[allow(dead_code)]
+    live: bool,
+    fed: Vec<u8>,
+    error: Option<String>,
+    messages: Vec<gst::Message>,
+    stats: gst::Structure,
+    wall0_us: i64,
+}
+
+/// One `racssink-loss` message.
+#[derive(Debug, Clone)]
+struct Reported {
+    kind: String,
+    input: u64,
+    bytes: u64,
+    start_us: i64,
+    duration: u64,
+}
+
+impl Run {
+    fn stat(&self, name: &str) -> u64 {
+        self.stats.get::<u64>(name).unwrap()
+    }
+
+    fn structures(&self, name: &str) -> Vec<gst::Structure> {
+        self.messages
+            .iter()
+            .filter_map(|m| match m.view() {
+                gst::MessageView::Element(e) => e
+                    .structure()
+                    .filter(|s| s.name() == name)
+                    .map(|s| s.to_owned()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn losses(&self) -> Vec<Reported> {
+        let mut out: Vec<Reported> = self
+            .structures("racssink-loss")
+            .iter()
+            .map(|s| Reported {
+                kind: s.get::<String>("kind").unwrap(),
+                input: s.get::<u64>("input-offset").unwrap(),
+                bytes: s.get::<u64>("bytes").unwrap(),
+                start_us: s.get::<i64>("start-us").unwrap(),
+                duration: s.get::<u64>("duration").unwrap(),
+            })
+            .collect();
+        out.sort_by_key(|r| r.input);
+        out
+    }
+
+    fn reported(&self, kind: &str) -> u64 {
+        self.losses()
+            .iter()
+            .filter(|l| l.kind == kind)
+            .map(|l| l.bytes)
+            .sum()
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        self.messages
+            .iter()
+            .filter_map(|m| match m.view() {
+                gst::MessageView::Warning(w) => Some(w.error().to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The input ranges kept: what was fed minus every reported loss and drop.
+    fn kept(&self) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let mut at = 0u64;
+        for l in self.losses() {
+            assert!(
+                l.input >= at,
+                "{}: overlapping loss reports {:?}",
+                self.id,
+                self.losses()
+            );
+            if l.input > at {
+                out.push((at, l.input - at));
+            }
+            at = l.input + l.bytes;
+        }
+        if (self.fed.len() as u64) > at {
+            out.push((at, self.fed.len() as u64 - at));
+        }
+        out
+    }
+
+    fn expected(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (at, len) in self.kept() {
+            out.extend_from_slice(&self.fed[at as usize..(at + len) as usize]);
+        }
+        out
+    }
+
+    /// The input offset of stored byte `pos` (through [`Run::kept`]).
+    fn input_of(&self, kept: &[(u64, u64)], mut pos: u64) -> u64 {
+        for &(at, len) in kept {
+            if pos < len {
+                return at + pos;
+            }
+            pos -= len;
+        }
+        panic!("{}: stored byte {pos} beyond what was fed", self.id);
+    }
+}
+
+/// The stored blocks of a run as (stored time µs - capture time µs) of their first and last
+/// sample, after checking that the stream holds exactly what was fed minus what was reported
+/// lost or dropped, and that the stats say the same.
+fn check(srv: &TestServer, run: &Run) -> Vec<(i64, i64)> {
+    eprintln!(
+        "{}: fed {} bytes; server lost {}, re-sent {}, lost {}, dropped {}; losses {:?}",
+        run.id,
+        run.fed.len(),
+        run.stat("server-lost-bytes"),
+        run.stat("replayed-bytes"),
+        run.stat("lost-acked-bytes"),
+        run.stat("dropped-bytes"),
+        run.losses()
+    );
+    assert!(run.error.is_none(), "{}: {:?}", run.id, run.error);
+    let want = run.expected();
+    // Through EXTRACT...
+    let got = common::read_back(srv.addr(), &run.id, run.fmt.bits, want.len());
+    if let Some(d) = first_difference(&got, &want) {
+        panic!(
+            "{}: EXTRACT: {d}; losses reported: {:?}; stats: {}",
+            run.id,
+            run.losses(),
+            run.stats
+        );
+    }
+    // ...and block by block from the table files, with their keys.
+    flush_to_disk(srv, &[(&run.id, want.len())]);
+    let blocks = blocks_on_disk(srv.data_dir(), &run.id);
+    let disk: Vec<u8> = blocks.iter().flat_map(|(_, d)| d.clone()).collect();
+    if let Some(d) = first_difference(&disk, &want) {
+        panic!("{}: table files: {d}; losses: {:?}", run.id, run.losses());
+    }
+    assert_eq!(
+        run.stat("lost-acked-bytes"),
+        run.reported("lost"),
+        "{}: {}",
+        run.id,
+        run.stats
+    );
+    assert_eq!(
+        run.stat("dropped-bytes"),
+        run.reported("dropped"),
+        "{}",
+        run.id
+    );
+    for l in run.losses() {
+        assert_eq!(
+            l.duration,
+            (u128::from(l.bytes) * 1_000_000_000 / u128::from(run.fmt.bps())) as u64
+        );
+        if l.kind == "dropped" {
+            // A drop is reported at its capture time.
+            let capture = run.wall0_us + run.fmt.us_of(l.input);
+            assert!((l.start_us - capture).abs() <= 1000, "{l:?} vs {capture}");
+        }
+    }
+    let kept = run.kept();
+    let mut pos = 0u64;
+    let mut diffs = Vec::new();
+    for (key, data) in &blocks {
+        if data.is_empty() {
+            continue;
+        }
+        let first = run.input_of(&kept, pos);
+        let last = run.input_of(&kept, pos + data.len() as u64 - 1);
+        assert_eq!(
+            last - first,
+            data.len() as u64 - 1,
+            "{}: a block spans a loss",
+            run.id
+        );
+        let capture = run.wall0_us + run.fmt.us_of(first);
+        diffs.push((key * 1000 - capture, first as i64));
+        pos += data.len() as u64;
+    }
+    diffs
+}
+
+/// keep-time: every stored sample within 50 ms of its capture time.
+#[allow(dead_code)]
+fn assert_on_time(run: &Run, diffs: &[(i64, i64)]) {
+    assert!(run.live);
+    for &(d, input) in diffs {
+        assert!(
+            d.abs() <= 50_000,
+            "{}: the block from input byte {input} is stored {:.1} ms from its capture time; \
+             losses {:?}",
+            run.id,
+            d as f64 / 1000.0,
+            run.losses()
+        );
+    }
+}
+
+/// keep-audio: every stored sample at or after its capture time (1 ms for key truncation).
+#[allow(dead_code)]
+fn assert_not_early(run: &Run, diffs: &[(i64, i64)]) {
+    for &(d, input) in diffs {
+        assert!(
+            d >= -1000,
+            "{}: input byte {input} stored {:.1} ms before its capture",
+            run.id,
+            d as f64 / 1000.0
+        );
+    }
+}
+
+fn restart_messages(run: &Run) -> Vec<(u64, u64, bool)> {
+    run.structures("racssink-restart")
+        .iter()
+        .map(|s| {
+            (
+                s.get::<u64>("server-lost-bytes").unwrap(),
+                s.get::<u64>("replayed-bytes").unwrap(),
+                s.get::<bool>("new-timeline").unwrap(),
+            )
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Several streams, a fault between two pushes
+
+/// Runs one rig per `(fmt, signal)` with 100 ms frames, each fed `before_ms` of audio in
+/// 20 ms buffers, then `fault` on the server while they wait, then `after_ms` more and EOS.
+#[allow(clippy::too_many_arguments)]
+fn fault_between_pushes(
+    srv: &mut TestServer,
+    name: &str,
+    streams: &[(Fmt, Signal)],
+    extra: &[(&str, &str)],
+    live: bool,
+    before_ms: u64,
+    after_ms: u64,
+    fault: impl FnOnce(&mut TestServer),
+) -> Vec<Run> {
+    let rigs: Vec<Arc<Rig>> = streams
+        .iter()
+        .enumerate()
+        .map(|(i, &(fmt, signal))| {
+            let chunk = fmt.ms(100).to_string();
+            let mut props = vec![("chunk-size", chunk.as_str()), ("retry-timeout", "20000")];
+            props.extend_from_slice(extra);
+            Arc::new(Rig::new(
+                srv,
+                &format!("{name}-{i}"),
+                fmt,
+                signal,
+                live,
+                &props,
+            ))
+        })
+        .collect();
+    let push = |rigs: &[Arc<Rig>], ms: u64| {
+        let threads: Vec<_> = rigs
+            .iter()
+            .map(|r| {
+                let r = r.clone();
+                std::thread::spawn(move || r.push_all(r.fmt.ms(ms), r.fmt.ms(20)))
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap().expect("pushing");
+        }
+    };
+    push(&rigs, before_ms);
+    fault(srv);
+    push(&rigs, after_ms);
+    rigs.into_iter()
+        .map(|r| Arc::into_inner(r).unwrap().finish(true))
+        .collect()
+}
+
+const F8K: Fmt = Fmt::new(8000, 1, 16);
+const F16K2: Fmt = Fmt::new(16000, 2, 16);
+const F48K24: Fmt = Fmt::new(48000, 1, 24);
+
+/// Three streams of repetitive content. All get 100 ms blocks: equal block durations keep
+/// the tables of different streams from starting at the same key, which would make the
+/// server overwrite one of them.
+fn three_streams() -> Vec<(Fmt, Signal)> {
+    vec![
+        (F8K, Signal::Silence),
+        (F16K2, Signal::Tone(441.0)),
+        (F48K24, Signal::Clicks(4800)),
+    ]
+}
+
+/// Lets a table the server is writing land first (`quiet`), then kills it.
+fn kill_and_restart(quiet: Duration, outage: Duration) -> impl FnOnce(&mut TestServer) {
+    move |s: &mut TestServer| {
+        std::thread::sleep(quiet);
+        s.kill();
+        std::thread::sleep(outage);
+        s.start_again();
+    }
+}
+
+fn shutdown_and_restart(quiet: Duration, outage: Duration) -> impl FnOnce(&mut TestServer) {
+    move |s: &mut TestServer| {
+        std::thread::sleep(quiet);
+        s.shutdown();
+        std::thread::sleep(outage);
+        s.start_again();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Kills and SHUTDOWNs between two frames
+
+#[test]
+fn a_kill_mid_table_loses_nothing_acknowledged_the_window_covers() {
+    let mut srv = TestServer::start_with(|c| c.entries = 16);
+    // 3 x 10 blocks: one table written, 14 blocks in the server's memory when it dies.
+    let runs = fault_between_pushes(
+        &mut srv,
+        "kill-mid",
+        &three_streams(),
+        &[],
+        false,
+        1000,
+        1000,
+        kill_and_restart(Duration::from_millis(400), Duration::from_millis(300)),
+    );
+    let mut server_lost = 0;
+    for run in &runs {
+        check(&srv, run);
+        assert_eq!(
+            run.expected(),
+            run.fed,
+            "{}: nothing may be missing",
+            run.id
+        );
+        assert_eq!(run.stat("lost-acked-bytes"), 0);
+        assert_eq!(
+            run.stat("server-lost-bytes"),
+            run.stat("replayed-bytes"),
+            "{}: {}",
+            run.id,
+            run.stats
+        );
+        server_lost += run.stat("server-lost-bytes");
+        let restarts = restart_messages(run);
+        assert_eq!(restarts.len(), 1, "{}", run.id);
+        assert!(restarts[0].2, "a kill starts a new timeline");
+        assert!(run.warnings().is_empty(), "{:?}", run.warnings());
+    }
+    assert!(server_lost > 0, "the kill lost the in-memory table");
+}
+
+#[test]
+fn a_kill_mid_table_without_a_window_reports_the_exact_loss() {
+    let mut srv = TestServer::start_with(|c| c.entries = 16);
+    let runs = fault_between_pushes(
+        &mut srv,
+        "kill-exact",
+        &three_streams(),
+        &[("replay-window", "0")],
+        false,
+        1000,
+        1000,
+        kill_and_restart(Duration::from_millis(400), Duration::from_millis(300)),
+    );
+    let mut lost = 0;
+    for run in &runs {
+        check(&srv, run);
+        let before = run.fmt.ms(1000) as u64;
+        let losses = run.losses();
+        // The server loses its newest blocks: one range, ending where the kill came.
+        assert!(losses.len() <= 1, "{}: {losses:?}", run.id);
+        for l in &losses {
+            assert_eq!(l.kind, "lost");
+            assert_eq!(l.input + l.bytes, before, "{}: {losses:?}", run.id);
+            assert_eq!(l.bytes % run.fmt.ms(100) as u64, 0, "whole blocks");
+        }
+        assert_eq!(run.stat("server-lost-bytes"), run.stat("lost-acked-bytes"));
+        assert_eq!(run.stat("replayed-bytes"), 0);
+        lost += run.stat("lost-acked-bytes");
+        if run.stat("lost-acked-bytes") > 0 {
+            let w = run.warnings();
+            assert!(
+                w.iter().any(|w| w
+                    .contains(&format!("lost {} bytes", run.stat("lost-acked-bytes")))
+                    && w.contains(&format!("'{}'", run.id))),
+                "{w:?}"
+            );
+        }
+    }
+    assert!(lost > 0, "the kill lost the in-memory table");
+}
+
+#[test]
+fn a_kill_right_after_a_table_flush_loses_more_than_a_table_and_the_window_covers_it() {
+    let mut srv = TestServer::start_with(|c| c.entries = 8);
+    // 9 blocks: the first table is being written when the server dies, the 9th is in memory.
+    let runs = fault_between_pushes(
+        &mut srv,
+        "kill-flush",
+        &[(F8K, Signal::Bursts)],
+        &[],
+        false,
+        900,
+        500,
+        kill_and_restart(Duration::ZERO, Duration::from_millis(100)),
+    );
+    let run = &runs[0];
+    check(&srv, run);
+    assert_eq!(run.expected(), run.fed);
+    assert_eq!(run.stat("server-lost-bytes"), run.stat("replayed-bytes"));
+
+    // A window of 4 blocks: what it holds is re-sent, the rest is reported exactly.
+    let runs = fault_between_pushes(
+        &mut srv,
+        "kill-flush-small",
+        &[(F8K, Signal::Clicks(800))],
+        &[("replay-window", "400ms")],
+        false,
+        900,
+        500,
+        kill_and_restart(Duration::ZERO, Duration::from_millis(100)),
+    );
+    let run = &runs[0];
+    check(&srv, run);
+    let server_lost = run.stat("server-lost-bytes");
+    let replayed = run.stat("replayed-bytes");
+    assert_eq!(replayed, server_lost.min(4 * 1600), "{}", run.stats);
+    assert_eq!(run.stat("lost-acked-bytes"), server_lost - replayed);
+    if server_lost > replayed {
+        let l = &run.losses()[0];
+        assert_eq!(l.input + l.bytes + replayed, 900 * 16, "{:?}", run.losses());
+        assert!(
+            run.warnings()[0].contains("replay-window"),
+            "{:?}",
+            run.warnings()
+        );
+    }
+}
+
+#[test]
+fn a_shutdown_from_another_client_is_no_silent_loss() {
+    let mut srv = TestServer::start_with(|c| c.entries = 16);
+    let runs = fault_between_pushes(
+        &mut srv,
+        "shutdown",
+        &three_streams(),
+        &[],
+        false,
+        1000,
+        700,
+        shutdown_and_restart(Duration::from_millis(400), Duration::from_millis(200)),
+    );
+    for run in &runs {
+        check(&srv, run);
+        assert_eq!(run.expected(), run.fed);
+        assert_eq!(run.stat("server-lost-bytes"), run.stat("replayed-bytes"));
+        // SHUTDOWN persisted size and ref: the timeline goes on (with a hole).
+        assert!(restart_messages(run).iter().all(|r| !r.2), "{}", run.id);
+    }
+    let total: u64 = runs.iter().map(|r| r.stat("server-lost-bytes")).sum();
+    assert!(total > 0, "SHUTDOWN lost the in-memory table");
+
+    // Without a window: INFO size still counts what the server lost; the report may not.
+    let runs = fault_between_pushes(
+        &mut srv,
+        "shutdown-exact",
+        &three_streams(),
+        &[("replay-window", "0")],
+        false,
+        1000,
+        700,
+        shutdown_and_restart(Duration::from_millis(400), Duration::from_millis(200)),
+    );
+    let mut lost = 0;
+    for run in &runs {
+        check(&srv, run);
+        lost += run.stat("lost-acked-bytes");
+        for l in run.losses() {
+            assert_eq!(l.input + l.bytes, run.fmt.ms(1000) as u64);
+        }
+        let size = common::info_raw(srv.addr(), &run.id, "size").unwrap() as u64;
+        assert_eq!(
+            size,
+            run.fed.len() as u64,
+            "{}: the server's size counts the lost bytes too",
+            run.id
+        );
+    }
+    assert!(lost > 0);
+}
