@@ -1,0 +1,710 @@
+// SPDX-License-Identifier: MPL-2.0
+//! Scale benchmark: N live streams in one process, each `appsrc is-live=true ! racssink` over one
+//! shared pool of 8 connections, against the same N `appsrc ! fakesink` as the baseline.
+//!
+//!     cargo bench --bench scale                          # N = 200 and 1000, 30 s each
+//!     RACS_SCALE_N=50,200 RACS_SCALE_SECONDS=10 cargo bench --bench scale
+//!     RACS_BIN=/path/to/racs cargo bench --bench scale   # a fresh real server per run
+//!     RACS_ADDR=host:port cargo bench --bench scale      # a server you started yourself
+//!
+//! The sources cost little: one timer thread pushes preallocated 4096-byte buffers (1024 sample
+//! frames of 44.1 kHz 16-bit stereo, 23.2 ms, as audiotestsrc makes them) into every appsrc at
+//! real-time pace, the streams' phases spread evenly over the buffer period. Each appsrc has its
+//! own streaming thread, which runs the sink's chain; racssink adds its I/O threads (`racs-io`).
+//!
+//! Every run is a fresh process (so RSS is its own) with a fresh server (unless RACS_ADDR), and
+//! prints, over the measured window after a 2 s warm-up:
+//! - CPU per 100 streams, per thread group: the streaming threads, `racs-io`, the feeder, the
+//!   rest (an in-process racs-lite's threads are left out);
+//! - racssink's cost: its streaming threads beyond fakesink's, and its whole chain (streaming
+//!   threads plus I/O threads), each in % of one core per 100 streams;
+//! - the latency of each push into the sink (the chain, render() included), from GStreamer's
+//!   pad-push-pre/post tracer hooks: p50, p90, p99, p99.9, max;
+//! - the connections to the server held by this process (sampled each second);
+//! - VmRSS before the pipeline, a third of the way in and at the end, per stream;
+//! - then EOS on every stream, and every stored stream's size (INFO size, and racssink's
+//!   acknowledged bytes) checked against what was pushed; a few streams are read back whole.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use gst::prelude::*;
+use gstracs::client::{block_on, Canceller, Connection, InfoAttr};
+use racs_lite::harness::{AnyServer, Backend};
+
+const RATE: u32 = 44100;
+const CHANNELS: u16 = 2;
+const BYTES_PER_SECOND: u64 = RATE as u64 * CHANNELS as u64 * 2;
+const BUFFER_BYTES: usize = 4096;
+const POOL_SIZE: u32 = 8;
+const WARMUP: Duration = Duration::from_secs(2);
+
+// ---------------------------------------------------------------------------------------------
+// Push latency, from tracer hooks: the time between pad-push-pre and pad-push-post on the same
+// thread, which is the sink's whole chain for an appsrc pushing straight into it.
+
+/// 1 µs buckets up to 10 ms, then 100 µs buckets up to 1 s, then one overflow bucket.
+const FINE: usize = 10_000;
+const COARSE: usize = 9_900;
+static HISTOGRAM: [AtomicU64; FINE + COARSE + 1] = [const { AtomicU64::new(0) }; FINE + COARSE + 1];
+static MAX_NS: AtomicU64 = AtomicU64::new(0);
+static MEASURING: AtomicBool = AtomicBool::new(false);
+
+fn record_ns(ns: u64) {
+    let us = (ns / 1000) as usize;
+    let bucket = if us < FINE {
+        us
+    } else {
+        (FINE + (us - FINE) / 100).min(FINE + COARSE)
+    };
+    HISTOGRAM[bucket].fetch_add(1, Ordering::Relaxed);
+    MAX_NS.fetch_max(ns, Ordering::Relaxed);
+}
+
+/// The upper edge of a bucket, in µs.
+fn bucket_us(bucket: usize) -> f64 {
+    if bucket < FINE {
+        (bucket + 1) as f64
+    } else {
+        (FINE + (bucket - FINE + 1) * 100) as f64
+    }
+}
+
+fn percentiles(ps: &[f64]) -> (u64, Vec<f64>) {
+    let counts: Vec<u64> = HISTOGRAM
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .collect();
+    let total: u64 = counts.iter().sum();
+    let out = ps
+        .iter()
+        .map(|p| {
+            let want = ((total as f64) * p / 100.0).ceil().max(1.0) as u64;
+            let mut seen = 0;
+            for (i, c) in counts.iter().enumerate() {
+                seen += c;
+                if seen >= want {
+                    return bucket_us(i);
+                }
+            }
+            f64::NAN
+        })
+        .collect();
+    (total, out)
+}
+
+mod push_timer {
+    use super::*;
+    use gst::subclass::prelude::*;
+    use std::cell::Cell;
+
+    thread_local! {
+        static STARTED: Cell<u64> = const { Cell::new(0) };
+    }
+
+    #[derive(Default)]
+    pub struct Imp;
+
+    #[glib::object_subclass]
+    impl ObjectSubclass for Imp {
+        const NAME: &'static str = "RacsBenchPushTimer";
+        type Type = PushTimer;
+        type ParentType = gst::Tracer;
+    }
+
+    impl ObjectImpl for Imp {
+        fn constructed(&self) {
+            self.parent_constructed();
+            self.register_hook(TracerHook::PadPushPre);
+            self.register_hook(TracerHook::PadPushPost);
+        }
+    }
+
+    impl GstObjectImpl for Imp {}
+
+    impl TracerImpl for Imp {
+        fn pad_push_pre(&self, ts: u64, _pad: &gst::Pad, _buffer: &gst::Buffer) {
+            STARTED.with(|s| s.set(ts));
+        }
+
+        fn pad_push_post(
+            &self,
+            ts: u64,
+            _pad: &gst::Pad,
+            _result: Result<gst::FlowSuccess, gst::FlowError>,
+        ) {
+            let started = STARTED.with(|s| s.replace(0));
+            if started != 0 && MEASURING.load(Ordering::Relaxed) {
+                record_ns(ts.saturating_sub(started));
+            }
+        }
+    }
+
+    glib::wrapper! {
+        pub struct PushTimer(ObjectSubclass<Imp>) @extends gst::Tracer, gst::Object;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Process figures.
+
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU seconds of each live thread of this process, by thread id, with its name.
+fn thread_cpu() -> HashMap<String, (String, f64)> {
+    let mut out = HashMap::new();
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            let path = task.path();
+            let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+            let ns = std::fs::read_to_string(path.join("schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0);
+            out.insert(
+                task.file_name().to_string_lossy().into_owned(),
+                (comm.trim().to_string(), ns as f64 * 1e-9),
+            );
+        }
+    }
+    out
+}
+
+/// The thread groups CPU is reported for.
+const GROUPS: [&str; 4] = ["streaming", "racs-io", "feeder", "other"];
+
+fn group_of(name: &str) -> Option<usize> {
+    if name.starts_with("racs-lite") {
+        None // the in-process server is not the client's cost
+    } else if name.starts_with('a') && name.ends_with(":src") {
+        Some(0)
+    } else if name.starts_with("racs-io") {
+        Some(1)
+    } else if name == "feeder" {
+        Some(2)
+    } else {
+        Some(3)
+    }
+}
+
+/// CPU seconds per group between two samples (threads present in both).
+fn cpu_by_group(
+    before: &HashMap<String, (String, f64)>,
+    after: &HashMap<String, (String, f64)>,
+) -> [f64; 4] {
+    let mut out = [0.0; 4];
+    for (tid, (name, t1)) in after {
+        let t0 = before.get(tid).map(|(_, t)| *t).unwrap_or(0.0);
+        if let Some(g) = group_of(name) {
+            out[g] += t1 - t0;
+        }
+    }
+    out
+}
+
+/// Established TCP connections from this machine to `port` (the client ends only).
+fn connections_to(port: u16) -> usize {
+    let mut n = 0;
+    for table in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
+        for line in std::fs::read_to_string(table)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+        {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(rem), Some(st)) = (f.get(2), f.get(3)) else {
+                continue;
+            };
+            let rem_port = rem
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if rem_port == Some(port) && *st == "01" {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server.
+
+#[derive(Clone)]
+enum Target {
+    Fresh(Backend),
+    Given(String),
+}
+
+impl Target {
+    fn from_env() -> Target {
+        match std::env::var("RACS_ADDR") {
+            Ok(addr) if !addr.is_empty() => Target::Given(addr),
+            _ => Target::Fresh(Backend::from_env()),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Target::Fresh(Backend::Lite) => {
+                "racs-lite in-process, a fresh one per run (its memory counts in RSS)".into()
+            }
+            Target::Fresh(Backend::Real(bin)) => {
+                format!("a fresh real RACS process per run ({})", bin.display())
+            }
+            Target::Given(addr) => format!("the server at {addr} (RACS_ADDR)"),
+        }
+    }
+
+    fn start(&self) -> (String, u16, Option<AnyServer>) {
+        match self {
+            Target::Fresh(backend) => {
+                let srv = AnyServer::start_on(backend.clone(), |_| {});
+                (srv.host(), srv.port(), Some(srv))
+            }
+            Target::Given(addr) => {
+                let sock = std::net::ToSocketAddrs::to_socket_addrs(addr)
+                    .ok()
+                    .and_then(|mut a| a.next())
+                    .unwrap_or_else(|| panic!("RACS_ADDR={addr}: not a host:port"));
+                (sock.ip().to_string(), sock.port(), None)
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One run (in a child process).
+
+struct Run {
+    racs: bool,
+    n: usize,
+    seconds: u64,
+}
+
+fn caps() -> gst::Caps {
+    gst_audio::AudioCapsBuilder::new_interleaved()
+        .format(gst_audio::AudioFormat::S16le)
+        .rate(RATE as i32)
+        .channels(i32::from(CHANNELS))
+        .build()
+}
+
+fn run_child(run: Run, target: &Target) {
+    let _timer = glib::Object::new::<push_timer::PushTimer>();
+    let (host, port, _srv) = target.start();
+    let tag = std::process::id();
+    let rss_before = status_kib("VmRSS:");
+
+    let pipeline = gst::Pipeline::new();
+    let caps = caps();
+    let mut srcs = Vec::with_capacity(run.n);
+    let mut sinks = Vec::with_capacity(run.n);
+    for i in 0..run.n {
+        let src = gst::ElementFactory::make("appsrc")
+            .name(format!("a{i}"))
+            .property("caps", &caps)
+            .property("is-live", true)
+            .property_from_str("format", "time")
+            .build()
+            .unwrap();
+        let sink = if run.racs {
+            gst::ElementFactory::make("racssink")
+                .name(format!("k{i}"))
+                .property("host", &host)
+                .property("port", u32::from(port))
+                .property("stream-id", format!("scale-{tag}-{i}"))
+                .property("pool-size", POOL_SIZE)
+                .build()
+                .unwrap()
+        } else {
+            gst::ElementFactory::make("fakesink")
+                .name(format!("k{i}"))
+                .property("sync", false)
+                .build()
+                .unwrap()
+        };
+        pipeline.add_many([&src, &sink]).unwrap();
+        src.link(&sink).unwrap();
+        srcs.push(src);
+        sinks.push(sink);
+    }
+    let bus = pipeline.bus().unwrap();
+    pipeline
+        .set_state(gst::State::Playing)
+        .expect("the pipeline starts");
+    // Popping with a filter drops the other messages, so the EOS is watched for everywhere.
+    let mut eos = None;
+    let mut watch = |bus: &gst::Bus, when: &str| {
+        if let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error, gst::MessageType::Eos]) {
+            if let gst::MessageView::Error(e) = msg.view() {
+                panic!("{when}: {} ({:?})", e.error(), e.debug());
+            }
+            eos = Some(msg);
+        }
+    };
+    watch(&bus, "starting");
+
+    // Preallocated buffers (one second of a pattern), pushed as shallow copies.
+    let pattern: Vec<gst::Buffer> = (0..BYTES_PER_SECOND as usize / BUFFER_BYTES)
+        .map(|k| {
+            let data: Vec<u8> = (0..BUFFER_BYTES)
+                .map(|j| ((k * 131 + j * 7) % 251) as u8)
+                .collect();
+            gst::Buffer::from_slice(data)
+        })
+        .collect();
+    let period_ns = BUFFER_BYTES as u64 / 4 * 1_000_000_000 / u64::from(RATE);
+    let period = Duration::from_nanos(period_ns);
+    // The feeder outlasts the measured window by a second, so its thread is still there to be
+    // measured at the end.
+    let total = WARMUP + Duration::from_secs(run.seconds + 1);
+    let pushes_per_stream = (total.as_nanos() / period.as_nanos()) as u64;
+
+    let feeder = {
+        let srcs = srcs.clone();
+        std::thread::Builder::new()
+            .name("feeder".into())
+            .spawn(move || {
+                let n = srcs.len() as u64;
+                let t0 = Instant::now();
+                let mut refused = 0u64;
+                // Push j goes to stream j % n at t0 + (j / n) * period + (j % n) * period / n.
+                for j in 0..pushes_per_stream * n {
+                    let (k, i) = (j / n, j % n);
+                    let due = t0 + period * k as u32 + period * i as u32 / n as u32;
+                    let now = Instant::now();
+                    if due > now + Duration::from_micros(500) {
+                        std::thread::sleep(due - now);
+                    }
+                    let mut buffer = pattern[(k as usize + i as usize) % pattern.len()].copy();
+                    {
+                        let b = buffer.get_mut().unwrap();
+                        b.set_pts(gst::ClockTime::from_nseconds(k * period_ns));
+                        b.set_duration(gst::ClockTime::from_nseconds(period_ns));
+                    }
+                    let ret =
+                        srcs[i as usize].emit_by_name::<gst::FlowReturn>("push-buffer", &[&buffer]);
+                    if ret != gst::FlowReturn::Ok {
+                        refused += 1;
+                    }
+                }
+                for src in &srcs {
+                    let _ = src.emit_by_name::<gst::FlowReturn>("end-of-stream", &[]);
+                }
+                refused
+            })
+            .unwrap()
+    };
+
+    std::thread::sleep(WARMUP);
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let cpu0 = thread_cpu();
+    let wall0 = Instant::now();
+    MEASURING.store(true, Ordering::Relaxed);
+    let mut conns_max = 0;
+    let mut conns_samples = Vec::new();
+    let mut rss_third = 0;
+    for s in 0..run.seconds {
+        std::thread::sleep(Duration::from_secs(1));
+        let c = connections_to(port);
+        conns_max = conns_max.max(c);
+        conns_samples.push(c);
+        if s + 1 == run.seconds / 3 {
+            rss_third = status_kib("VmRSS:");
+        }
+        watch(&bus, "during the run");
+    }
+    MEASURING.store(false, Ordering::Relaxed);
+    let cpu1 = thread_cpu();
+    let wall = wall0.elapsed().as_secs_f64();
+    let rss_end = status_kib("VmRSS:");
+    let hwm = status_kib("VmHWM:");
+
+    let refused = feeder.join().unwrap();
+    let msg = eos
+        .or_else(|| {
+            bus.timed_pop_filtered(
+                gst::ClockTime::from_seconds(120),
+                &[gst::MessageType::Eos, gst::MessageType::Error],
+            )
+        })
+        .expect("EOS on every stream within 2 minutes");
+    if let gst::MessageView::Error(e) = msg.view() {
+        panic!("at EOS: {} ({:?})", e.error(), e.debug());
+    }
+    let expected = pushes_per_stream * BUFFER_BYTES as u64;
+    let mut acked_ok = 0;
+    if run.racs {
+        for sink in &sinks {
+            let stats = sink.property::<gst::Structure>("stats");
+            if stats.get::<u64>("bytes-acked").unwrap() == expected {
+                acked_ok += 1;
+            }
+        }
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+
+    let groups = cpu_by_group(&cpu0, &cpu1);
+    let per100 = |cpu: f64| cpu / wall * 100.0 / (run.n as f64 / 100.0);
+    println!(
+        "child-cpu {}",
+        groups.map(per100).map(|v| format!("{v:.3}")).join(" ")
+    );
+    let (pushes, p) = percentiles(&[50.0, 90.0, 99.0, 99.9]);
+    println!(
+        "child-latency {pushes} {} {:.1}",
+        p.iter()
+            .map(|v| format!("{v:.0}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        MAX_NS.load(Ordering::Relaxed) as f64 / 1000.0
+    );
+    let conns_last = conns_samples.last().copied().unwrap_or(0);
+    println!("child-conns {conns_max} {conns_last}");
+    println!("child-rss {rss_before} {rss_third} {rss_end} {hwm}");
+    println!("child-refused {refused}");
+
+    if run.racs {
+        // Every stream's stored size, then a few streams read back whole (a table being
+        // written can hide its blocks for a moment, so wait that out).
+        let canceller = Canceller::new();
+        let addr = format!("{host}:{port}");
+        let mut conn = block_on(
+            &canceller,
+            Connection::connect(&addr, Duration::from_secs(10)),
+        )
+        .expect("connect for the checks");
+        let mut sized_ok = 0;
+        let mut wrong = Vec::new();
+        for i in 0..run.n {
+            let id = format!("scale-{tag}-{i}");
+            let size = block_on(&canceller, conn.info(&id, InfoAttr::Size))
+                .expect("INFO size")
+                .unwrap_or(0);
+            if size as u64 == expected {
+                sized_ok += 1;
+            } else if wrong.len() < 5 {
+                wrong.push(format!("{id}: {size}"));
+            }
+        }
+        let mut read_ok = 0;
+        let sample: Vec<usize> = (0..5).map(|k| k * run.n / 5).collect();
+        for &i in &sample {
+            let id = format!("scale-{tag}-{i}");
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let s32 =
+                    block_on(&canceller, conn.extract(&id, 0, 4_102_444_800_000)).expect("EXTRACT");
+                if s32.len() as u64 == expected * 2 {
+                    read_ok += 1;
+                    break;
+                }
+                if Instant::now() > deadline {
+                    wrong.push(format!(
+                        "{id} read back {} of {} bytes",
+                        s32.len() / 2,
+                        expected
+                    ));
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        println!(
+            "child-stored {expected} {acked_ok} {sized_ok} {read_ok} {} {}",
+            sample.len(),
+            wrong.join("; ")
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The parent: runs the children, prints the summary.
+
+struct Figures {
+    cpu: [f64; 4],
+    latency: (u64, Vec<f64>, f64),
+    conns: (usize, usize),
+    rss: [u64; 4],
+    refused: u64,
+    stored: Option<String>,
+}
+
+fn spawn(racs: bool, n: usize, seconds: u64) -> Figures {
+    let exe = std::env::current_exe().expect("own executable");
+    let out = std::process::Command::new(exe)
+        .env(
+            "RACS_SCALE_CHILD",
+            format!(
+                "{}:{n}:{seconds}",
+                if racs { "racssink" } else { "fakesink" }
+            ),
+        )
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("run the benchmark as a child");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "child run failed: {}\n{text}",
+        out.status
+    );
+    let line = |key: &str| -> Vec<String> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("child printed no {key}: {text}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    let num = |v: &str| v.parse::<f64>().unwrap_or(f64::NAN);
+    let cpu = line("child-cpu ");
+    let lat = line("child-latency ");
+    let conns = line("child-conns ");
+    let rss = line("child-rss ");
+    Figures {
+        cpu: [num(&cpu[0]), num(&cpu[1]), num(&cpu[2]), num(&cpu[3])],
+        latency: (
+            lat[0].parse().unwrap_or(0),
+            lat[1..5].iter().map(|v| num(v)).collect(),
+            num(&lat[5]),
+        ),
+        conns: (conns[0].parse().unwrap_or(0), conns[1].parse().unwrap_or(0)),
+        rss: [0, 1, 2, 3].map(|i| rss[i].parse().unwrap_or(0)),
+        refused: line("child-refused ")[0].parse().unwrap_or(0),
+        stored: text
+            .lines()
+            .find_map(|l| l.strip_prefix("child-stored "))
+            .map(str::to_string),
+    }
+}
+
+fn main() {
+    gst::init().unwrap();
+    gstracs::plugin_register_static().unwrap();
+    let target = Target::from_env();
+    // The server's data on tmpfs when there is one: the client is measured, not the disk.
+    let data_root = std::env::var("RACS_BENCH_TMPDIR").unwrap_or_else(|_| {
+        if std::path::Path::new("/dev/shm").is_dir() {
+            "/dev/shm".into()
+        } else {
+            std::env::temp_dir().display().to_string()
+        }
+    });
+    std::env::set_var("TMPDIR", &data_root);
+
+    if let Ok(spec) = std::env::var("RACS_SCALE_CHILD") {
+        let mut it = spec.split(':');
+        let racs = it.next() == Some("racssink");
+        let n = it.next().and_then(|v| v.parse().ok()).expect("N");
+        let seconds = it.next().and_then(|v| v.parse().ok()).expect("seconds");
+        run_child(Run { racs, n, seconds }, &target);
+        return;
+    }
+
+    let ns: Vec<usize> = std::env::var("RACS_SCALE_N")
+        .unwrap_or_else(|_| "200,1000".into())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    let seconds: u64 = std::env::var("RACS_SCALE_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    println!(
+        "scale: N live appsrc ! sink streams in one process, 44.1 kHz/16-bit/stereo in {BUFFER_BYTES} \
+         byte buffers, racssink pool-size={POOL_SIZE}, {seconds} s measured after {} s warm-up, {}",
+        WARMUP.as_secs(),
+        target.describe()
+    );
+    for n in ns {
+        let base = spawn(false, n, seconds);
+        let racs = spawn(true, n, seconds);
+        println!("\nN = {n}");
+        println!(
+            "  CPU, % of one core per 100 streams   {:>10} {:>10} {:>10} {:>10}",
+            GROUPS[0], GROUPS[1], GROUPS[2], GROUPS[3]
+        );
+        for (name, f) in [("appsrc ! fakesink", &base), ("appsrc ! racssink", &racs)] {
+            println!(
+                "    {name:<34} {:>10.2} {:>10.2} {:>10.2} {:>10.2}",
+                f.cpu[0], f.cpu[1], f.cpu[2], f.cpu[3]
+            );
+        }
+        println!(
+            "  racssink beyond fakesink (streaming threads): {:.2}% of a core per 100 streams",
+            racs.cpu[0] - base.cpu[0]
+        );
+        println!(
+            "  racssink's whole chain (streaming threads + racs-io): {:.2}% per 100 streams (goal < 3)",
+            racs.cpu[0] + racs.cpu[1]
+        );
+        for (name, f) in [("fakesink", &base), ("racssink", &racs)] {
+            let (pushes, p, max) = &f.latency;
+            println!(
+                "  push latency into {name}: p50 {:.0} µs, p90 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, max {:.1} ms ({pushes} pushes){}",
+                p[0],
+                p[1],
+                p[2],
+                p[3],
+                max / 1000.0,
+                if name == "racssink" { " (goal p99 < 5 ms)" } else { "" }
+            );
+        }
+        println!(
+            "  connections to the server held: at most {}, {} at the end of the window",
+            racs.conns.0, racs.conns.1
+        );
+        for (name, f) in [("fakesink", &base), ("racssink", &racs)] {
+            let [before, third, end, hwm] = f.rss;
+            println!(
+                "  RSS with {name}: {before} KiB before, {third} KiB at a third, {end} KiB at the end \
+                 (peak {hwm}); {:.1} KiB per stream",
+                end.saturating_sub(before) as f64 / n as f64
+            );
+        }
+        println!(
+            "  racssink RSS beyond fakesink: {:.1} KiB per stream (goal < 64); growth from a third \
+             to the end: {:+.1} KiB per stream",
+            (racs.rss[2] as f64 - racs.rss[0] as f64 - (base.rss[2] as f64 - base.rss[0] as f64))
+                / n as f64,
+            (racs.rss[2] as f64 - racs.rss[1] as f64) / n as f64
+        );
+        if base.refused + racs.refused > 0 {
+            println!(
+                "  pushes refused by appsrc: {} (fakesink), {} (racssink)",
+                base.refused, racs.refused
+            );
+        }
+        match racs
+            .stored
+            .as_deref()
+            .map(|s| s.splitn(6, ' ').collect::<Vec<_>>())
+        {
+            Some(v) if v.len() >= 5 => {
+                let ok = v[1] == n.to_string() && v[2] == n.to_string() && v[3] == v[4];
+                println!(
+                    "  stored: {}/{n} streams acknowledged in full, {}/{n} with INFO size = {} bytes, \
+                     {}/{} read back whole{}{}",
+                    v[1],
+                    v[2],
+                    v[0],
+                    v[3],
+                    v[4],
+                    if ok { " — all complete" } else { " — INCOMPLETE: " },
+                    v.get(5).copied().unwrap_or("")
+                );
+            }
+            _ => println!("  stored: the check did not run"),
+        }
+    }
+}
