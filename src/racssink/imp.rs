@@ -346,11 +346,16 @@ impl RacsSink {
                     imp = self,
                     "stream '{id}' has ref {ref_ms} ms, size {size}"
                 );
+                let policy = match self.recovery.lock().unwrap().0 {
+                    writer::RecoveryPolicy::KeepAudio => "keep-audio",
+                    writer::RecoveryPolicy::KeepTime => "keep-time",
+                };
                 self.post_element(
                     gst::Structure::builder("racssink-ref")
                         .field("stream-id", id)
                         .field("ref-ms", ref_ms)
                         .field("size", size)
+                        .field("recovery-policy", policy)
                         .build(),
                 );
             }

@@ -40,7 +40,7 @@ pub const SERVER_TABLE_FRAMES: u64 = 40;
 /// Under keep-time, how much later than its capture a sample may be stored before the writer
 /// drops late audio instead (the policy promises 50 ms; the rest is margin for the server's
 /// millisecond keys and the clock mapping).
-pub const KEEP_TIME_MAX_LAG: Duration = Duration::from_millis(20);
+pub const KEEP_TIME_MAX_LAG: Duration = Duration::from_millis(30);
 /// How long a table the server is writing can stay invisible to EXTRACT (about 0.5 s observed
 /// on a loaded real server): a block missing from a probe is lost only if it stays missing
 /// this long.
@@ -1799,10 +1799,10 @@ impl StreamWriter {
     fn realign(&mut self) {
         let late = self.late_bytes(0);
         if late > 0 {
+            // Reported with what the next writes drop after it, as one range.
             self.drop_unsent(late);
             self.rechunk();
         }
-        self.flush_drops();
     }
 
     /// After a partial drop: what is queued (not re-sent) and held, cut into whole chunks
