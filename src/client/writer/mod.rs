@@ -611,8 +611,13 @@ impl Ctx<'_> {
             match conn.request(&payload).await?.into_value() {
                 Ok(Value::Null) => {}
                 Err(Error::Server(msg)) if msg == "Stream is not open" => {
-                    conn.open(self.id).await?
+                    match conn.open(self.id).await {
+                        Err(Error::Server(msg)) if msg == ALREADY_OPEN => continue,
+                        other => other?,
+                    }
                 }
+                // The other writer reopened between this CLOSE and OPEN: again.
+                Err(Error::Server(msg)) if msg == ALREADY_OPEN => continue,
                 Err(e) => return Err(e.into()),
                 Ok(other) => {
                     return Err(Error::Protocol {
