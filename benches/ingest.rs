@@ -8,6 +8,7 @@
 //!     RACS_BENCH_ROUNDS=9 cargo bench --bench ingest   # best of 9 alternating rounds (5)
 //!     RACS_BIN=/path/to/racs cargo bench --bench ingest   # a fresh real server per round
 //!     RACS_ADDR=host:port cargo bench --bench ingest  # one running server for every round
+//!     RACS_BENCH_ONLY=1 RACS_BENCH_RSS=0 perf stat cargo bench --bench ingest  # one contender
 //!
 //! The server is racs-lite in this process by default; with `RACS_BIN` a fresh real RACS process
 //! per round (its data under the benchmark's tmpfs directory); with `RACS_ADDR` a server you
@@ -568,6 +569,9 @@ fn main() {
             );
         }
         peaks.push(seconds);
+    }
+    if std::env::var("RACS_BENCH_RSS").as_deref() == Ok("0") {
+        return;
     }
     println!(
         "\npeak RSS (VmHWM of a fresh process running one contender once; an in-process \

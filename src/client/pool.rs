@@ -2,6 +2,7 @@
 //! address shared by every element, one shared tokio runtime, and the bridge that lets a
 //! GStreamer thread wait on the network without ever outliving a cancel.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -32,15 +33,30 @@ pub fn runtime() -> &'static Runtime {
 
 /// Cancels waits from another thread (GStreamer's `unlock()`), and stays cancelled until reset
 /// (`unlock_stop()`), so that a wait started after the cancel also returns at once.
+///
+/// A request made under [`block_on`] blocks its own thread in the socket call (see there); while
+/// it does, the canceller holds that socket, and `cancel()` shuts it down, which ends the
+/// blocked call at once. The connection is then unusable and is dropped, as after any
+/// interrupted request.
 #[derive(Clone, Debug)]
 pub struct Canceller {
-    state: Arc<watch::Sender<bool>>,
+    inner: Arc<CancelInner>,
+}
+
+#[derive(Debug)]
+struct CancelInner {
+    state: watch::Sender<bool>,
+    /// The socket a request on the calling thread is blocked in, if any.
+    blocked_in: Mutex<Option<Arc<std::net::TcpStream>>>,
 }
 
 impl Default for Canceller {
     fn default() -> Self {
         Canceller {
-            state: Arc::new(watch::channel(false).0),
+            inner: Arc::new(CancelInner {
+                state: watch::channel(false).0,
+                blocked_in: Mutex::new(None),
+            }),
         }
     }
 }
@@ -51,31 +67,98 @@ impl Canceller {
     }
 
     pub fn cancel(&self) {
-        self.state.send_replace(true);
+        self.inner.state.send_replace(true);
+        // After the flag: a request that registers later sees the flag and does not block.
+        if let Some(sock) = self.inner.blocked_in.lock().unwrap().as_ref() {
+            let _ = sock.shutdown(std::net::Shutdown::Both);
+        }
     }
 
     pub fn reset(&self) {
-        self.state.send_replace(false);
+        self.inner.state.send_replace(false);
     }
 
     pub fn is_cancelled(&self) -> bool {
-        *self.state.borrow()
+        *self.inner.state.borrow()
     }
 
     /// Resolves once cancelled.
     pub async fn cancelled(&self) {
-        let mut rx = self.state.subscribe();
+        let mut rx = self.inner.state.subscribe();
         // The sender lives as long as `self`, so this only ends by cancellation.
         let _ = rx.wait_for(|cancelled| *cancelled).await;
     }
+
+    /// Lets `cancel()` interrupt a blocking call on `sock` until the guard is dropped;
+    /// `Err(Cancelled)` if already cancelled.
+    pub(crate) fn guard_socket(&self, sock: &Arc<std::net::TcpStream>) -> Result<SocketGuard<'_>> {
+        let mut blocked_in = self.inner.blocked_in.lock().unwrap();
+        if self.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        *blocked_in = Some(sock.clone());
+        Ok(SocketGuard { canceller: self })
+    }
 }
 
-/// Runs `fut` on the shared runtime from a non-async thread and waits for it, returning
-/// `Error::Cancelled` as soon as `canceller` fires. Must not be called from inside the runtime.
+/// Deregisters the socket of a blocking call from its canceller.
+pub(crate) struct SocketGuard<'a> {
+    canceller: &'a Canceller,
+}
+
+impl Drop for SocketGuard<'_> {
+    fn drop(&mut self) {
+        self.canceller.inner.blocked_in.lock().unwrap().take();
+    }
+}
+
+thread_local! {
+    /// The canceller of the [`block_on`] running on this thread, if any: requests made under it
+    /// drive their socket from this thread.
+    static DIRECT: RefCell<Option<Canceller>> = const { RefCell::new(None) };
+}
+
+/// The canceller of the [`block_on`] this thread is in, when a request may block this thread in
+/// its socket calls instead of waiting on the runtime.
+pub(crate) fn direct_canceller() -> Option<Canceller> {
+    DIRECT.with(|d| d.borrow().clone())
+}
+
+/// Marks this thread as driving its own sockets for the duration of a [`block_on`].
+struct DirectScope {
+    previous: Option<Canceller>,
+}
+
+impl DirectScope {
+    fn enter(canceller: &Canceller) -> DirectScope {
+        DirectScope {
+            previous: DIRECT.with(|d| d.replace(Some(canceller.clone()))),
+        }
+    }
+}
+
+impl Drop for DirectScope {
+    fn drop(&mut self) {
+        let previous = self.previous.take();
+        DIRECT.with(|d| *d.borrow_mut() = previous);
+    }
+}
+
+/// Runs `fut` from a non-async thread and waits for it, returning `Error::Cancelled` as soon as
+/// `canceller` fires. Must not be called from inside the runtime.
+///
+/// The future runs on the calling thread inside the shared runtime's context (timers, the pool's
+/// semaphore and spawned tasks work as anywhere else). A [`Connection`] request made in it does
+/// not wait on the runtime's I/O driver: it writes and reads its socket with blocking calls on
+/// this thread, so a reply wakes this thread directly, with no hand-off through a runtime
+/// worker. `canceller` interrupts such a call at once (it shuts the socket down). The price:
+/// requests inside one `block_on` run one after another even when joined; to overlap two
+/// requests, spawn one of them on [`runtime()`].
 pub fn block_on<T>(canceller: &Canceller, fut: impl Future<Output = Result<T>>) -> Result<T> {
     if canceller.is_cancelled() {
         return Err(Error::Cancelled);
     }
+    let _direct = DirectScope::enter(canceller);
     RUNTIME.block_on(async {
         tokio::select! {
             biased;
@@ -146,17 +229,21 @@ impl Pool {
     /// Checks a connection out, waiting at most `timeout` for a free slot and for the connect.
     /// Idle connections the server has closed meanwhile are dropped, not handed out.
     pub async fn checkout(self: &Arc<Self>, timeout: Duration) -> Result<PooledConnection> {
-        let permit = tokio::time::timeout(timeout, self.permits.clone().acquire_owned())
-            .await
-            .map_err(|_| Error::Timeout {
-                addr: self.addr.clone(),
-                what: format!(
-                    "a free pooled connection (all {} in use; raise pool-size)",
-                    self.size()
-                ),
-                after: timeout,
-            })?
-            .expect("the pool's semaphore is never closed");
+        // A free slot is taken without arming a timer.
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => tokio::time::timeout(timeout, self.permits.clone().acquire_owned())
+                .await
+                .map_err(|_| Error::Timeout {
+                    addr: self.addr.clone(),
+                    what: format!(
+                        "a free pooled connection (all {} in use; raise pool-size)",
+                        self.size()
+                    ),
+                    after: timeout,
+                })?
+                .expect("the pool's semaphore is never closed"),
+        };
         let reused = {
             let mut state = self.state.lock().unwrap();
             let mut found = None;

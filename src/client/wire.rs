@@ -1,5 +1,8 @@
 //! One connection to a RACS server: a length-prefixed request and its reply, in lock-step.
 
+use std::io::{IoSlice, Read};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -7,7 +10,55 @@ use tokio::net::TcpStream;
 
 use super::command::{Command, InfoAttr};
 use super::error::{Error, Result};
-use super::frame::{encode_frame_into, SessionId, StreamFormat};
+use super::frame::{crc32c, SessionId, StreamFormat, HEADER_LEN, MAX_BLOCK_BYTES};
+
+/// The length prefix and header of a frame carrying `pcm` (the layout `encode_frame_into`
+/// writes), without the PCM.
+fn frame_head(session: &SessionId, stream_hash: u64, pcm: &[u8]) -> Result<[u8; FRAME_HEAD_LEN]> {
+    let len = u16::try_from(pcm.len()).map_err(|_| {
+        Error::InvalidArgument(format!(
+            "a frame carries at most {MAX_BLOCK_BYTES} bytes of PCM, not {}",
+            pcm.len()
+        ))
+    })?;
+    let mut head = [0u8; FRAME_HEAD_LEN];
+    head[..8].copy_from_slice(&((HEADER_LEN + pcm.len()) as u64).to_le_bytes());
+    head[8..11].copy_from_slice(b"rsp");
+    head[11..27].copy_from_slice(&session.0);
+    head[27..35].copy_from_slice(&stream_hash.to_le_bytes());
+    head[35..39].copy_from_slice(&crc32c(pcm).to_le_bytes());
+    head[39..41].copy_from_slice(&len.to_le_bytes());
+    // head[41]: flags, 0.
+    Ok(head)
+}
+
+/// Writes all of `parts` with `sendmsg`; MSG_NOSIGNAL, because a host program (gst-launch, a
+/// Python interpreter) may not ignore SIGPIPE, and a peer that went away must be an error, not
+/// the end of the process.
+fn send_all(sock: &std::net::TcpStream, mut parts: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+    IoSlice::advance_slices(&mut parts, 0);
+    while !parts.is_empty() {
+        // SAFETY: msghdr points at `parts`, which outlive the call; the kernel only reads them.
+        let n = unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = parts.as_ptr() as *mut libc::iovec;
+            msg.msg_iovlen = parts.len() as _;
+            libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut parts, n as usize);
+    }
+    Ok(())
+}
 
 /// Replies larger than this are taken for garbage rather than allocated.
 pub const MAX_REPLY_BYTES: u64 = 1 << 31;
@@ -105,14 +156,45 @@ impl Reply {
     }
 }
 
+/// `["null"]`: the reply to a stored frame, OPEN, CLOSE and CREATE.
+const NULL_REPLY: &[u8] = b"\x91\xa4null";
+
+/// Bytes of a frame request before its PCM: the length prefix and the frame header.
+const FRAME_HEAD_LEN: usize = 8 + HEADER_LEN;
+
+/// A reply body kept between requests is freed when it grew beyond this (a large EXTRACT).
+const KEEP_BODY_BYTES: usize = 1 << 20;
+
+/// How the socket is driven.
+enum Io {
+    /// A blocking socket, not registered with any runtime: requests made under
+    /// [`block_on`](super::pool::block_on) call `sendmsg`/`recv` on the calling thread. Shared
+    /// with the canceller while a call blocks, so that `cancel()` can shut it down.
+    Direct(Arc<std::net::TcpStream>),
+    /// Registered with the runtime the request is polled in: requests made in a task.
+    Async(TcpStream),
+    /// Only while switching between the two, or after a switch failed.
+    Detached,
+}
+
 /// A connection in strict lock-step: one request in flight, each prefix and payload written
 /// together, every request bounded by a timeout. After any transport error or timeout the
 /// connection is marked broken and must be dropped: its position in the reply stream is unknown.
+///
+/// Under [`block_on`](super::pool::block_on) a request runs on the calling thread with blocking
+/// socket calls (one `sendmsg` of the prefix, the header and the caller's PCM, then `recv`), so
+/// the reply wakes that thread itself; in a task it waits on the runtime as any async I/O. The
+/// socket moves between the two as it is used, which costs a few system calls per switch.
 pub struct Connection {
-    stream: TcpStream,
+    io: Io,
     addr: String,
     timeout: Duration,
+    /// The send/receive timeout set on the blocking socket, if any.
+    socket_timeout: Option<Duration>,
+    /// A command request, or a whole frame request when the runtime drives the socket.
     out: Vec<u8>,
+    /// The last reply's body, kept for the next one.
+    body: Vec<u8>,
     broken: bool,
 }
 
@@ -123,6 +205,14 @@ impl std::fmt::Debug for Connection {
             .field("broken", &self.broken)
             .finish()
     }
+}
+
+/// What a request sends.
+enum Payload<'a> {
+    /// `Connection::out`, prefix included.
+    Out,
+    /// A frame: the prefix and header, then the caller's PCM.
+    Frame(&'a [u8; FRAME_HEAD_LEN], &'a [u8]),
 }
 
 impl Connection {
@@ -140,10 +230,12 @@ impl Connection {
             .set_nodelay(true)
             .map_err(|e| connect_err(e.to_string()))?;
         Ok(Connection {
-            stream,
+            io: Io::Async(stream),
             addr: addr.to_string(),
             timeout,
-            out: Vec::with_capacity(64 * 1024 + 64),
+            socket_timeout: None,
+            out: Vec::with_capacity(256),
+            body: Vec::new(),
             broken: false,
         })
     }
@@ -169,80 +261,299 @@ impl Connection {
     /// without waiting. Such a connection must not be reused.
     pub fn is_stale(&self) -> bool {
         let mut probe = [0u8; 1];
-        !matches!(
-            self.stream.try_read(&mut probe),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
-        )
-    }
-
-    /// Sends the request already in `self.out` and reads its reply.
-    async fn round_trip(&mut self, what: &str) -> Result<Reply> {
-        if self.broken {
-            return Err(Error::Io {
-                addr: self.addr.clone(),
-                reason: "the connection was already broken".into(),
-            });
-        }
-        let timeout = self.timeout;
-        // Broken until the reply is in: if this future is dropped half-way (a cancelled wait),
-        // the connection's place in the reply stream is unknown and it must not be reused.
-        self.broken = true;
-        let result = match tokio::time::timeout(timeout, self.exchange()).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::Timeout {
-                addr: self.addr.clone(),
-                what: what.to_string(),
-                after: timeout,
-            }),
-        };
-        self.broken = result.is_err();
-        result
-    }
-
-    async fn exchange(&mut self) -> Result<Reply> {
-        let io_err = |addr: &str, e: std::io::Error| Error::Io {
-            addr: addr.to_string(),
-            reason: e.to_string(),
-        };
-        self.stream
-            .write_all(&self.out)
-            .await
-            .map_err(|e| io_err(&self.addr, e))?;
-        let mut prefix = [0u8; 8];
-        self.stream.read_exact(&mut prefix).await.map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                Error::Io {
-                    addr: self.addr.clone(),
-                    reason: "the server closed the connection without replying".into(),
-                }
-            } else {
-                io_err(&self.addr, e)
+        match &self.io {
+            Io::Async(stream) => !matches!(
+                stream.try_read(&mut probe),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+            ),
+            Io::Direct(sock) => {
+                // SAFETY: a valid socket and a 1-byte buffer; MSG_PEEK leaves the data queued.
+                let n = unsafe {
+                    libc::recv(
+                        sock.as_raw_fd(),
+                        probe.as_mut_ptr().cast(),
+                        1,
+                        libc::MSG_PEEK | libc::MSG_DONTWAIT,
+                    )
+                };
+                !(n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock)
             }
-        })?;
-        let len = u64::from_le_bytes(prefix);
+            Io::Detached => true,
+        }
+    }
+
+    fn io_error(&self, e: std::io::Error) -> Error {
+        Error::Io {
+            addr: self.addr.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    fn timeout_error(&self, what: &str) -> Error {
+        Error::Timeout {
+            addr: self.addr.clone(),
+            what: what.to_string(),
+            after: self.timeout,
+        }
+    }
+
+    fn closed_error(&self, got: usize, len: Option<u64>) -> Error {
+        Error::Io {
+            addr: self.addr.clone(),
+            reason: match len {
+                None => "the server closed the connection without replying".into(),
+                Some(len) => {
+                    format!("the server closed the connection after {got} of a {len}-byte reply")
+                }
+            },
+        }
+    }
+
+    fn check_reply_len(&self, len: u64) -> Result<usize> {
         if len > MAX_REPLY_BYTES {
             return Err(Error::Protocol {
                 addr: self.addr.clone(),
                 reason: format!("a reply announced as {len} bytes"),
             });
         }
-        // Memory grows with what arrives, not with what a garbage prefix announces.
-        let mut body = Vec::with_capacity(len.min(64 << 20) as usize);
-        (&mut self.stream)
-            .take(len)
-            .read_to_end(&mut body)
-            .await
-            .map_err(|e| io_err(&self.addr, e))?;
-        if (body.len() as u64) < len {
+        Ok(len as usize)
+    }
+
+    /// Sends a request and reads its reply into `self.body`.
+    async fn round_trip(&mut self, what: &str, payload: Payload<'_>) -> Result<()> {
+        if self.broken {
             return Err(Error::Io {
                 addr: self.addr.clone(),
-                reason: format!(
-                    "the server closed the connection after {} of a {len}-byte reply",
-                    body.len()
-                ),
+                reason: "the connection was already broken".into(),
             });
         }
-        Reply::decode(&body).map_err(|reason| Error::Protocol {
+        if self.body.capacity() > KEEP_BODY_BYTES {
+            self.body = Vec::new();
+        }
+        // Broken until the reply is in: if this future is dropped half-way (a cancelled wait),
+        // the connection's place in the reply stream is unknown and it must not be reused.
+        self.broken = true;
+        let result = match super::pool::direct_canceller() {
+            Some(canceller) => self.exchange_direct(what, payload, &canceller),
+            None => {
+                let timeout = self.timeout;
+                match tokio::time::timeout(timeout, self.exchange_async(payload)).await {
+                    Ok(result) => result.map(|()| false),
+                    Err(_) => Err(self.timeout_error(what)),
+                }
+            }
+        };
+        self.broken = !matches!(result, Ok(false));
+        result.map(|_| ())
+    }
+
+    /// The blocking socket, switched out of the runtime if it was registered there.
+    fn direct_socket(&mut self) -> Result<Arc<std::net::TcpStream>> {
+        if let Io::Direct(sock) = &self.io {
+            return Ok(sock.clone());
+        }
+        let Io::Async(stream) = std::mem::replace(&mut self.io, Io::Detached) else {
+            return Err(Error::Io {
+                addr: self.addr.clone(),
+                reason: "the connection's socket was lost".into(),
+            });
+        };
+        let sock = stream.into_std().map_err(|e| self.io_error(e))?;
+        sock.set_nonblocking(false).map_err(|e| self.io_error(e))?;
+        self.socket_timeout = None;
+        let sock = Arc::new(sock);
+        self.io = Io::Direct(sock.clone());
+        Ok(sock)
+    }
+
+    /// The socket registered with the runtime this is polled in.
+    fn async_socket(&mut self) -> Result<&mut TcpStream> {
+        if let Io::Direct(_) | Io::Detached = self.io {
+            let Io::Direct(sock) = std::mem::replace(&mut self.io, Io::Detached) else {
+                return Err(Error::Io {
+                    addr: self.addr.clone(),
+                    reason: "the connection's socket was lost".into(),
+                });
+            };
+            // Unique: the canceller lets go of it when the blocking call ends.
+            let sock = Arc::try_unwrap(sock).map_err(|_| Error::Io {
+                addr: self.addr.clone(),
+                reason: "the connection's socket is still shared".into(),
+            })?;
+            sock.set_nonblocking(true).map_err(|e| self.io_error(e))?;
+            self.io = Io::Async(TcpStream::from_std(sock).map_err(|e| self.io_error(e))?);
+        }
+        match &mut self.io {
+            Io::Async(stream) => Ok(stream),
+            _ => unreachable!("switched above"),
+        }
+    }
+
+    /// One request and its reply with blocking calls on this thread; `canceller` can shut the
+    /// socket down to end them at once.
+    fn exchange_direct(
+        &mut self,
+        what: &str,
+        payload: Payload<'_>,
+        canceller: &super::pool::Canceller,
+    ) -> Result<bool> {
+        let sock = self.direct_socket()?;
+        if self.socket_timeout != Some(self.timeout) {
+            sock.set_read_timeout(Some(self.timeout).filter(|t| !t.is_zero()))
+                .and_then(|()| sock.set_write_timeout(Some(self.timeout).filter(|t| !t.is_zero())))
+                .map_err(|e| self.io_error(e))?;
+            self.socket_timeout = Some(self.timeout);
+        }
+        let guard = canceller.guard_socket(&sock)?;
+        let result = self.exchange_blocking(&sock, what, payload);
+        drop(guard);
+        if canceller.is_cancelled() {
+            // The socket may have been shut down, whatever the call returned.
+            return Err(Error::Cancelled);
+        }
+        result
+    }
+
+    fn exchange_blocking(
+        &mut self,
+        sock: &std::net::TcpStream,
+        what: &str,
+        payload: Payload<'_>,
+    ) -> Result<bool> {
+        let deadline = std::time::Instant::now() + self.timeout;
+        let map_io = |this: &Self, e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                this.timeout_error(what)
+            }
+            _ => this.io_error(e),
+        };
+        let sent = match payload {
+            Payload::Out => send_all(sock, &mut [IoSlice::new(&self.out)]),
+            Payload::Frame(head, pcm) => {
+                send_all(sock, &mut [IoSlice::new(head), IoSlice::new(pcm)])
+            }
+        };
+        sent.map_err(|e| map_io(self, e))?;
+
+        // The prefix and, for the short replies frames get, the whole body in one call. A
+        // reply never has bytes after it in lock-step; any that arrive mean the peer is not
+        // speaking the protocol, and the connection is not reused.
+        let mut head = [0u8; 64];
+        let mut got = 0;
+        let mut reader = sock;
+        while got < 8 {
+            match reader.read(&mut head[got..]) {
+                Ok(0) => return Err(self.closed_error(0, None)),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(map_io(self, e)),
+            }
+            self.check_deadline(sock, deadline, what)?;
+        }
+        let len = self.check_reply_len(u64::from_le_bytes(head[..8].try_into().unwrap()))?;
+        let stray = got > 8 + len;
+        self.body.clear();
+        self.body.extend_from_slice(&head[8..got.min(8 + len)]);
+        while self.body.len() < len {
+            // Memory grows with what arrives, not with what a garbage prefix announces.
+            let have = self.body.len();
+            let step = (len - have).min(have.max(64 << 10));
+            self.body.resize(have + step, 0);
+            let mut filled = have;
+            while filled < have + step {
+                match reader.read(&mut self.body[filled..have + step]) {
+                    Ok(0) => {
+                        self.body.truncate(filled);
+                        return Err(self.closed_error(filled, Some(len as u64)));
+                    }
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        self.body.truncate(filled);
+                        return Err(map_io(self, e));
+                    }
+                }
+                if filled < len {
+                    self.check_deadline(sock, deadline, what)?;
+                }
+            }
+        }
+        // Answered; but bytes after the reply mean the peer does not keep lock-step, so the
+        // connection must not be reused.
+        Ok(stray)
+    }
+
+    /// Errors once `deadline` is past; otherwise makes sure the socket's timeout does not
+    /// reach beyond it (a reply that trickles in is bounded as a whole).
+    fn check_deadline(
+        &mut self,
+        sock: &std::net::TcpStream,
+        deadline: std::time::Instant,
+        what: &str,
+    ) -> Result<()> {
+        if self.timeout.is_zero() {
+            return Ok(());
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(self.timeout_error(what));
+        }
+        if self.socket_timeout.is_some_and(|t| t > left) {
+            sock.set_read_timeout(Some(left))
+                .map_err(|e| self.io_error(e))?;
+            self.socket_timeout = Some(left);
+        }
+        Ok(())
+    }
+
+    async fn exchange_async(&mut self, payload: Payload<'_>) -> Result<()> {
+        if let Payload::Frame(head, pcm) = payload {
+            // One write, as the protocol wants the prefix and its message together.
+            self.out.clear();
+            self.out.extend_from_slice(head);
+            self.out.extend_from_slice(pcm);
+        }
+        let addr = self.addr.clone();
+        let io_err = |e: std::io::Error| Error::Io {
+            addr: addr.clone(),
+            reason: e.to_string(),
+        };
+        let out = std::mem::take(&mut self.out);
+        let mut body = std::mem::take(&mut self.body);
+        let result = async {
+            let stream = self.async_socket()?;
+            stream.write_all(&out).await.map_err(io_err)?;
+            let mut prefix = [0u8; 8];
+            stream.read_exact(&mut prefix).await.map_err(|e| {
+                if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    self.closed_error(0, None)
+                } else {
+                    io_err(e)
+                }
+            })?;
+            let len = self.check_reply_len(u64::from_le_bytes(prefix))?;
+            let stream = self.async_socket()?;
+            body.clear();
+            // Memory grows with what arrives, not with what a garbage prefix announces.
+            stream
+                .take(len as u64)
+                .read_to_end(&mut body)
+                .await
+                .map_err(io_err)?;
+            if body.len() < len {
+                return Err(self.closed_error(body.len(), Some(len as u64)));
+            }
+            Ok(())
+        }
+        .await;
+        self.out = out;
+        self.body = body;
+        result
+    }
+
+    /// The reply in `self.body`, decoded.
+    fn reply(&self) -> Result<Reply> {
+        Reply::decode(&self.body).map_err(|reason| Error::Protocol {
             addr: self.addr.clone(),
             reason,
         })
@@ -268,7 +579,8 @@ impl Connection {
         self.out
             .extend_from_slice(&(payload.len() as u64).to_le_bytes());
         self.out.extend_from_slice(payload);
-        self.round_trip("a request").await
+        self.round_trip("a request", Payload::Out).await?;
+        self.reply()
     }
 
     /// Runs one command and returns its result; an error reply becomes `Error::Server`.
@@ -280,10 +592,9 @@ impl Connection {
         self.out.extend_from_slice(text);
         self.out.push(0);
         let verb = cmd.as_str().split(' ').next().unwrap_or_default();
-        {
-            let reply = self.round_trip(verb).await?;
-            self.value_of(reply)
-        }
+        self.round_trip(verb, Payload::Out).await?;
+        let reply = self.reply()?;
+        self.value_of(reply)
     }
 
     fn unexpected(&self, cmd: &Command, value: Value) -> Error {
@@ -301,17 +612,22 @@ impl Connection {
     }
 
     /// Sends one frame of PCM and waits for it to be acknowledged.
+    ///
+    /// The PCM is not copied under [`block_on`](super::pool::block_on): the prefix and header
+    /// (CRC included) are written into a small buffer and sent with the PCM in one `sendmsg`.
     pub async fn send_frame(
         &mut self,
         session: &SessionId,
         stream_hash: u64,
         pcm: &[u8],
     ) -> Result<()> {
-        self.out.clear();
-        self.out
-            .extend_from_slice(&((super::frame::HEADER_LEN + pcm.len()) as u64).to_le_bytes());
-        encode_frame_into(&mut self.out, session, stream_hash, pcm)?;
-        let reply = self.round_trip("a frame").await?;
+        let head = frame_head(session, stream_hash, pcm)?;
+        self.round_trip("a frame", Payload::Frame(&head, pcm))
+            .await?;
+        if self.body == NULL_REPLY {
+            return Ok(());
+        }
+        let reply = self.reply()?;
         match self.value_of(reply)? {
             Value::Null => Ok(()),
             other => Err(Error::Protocol {
@@ -537,6 +853,177 @@ mod tests {
         assert!(broken);
         assert!(err.is_connection_error(), "{err}");
         assert!(err.to_string().contains("after 3 of a"), "{err}");
+    }
+
+    #[test]
+    fn the_frame_head_and_pcm_are_the_contract_frame() {
+        let session = SessionId(core::array::from_fn(|i| i as u8 + 1));
+        let pcm = [0x00, 0x00, 0xe8, 0x03, 0x18, 0xfc, 0xff, 0x7f];
+        let hash = super::super::frame::stream_hash(b"chopin");
+        let mut whole = Vec::new();
+        super::super::frame::encode_frame_into(&mut whole, &session, hash, &pcm).unwrap();
+        let head = frame_head(&session, hash, &pcm).unwrap();
+        assert_eq!(&head[..8], &unhex("2a00000000000000")[..]);
+        assert_eq!([&head[8..], &pcm[..]].concat(), whole);
+        assert!(frame_head(&session, hash, &[0; 65536]).is_err());
+    }
+
+    /// A peer that answers each request (read in one go) with the next of `answers`, then
+    /// stays silent with the connection open until the test ends.
+    fn scripted_peer(
+        answers: Vec<Vec<u8>>,
+    ) -> (
+        String,
+        std::sync::mpsc::Sender<()>,
+        std::thread::JoinHandle<()>,
+    ) {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (done, until) = std::sync::mpsc::channel::<()>();
+        let peer = std::thread::spawn(move || {
+            let (mut sock, _) = listener.accept().unwrap();
+            for answer in answers {
+                let mut buf = [0u8; 256];
+                if sock.read(&mut buf).unwrap_or(0) == 0 {
+                    return;
+                }
+                sock.write_all(&answer).unwrap();
+            }
+            let _ = until.recv_timeout(Duration::from_secs(30));
+        });
+        (addr, done, peer)
+    }
+
+    fn pong() -> Vec<u8> {
+        let body = unhex("92a6737472696e67a4504f4e47");
+        [&(body.len() as u64).to_le_bytes()[..], &body].concat()
+    }
+
+    fn connect_direct(addr: &str, c: &Canceller) -> Connection {
+        block_on(c, Connection::connect(addr, Duration::from_secs(5))).unwrap()
+    }
+
+    use super::super::pool::{block_on, runtime, Canceller};
+
+    #[test]
+    fn a_connection_moves_between_the_calling_thread_and_the_runtime() {
+        let (addr, done, peer) = scripted_peer(vec![pong(), pong(), pong(), pong()]);
+        let c = Canceller::new();
+        let mut conn = connect_direct(&addr, &c);
+        block_on(&c, conn.ping()).unwrap();
+        assert!(matches!(conn.io, Io::Direct(_)));
+        runtime().block_on(conn.ping()).unwrap();
+        assert!(matches!(conn.io, Io::Async(_)));
+        block_on(&c, conn.ping()).unwrap();
+        assert!(!conn.is_stale() && !conn.is_broken());
+        // In a task on the runtime, as a spawned reader does.
+        let conn = runtime()
+            .block_on(runtime().spawn(async move { conn.ping().await.map(|()| conn) }))
+            .unwrap()
+            .unwrap();
+        assert!(!conn.is_broken());
+        done.send(()).unwrap();
+        peer.join().unwrap();
+    }
+
+    #[test]
+    fn cancel_interrupts_a_request_blocked_on_the_calling_thread_at_once() {
+        let (addr, done, peer) = scripted_peer(vec![pong()]);
+        let c = Canceller::new();
+        let mut conn = connect_direct(&addr, &c);
+        conn.set_timeout(Duration::from_secs(60));
+        block_on(&c, conn.ping()).unwrap();
+        let canceller = c.clone();
+        let cancel = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            canceller.cancel();
+        });
+        let started = std::time::Instant::now();
+        // The peer never answers this one.
+        assert_eq!(block_on(&c, conn.ping()), Err(Error::Cancelled));
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(conn.is_broken());
+        // Sticky until reset; then the broken connection says so.
+        assert_eq!(block_on(&c, conn.ping()), Err(Error::Cancelled));
+        c.reset();
+        let err = block_on(&c, conn.ping()).unwrap_err();
+        assert!(err.to_string().contains("already broken"), "{err}");
+        cancel.join().unwrap();
+        done.send(()).unwrap();
+        peer.join().unwrap();
+    }
+
+    #[test]
+    fn a_silent_peer_times_out_on_the_calling_thread() {
+        let (addr, done, peer) = scripted_peer(vec![]);
+        let c = Canceller::new();
+        let mut conn = connect_direct(&addr, &c);
+        conn.set_timeout(Duration::from_millis(300));
+        let err = block_on(&c, conn.ping()).unwrap_err();
+        assert!(matches!(err, Error::Timeout { .. }), "{err}");
+        assert!(err.to_string().contains("PING"), "{err}");
+        assert!(conn.is_broken());
+        done.send(()).unwrap();
+        peer.join().unwrap();
+    }
+
+    #[test]
+    fn bytes_after_a_reply_retire_the_connection() {
+        let mut answer = pong();
+        answer.extend_from_slice(b"junk");
+        let (addr, done, peer) = scripted_peer(vec![answer]);
+        let c = Canceller::new();
+        let mut conn = connect_direct(&addr, &c);
+        block_on(&c, conn.ping()).unwrap();
+        assert!(conn.is_broken());
+        done.send(()).unwrap();
+        peer.join().unwrap();
+    }
+
+    #[test]
+    fn short_and_empty_replies_fail_the_same_on_the_calling_thread() {
+        for (answer, want) in [
+            (&[0u8; 8][..], "empty reply"),
+            (&b"\x00\x00\x00\x40\x00\x00\x00\x00abc"[..], "after 3 of a"),
+            (&b"\x03\x00"[..], "without replying"),
+        ] {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap().to_string();
+            let peer = std::thread::spawn(move || {
+                use std::io::Write;
+                let (mut sock, _) = listener.accept().unwrap();
+                let mut buf = [0u8; 64];
+                let _ = sock.read(&mut buf).unwrap();
+                sock.write_all(answer).unwrap();
+            });
+            let c = Canceller::new();
+            let mut conn = connect_direct(&addr, &c);
+            let err = block_on(&c, conn.ping()).unwrap_err();
+            assert!(err.is_connection_error(), "{err}");
+            assert!(err.to_string().contains(want), "{err}");
+            assert!(conn.is_broken());
+            peer.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_large_reply_is_read_whole_on_the_calling_thread() {
+        // ["s32v", bin32 of 3 MB]: read in many calls, and the kept body is then let go.
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7) as u8).collect();
+        let mut body = unhex("92a473333276c6");
+        body.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        body.extend_from_slice(&data);
+        let answer = [&(body.len() as u64).to_le_bytes()[..], &body].concat();
+        let (addr, done, peer) = scripted_peer(vec![answer, pong()]);
+        let c = Canceller::new();
+        let mut conn = connect_direct(&addr, &c);
+        let got = block_on(&c, conn.extract("x", 0, 1)).unwrap();
+        assert_eq!(got, data);
+        block_on(&c, conn.ping()).unwrap();
+        assert!(conn.body.capacity() < KEEP_BODY_BYTES);
+        done.send(()).unwrap();
+        peer.join().unwrap();
     }
 
     #[test]
