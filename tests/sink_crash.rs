@@ -101,10 +101,24 @@ fn now_us() -> i64 {
 // ---------------------------------------------------------------------------------------
 // Reading the server's tables from its data directory
 
+thread_local! {
+    /// When the server of this test was last down (after its kill or SHUTDOWN, before its
+    /// restart): tables written before it hold the old timeline, after it the new one.
+    static DOWN_AT: std::cell::Cell<Option<SystemTime>> = const { std::cell::Cell::new(None) };
+}
+
 /// Every block of stream `id` in the table files under `data_dir/.racs/seg`: (key, data), in
-/// key order (a table being written, `.tmp`, is skipped).
+/// the order they were written: tables written before the server was last down first, then
+/// by key (a table being written, `.tmp`, is skipped).
 fn blocks_on_disk(data_dir: &Path, id: &str) -> Vec<(i64, Vec<u8>)> {
-    fn walk(dir: &Path, hash: u64, out: &mut Vec<(i64, Vec<u8>)>) {
+    let mut blocks = blocks_with_phase(data_dir, id);
+    blocks.sort_by_key(|(phase, k, _)| (*phase, *k));
+    blocks.into_iter().map(|(_, k, d)| (k, d)).collect()
+}
+
+/// (0 before the server was last down / 1 after, key, data) of every block of `id`.
+fn blocks_with_phase(data_dir: &Path, id: &str) -> Vec<(u8, i64, Vec<u8>)> {
+    fn walk(dir: &Path, hash: u64, out: &mut Vec<(u8, i64, Vec<u8>)>) {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
         };
@@ -115,7 +129,14 @@ fn blocks_on_disk(data_dir: &Path, id: &str) -> Vec<(i64, Vec<u8>)> {
                 walk(&path, hash, out);
             } else if !name.ends_with(".tmp") {
                 if let Ok(bytes) = std::fs::read(&path) {
-                    parse_table(&bytes, hash, out);
+                    let written = e.metadata().and_then(|m| m.modified()).ok();
+                    let phase = match (DOWN_AT.get(), written) {
+                        (Some(down), Some(w)) if w > down => 1,
+                        _ => 0,
+                    };
+                    let mut blocks = Vec::new();
+                    parse_table(&bytes, hash, &mut blocks);
+                    out.extend(blocks.into_iter().map(|(k, d)| (phase, k, d)));
                 }
             }
         }
@@ -123,7 +144,6 @@ fn blocks_on_disk(data_dir: &Path, id: &str) -> Vec<(i64, Vec<u8>)> {
     let hash = racs_lite::stream_hash(id.as_bytes());
     let mut out = Vec::new();
     walk(&data_dir.join(".racs").join("seg"), hash, &mut out);
-    out.sort_by_key(|(k, _)| *k);
     out
 }
 
@@ -509,6 +529,23 @@ fn check(srv: &TestServer, run: &Run) -> Vec<(i64, i64)> {
     flush_to_disk(srv, &[(&run.id, want.len())]);
     let blocks = blocks_on_disk(srv.data_dir(), &run.id);
     let disk: Vec<u8> = blocks.iter().flat_map(|(_, d)| d.clone()).collect();
+    // Times go on from the old timeline to the new one, unless the writer said they overlap
+    // (a kill while an import ran ahead of the wall clock).
+    let phases = blocks_with_phase(srv.data_dir(), &run.id);
+    let old_end = phases.iter().filter(|b| b.0 == 0).map(|b| b.1).max();
+    let new_start = phases.iter().filter(|b| b.0 == 1).map(|b| b.1).min();
+    if let (Some(old_end), Some(new_start)) = (old_end, new_start) {
+        if new_start <= old_end {
+            assert!(
+                run.warnings()
+                    .iter()
+                    .any(|w| w.contains("restarted the timeline")),
+                "{}: the new timeline starts at {new_start}, before the old one's end {old_end}, \
+                 and nothing said so",
+                run.id
+            );
+        }
+    }
     if let Some(d) = first_difference(&disk, &want) {
         panic!("{}: table files: {d}; losses: {:?}", run.id, run.losses());
     }
@@ -682,6 +719,7 @@ fn kill_and_restart(quiet: Duration, outage: Duration) -> impl FnOnce(&mut TestS
     move |s: &mut TestServer| {
         std::thread::sleep(quiet);
         s.kill();
+        DOWN_AT.set(Some(SystemTime::now()));
         std::thread::sleep(outage);
         s.start_again();
     }
@@ -691,6 +729,7 @@ fn shutdown_and_restart(quiet: Duration, outage: Duration) -> impl FnOnce(&mut T
     move |s: &mut TestServer| {
         std::thread::sleep(quiet);
         s.shutdown();
+        DOWN_AT.set(Some(SystemTime::now()));
         std::thread::sleep(outage);
         s.start_again();
     }
@@ -1070,6 +1109,7 @@ fn a_kill_during_a_fast_import_is_reported_exactly() {
             std::thread::sleep(Duration::from_millis(2));
         }
         srv.kill();
+        DOWN_AT.set(Some(SystemTime::now()));
         std::thread::sleep(Duration::from_millis(300));
         srv.start_again();
         for t in threads {

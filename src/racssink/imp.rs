@@ -322,6 +322,26 @@ impl RacsSink {
                         .build(),
                 );
             }
+            WriterEvent::Overlap {
+                now_ms,
+                kept_until_ms,
+            } => {
+                let (id, addr, _) = self.describe_bytes(0);
+                gst::element_imp_warning!(
+                    self,
+                    gst::ResourceError::Write,
+                    (
+                        "The RACS server at {} restarted the timeline of stream '{}' at {}, \
+                         inside the time range of blocks it kept from before its crash (up to \
+                         {}: this audio was written ahead of the wall clock); reading that range \
+                         by time interleaves the two timelines",
+                        addr,
+                        id,
+                        format_unix_ms(now_ms),
+                        format_unix_ms(kept_until_ms)
+                    )
+                );
+            }
             WriterEvent::TimeOffset { offset_us } => {
                 let (id, addr, _) = self.describe_bytes(0);
                 gst::element_imp_warning!(

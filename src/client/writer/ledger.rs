@@ -234,6 +234,15 @@ impl Ledger {
         total
     }
 
+    /// The key of the newest present block of any epoch.
+    pub fn last_present_key(&self) -> Option<i64> {
+        self.runs
+            .iter()
+            .filter(|r| r.state == BlockState::Present && r.count > 0)
+            .map(|r| self.key(r.epoch, r.offset0 + (r.count - 1) * u64::from(r.len)))
+            .max()
+    }
+
     /// Marks the newest `n` present blocks of the current epoch as lost and returns them,
     /// oldest first.
     pub fn mark_lost_tail(&mut self, n: u64) -> Vec<Block> {

@@ -302,6 +302,10 @@ pub enum WriterEvent {
     /// keep-time on a stream whose timeline was set before this run: its stored times differ
     /// from the capture times by `offset_us` (kept constant).
     TimeOffset { offset_us: i64 },
+    /// The server started a new timeline at about `now_ms`, inside the time range of blocks of
+    /// this writer it kept (up to `kept_until_ms`: an import written ahead of the wall clock):
+    /// reading by time interleaves the two.
+    Overlap { now_ms: i64, kept_until_ms: i64 },
     /// The first frame of a timeline is stored: the stream's reference time in epoch ms, and
     /// its size after that frame. Again after the server started a new timeline.
     Reference { ref_ms: i64, size: u64 },
@@ -410,9 +414,9 @@ impl std::fmt::Display for WriteError {
             WriteError::TakenOver { stream, addr } => write!(
                 f,
                 "stream '{stream}' on the RACS server at {addr} was taken over by another writer \
-                 (the server answered \"{STREAM_IN_USE}\" and the stream is open elsewhere, \
-                 typically by a racssink with takeover=true); this writer stopped. Everything it \
-                 had acknowledged before is stored"
+                 (typically a racssink with takeover=true, which closes and reopens the stream \
+                 under the writer it replaces); this writer stopped. Everything it had \
+                 acknowledged before is stored"
             ),
             WriteError::TakeoverFailed {
                 stream,
@@ -1865,6 +1869,11 @@ impl StreamWriter {
             }),
             _ => None,
         };
+        let in_doubt_len = self
+            .queue
+            .front()
+            .filter(|f| f.maybe_sent)
+            .map_or(0, |f| f.data.len() as u64);
         let truth = loop {
             let ctx = self.ctx();
             let ledger = self.ledger.as_ref().expect("open");
@@ -1876,6 +1885,12 @@ impl StreamWriter {
                 Err(e) => self.on_failure(e, retrier)?,
             }
         };
+        if truth.size > self.server_size + in_doubt_len {
+            // The stream grew by bytes this writer never sent: another writer closed, reopened
+            // and wrote it meanwhile (a restart never adds bytes).
+            self.failed = true;
+            return Err(self.ctx().taken_over());
+        }
         self.apply_truth(truth);
         Ok(())
     }
@@ -1952,6 +1967,7 @@ impl StreamWriter {
         // The server's timeline from here on.
         let ledger = self.ledger.as_mut().expect("open");
         let current_ref = ledger.epoch(ledger.current()).ref_ms;
+        let kept_until = ledger.last_present_key();
         let new_epoch = if truth.size == 0 && truth.ref_ms.is_none() {
             ledger.begin_epoch(None);
             self.fresh = true;
@@ -1986,6 +2002,13 @@ impl StreamWriter {
             new_epoch,
             server_size: truth.size,
         }));
+        let now = now_ms();
+        if let Some(until) = kept_until.filter(|&k| new_epoch && k > now) {
+            self.emit(WriterEvent::Overlap {
+                now_ms: now,
+                kept_until_ms: until,
+            });
+        }
         for loss in losses {
             self.emit(WriterEvent::Loss(loss));
         }
