@@ -514,7 +514,9 @@ fn main() {
         // highest seen over the rounds. Each round gets a fresh server (unless one is given).
         let mut best: Vec<Option<Figures>> = (0..NAMES.len()).map(|_| None).collect();
         let wav = std::path::Path::new(&data_root).join(format!("racs-bench-{tag}.wav"));
-        write_wav(&wav, seconds, &pattern);
+        if only.is_none_or(|o| o == 5) {
+            write_wav(&wav, seconds, &pattern);
+        }
         for round in 0..rounds {
             let (host, port, srv) = target.start();
             let addr = format!("{host}:{port}");

@@ -448,7 +448,9 @@ impl Connection {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(map_io(self, e)),
             }
-            self.check_deadline(sock, deadline, what)?;
+            if got < 8 {
+                self.check_deadline(sock, deadline, what)?;
+            }
         }
         let len = self.check_reply_len(u64::from_le_bytes(head[..8].try_into().unwrap()))?;
         let stray = got > 8 + len;
@@ -498,7 +500,8 @@ impl Connection {
         if left.is_zero() {
             return Err(self.timeout_error(what));
         }
-        if self.socket_timeout.is_some_and(|t| t > left) {
+        // Lowered only once most of the time is gone: a system call per read otherwise.
+        if self.socket_timeout.is_some_and(|t| left < t / 2) {
             sock.set_read_timeout(Some(left))
                 .map_err(|e| self.io_error(e))?;
             self.socket_timeout = Some(left);
