@@ -1466,3 +1466,43 @@ fn a_stall_past_the_retry_timeout_says_what_is_stored_unknown_and_not_stored() {
         first_difference(&got, want).unwrap_or_default()
     );
 }
+
+#[test]
+fn an_invalid_replay_window_is_a_settings_error_naming_the_forms() {
+    let srv = TestServer::start();
+    common::init();
+    let sink = gst::ElementFactory::make("racssink")
+        .property("host", srv.host())
+        .property("port", u32::from(srv.port()))
+        .property("stream-id", "bad-window")
+        .property("replay-window", "ten")
+        .build()
+        .unwrap();
+    let pipeline = gst::Pipeline::new();
+    pipeline.add(&sink).unwrap();
+    assert!(pipeline.set_state(gst::State::Playing).is_err());
+    let ended = common::wait_end(&pipeline.bus().unwrap(), WAIT);
+    pipeline.set_state(gst::State::Null).unwrap();
+    let (err, _) = ended.error.expect("a settings error");
+    assert!(err.matches(gst::ResourceError::Settings), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("Invalid replay-window \"ten\"")
+            && text.contains("4MiB")
+            && text.contains("10s"),
+        "{text}"
+    );
+    // The URI form refuses it at once.
+    let handler = sink.dynamic_cast::<gst::URIHandler>().unwrap();
+    let e = handler
+        .set_uri("racs://127.0.0.1:6381/x?replay-window=lots")
+        .unwrap_err();
+    assert!(e.to_string().contains("expected auto"), "{e}");
+    handler
+        .set_uri("racs://127.0.0.1:6381/x?replay-window=10s&recovery-policy=keep-time")
+        .unwrap();
+    assert!(handler
+        .uri()
+        .unwrap()
+        .ends_with("?replay-window=10s&recovery-policy=keep-time"));
+}
