@@ -1506,3 +1506,28 @@ fn an_invalid_replay_window_is_a_settings_error_naming_the_forms() {
         .unwrap()
         .ends_with("?replay-window=10s&recovery-policy=keep-time"));
 }
+
+#[test]
+fn the_issue_case_live_44k_stereo_23ms_blocks_default_table_kill_and_restart() {
+    // As first seen on a real server: a live recording in 4096-byte (23 ms) blocks, a server with
+    // its default 40-block table, killed and back after a second.
+    let mut srv = TestServer::start();
+    let fmt = Fmt::new(44100, 2, 16);
+    let runs = fault_between_pushes(
+        &mut srv,
+        "issue",
+        &[(fmt, Signal::Bursts)],
+        &[("chunk-size", "4096")],
+        true,
+        2000,
+        3500,
+        kill_and_restart(Duration::from_millis(300), Duration::from_secs(1)),
+    );
+    let run = &runs[0];
+    let diffs = check(&srv, run);
+    assert_on_time(run, &diffs);
+    let lost = run.stat("lost-acked-bytes");
+    // At most what the server's table held (40 blocks), and exactly what is missing.
+    assert!(lost > 0 && lost <= 40 * 4096, "{}", run.stats);
+    assert_eq!(lost, run.stat("server-lost-bytes"));
+}

@@ -1413,12 +1413,11 @@ impl StreamWriter {
     /// bytes of the current write) that are too late to be stored near their capture time.
     fn late_bytes(&mut self, incoming: u64) -> u64 {
         let queued: u64 = self.queue.iter().map(|f| f.data.len() as u64).sum();
-        let (first_input, capture) = match self.queue.iter().find(|f| !f.bind) {
-            Some(f) => (f.input, f.capture_us),
-            None if !self.held.is_empty() => (self.held_input, self.held_capture),
-            None => (self.input, self.capture_of(self.input)),
+        let capture = match self.queue.iter().find(|f| !f.bind) {
+            Some(f) => f.capture_us,
+            None if !self.held.is_empty() => self.held_capture,
+            None => self.capture_of(self.input),
         };
-        let _ = first_input;
         let (Some(capture), Some(stored)) = (capture, self.stored_us(self.server_size)) else {
             return 0;
         };
@@ -1885,9 +1884,13 @@ impl StreamWriter {
                 Err(e) => self.on_failure(e, retrier)?,
             }
         };
-        if truth.size > self.server_size + in_doubt_len {
-            // The stream grew by bytes this writer never sent: another writer closed, reopened
-            // and wrote it meanwhile (a restart never adds bytes).
+        if truth.ref_ms.is_some()
+            && truth.ref_ms == self.current_ref()
+            && truth.size > self.server_size + in_doubt_len
+        {
+            // The same timeline grew by bytes this writer never sent: another writer closed,
+            // reopened and wrote it meanwhile (a restart never adds bytes; a kill may bring
+            // back older metadata, but with it another timeline).
             self.failed = true;
             return Err(self.ctx().taken_over());
         }
