@@ -6,13 +6,14 @@
 //!     cargo bench --bench ingest                      # 600 s of audio (plus a 60 s run)
 //!     RACS_BENCH_SECONDS=120 cargo bench --bench ingest
 //!     RACS_BENCH_ROUNDS=9 cargo bench --bench ingest   # best of 9 alternating rounds (5)
-//!     RACS_BIN=/path/to/racs cargo bench --bench ingest   # a fresh real server per round
+//!     RACS_BIN=/path/to/racs cargo bench --bench ingest   # a fresh real server per run
 //!     RACS_ADDR=host:port cargo bench --bench ingest  # one running server for every round
 //!     RACS_BENCH_ONLY=1 RACS_BENCH_RSS=0 perf stat cargo bench --bench ingest  # one contender
 //!
-//! The server is racs-lite in this process by default; with `RACS_BIN` a fresh real RACS process
-//! per round (its data under the benchmark's tmpfs directory); with `RACS_ADDR` a server you
-//! started yourself (streams are named after this process's id, so runs never collide).
+//! Every run of every contender gets an empty server of its own: racs-lite in this process by
+//! default, a fresh real RACS process with `RACS_BIN` (its data under the benchmark's tmpfs
+//! directory). With `RACS_ADDR` all runs go to a server you started yourself (streams are named
+//! after this process's id, so runs never collide); restart it between runs for equal footing.
 //!
 //! The bare client is what a C client does: a blocking socket, each request written in one
 //! `write`, the reply read back, no runtime. The plugin's own client (`Connection` under
@@ -109,6 +110,16 @@ struct Figures {
 }
 
 impl Figures {
+    /// A contender that did not run.
+    fn none() -> Figures {
+        Figures {
+            bytes: 0,
+            wall: Duration::from_secs(1),
+            client_cpu: 0.0,
+            peak_kib: 0,
+        }
+    }
+
     fn mb_per_s(&self) -> f64 {
         self.bytes as f64 / 1e6 / self.wall.as_secs_f64()
     }
@@ -140,7 +151,7 @@ fn measure(run: impl FnOnce() -> u64) -> Figures {
 /// Where the benchmark's server comes from.
 #[derive(Clone)]
 enum Target {
-    /// A fresh server per round: racs-lite in-process, or a real RACS process (`RACS_BIN`).
+    /// A fresh server per run: racs-lite in-process, or a real RACS process (`RACS_BIN`).
     Fresh(Backend),
     /// One server someone else runs (`RACS_ADDR=host:port`).
     Given(String),
@@ -156,9 +167,9 @@ impl Target {
 
     fn describe(&self) -> String {
         match self {
-            Target::Fresh(Backend::Lite) => "racs-lite in-process, a fresh one per round".into(),
+            Target::Fresh(Backend::Lite) => "racs-lite in-process, a fresh one per run".into(),
             Target::Fresh(Backend::Real(bin)) => {
-                format!("a fresh real RACS process per round ({})", bin.display())
+                format!("a fresh real RACS process per run ({})", bin.display())
             }
             Target::Given(addr) => format!("the server at {addr} (RACS_ADDR), every round"),
         }
@@ -430,8 +441,7 @@ fn file_into_racssink(host: &str, port: u16, id: &str, wav: &std::path::Path) ->
     finish(&pipeline, &pipeline.by_name("sink").unwrap())
 }
 
-/// The contenders, in the order they run in each round (the bare client last, so that the
-/// others never meet a backlog it leaves in the server).
+/// The contenders, in the order they run in the first round.
 const NAMES: [&str; 6] = [
     "bare client (blocking socket, same frames)",
     "library client (Connection under block_on)",
@@ -510,39 +520,42 @@ fn main() {
     let mut peaks: Vec<usize> = Vec::new();
     for (phase, seconds) in [("short", short), ("long", long)] {
         // Alternate the contenders, several rounds, and keep the best time of each: on a
-        // shared machine the scheduler, not the code, decides the worst runs. Peak RSS is the
-        // highest seen over the rounds. Each round gets a fresh server (unless one is given).
+        // shared machine the scheduler, not the code, decides the worst runs. Each run gets a
+        // fresh server (unless one is given).
         let mut best: Vec<Option<Figures>> = (0..NAMES.len()).map(|_| None).collect();
         let wav = std::path::Path::new(&data_root).join(format!("racs-bench-{tag}.wav"));
         if only.is_none_or(|o| o == 5) {
             write_wav(&wav, seconds, &pattern);
         }
         for round in 0..rounds {
-            let (host, port, srv) = target.start();
-            let addr = format!("{host}:{port}");
-            for which in RUN_ORDER {
+            // Every run meets an empty server of its own (a server holding the earlier runs'
+            // data is slower), and the order rotates from round to round.
+            for k in 0..RUN_ORDER.len() {
+                let which = RUN_ORDER[(k + round) % RUN_ORDER.len()];
                 // RACS_BENCH_ONLY=0..5 runs one contender (for diagnosis); the others report 0.
+                if only.is_some_and(|o| o != which) {
+                    best[which].get_or_insert(Figures::none());
+                    continue;
+                }
+                let (host, port, srv) = target.start();
+                let addr = format!("{host}:{port}");
                 let id = format!("c{which}-{tag}-{phase}-{round}");
-                let f = measure(|| {
-                    if only.is_some_and(|o| o != which) {
-                        return 0;
-                    }
-                    match which {
-                        0 => bare_client(&addr, &id, seconds, &pattern),
-                        1 => library_client(&addr, &id, seconds, &pattern),
-                        2 | 3 => {
-                            through_racssink(&host, port, &id, seconds, &buffer_sets[which - 2])
-                        }
-                        4 => into_racssink_pad(&host, port, &id, seconds, &buffer_sets[1]),
-                        _ => file_into_racssink(&host, port, &id, &wav),
-                    }
+                let f = measure(|| match which {
+                    0 => bare_client(&addr, &id, seconds, &pattern),
+                    1 => library_client(&addr, &id, seconds, &pattern),
+                    2 | 3 => through_racssink(&host, port, &id, seconds, &buffer_sets[which - 2]),
+                    4 => into_racssink_pad(&host, port, &id, seconds, &buffer_sets[1]),
+                    _ => file_into_racssink(&host, port, &id, &wav),
                 });
+                drop(srv);
                 let slot = &mut best[which];
-                if slot.as_ref().is_none_or(|b| f.wall < b.wall) {
+                if slot
+                    .as_ref()
+                    .is_none_or(|b| b.bytes == 0 || f.wall < b.wall)
+                {
                     *slot = Some(f);
                 }
             }
-            drop(srv);
         }
         let _ = std::fs::remove_file(&wav);
         let best: Vec<Figures> = best.into_iter().map(Option::unwrap).collect();
