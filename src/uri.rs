@@ -39,6 +39,14 @@ pub fn percent_encode(s: &str) -> String {
 /// IPv6 hosts go in brackets.
 pub fn parse(uri: &str) -> Result<RacsUri, String> {
     let form = "the form is racs://host:port/stream-id";
+    if !uri
+        .get(..7)
+        .is_some_and(|s| s.eq_ignore_ascii_case("racs://"))
+    {
+        return Err(format!(
+            "{uri:?} is not a racs:// URI (racs://host:port/stream-id)"
+        ));
+    }
     let parsed =
         glib::Uri::parse(uri, glib::UriFlags::ENCODED | glib::UriFlags::NON_DNS).map_err(|e| {
             match e.kind::<glib::UriError>() {
@@ -143,6 +151,7 @@ mod tests {
     fn rejects_broken_uris_with_a_reason() {
         for (uri, needle) in [
             ("file:///tmp/x", "not a racs://"),
+            ("racs:host/x", "not a racs://"),
             ("racs://host:6381", "names no stream"),
             ("racs://host:6381/", "names no stream"),
             ("racs://:6381/x", "names no host"),
