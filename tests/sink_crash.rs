@@ -547,7 +547,16 @@ fn check(srv: &TestServer, run: &Run) -> Vec<(i64, i64)> {
         }
     }
     if let Some(d) = first_difference(&disk, &want) {
-        panic!("{}: table files: {d}; losses: {:?}", run.id, run.losses());
+        let layout: Vec<(u8, i64, usize)> = blocks_with_phase(srv.data_dir(), &run.id)
+            .iter()
+            .map(|(p, k, d)| (*p, *k, d.len()))
+            .take(8)
+            .collect();
+        panic!(
+            "{}: table files: {d}; losses: {:?}; first blocks (phase, key, len): {layout:?}",
+            run.id,
+            run.losses()
+        );
     }
     assert_eq!(
         run.stat("lost-acked-bytes"),
@@ -1530,4 +1539,32 @@ fn the_issue_case_live_44k_stereo_23ms_blocks_default_table_kill_and_restart() {
     // At most what the server's table held (40 blocks), and exactly what is missing.
     assert!(lost > 0 && lost <= 40 * 4096, "{}", run.stats);
     assert_eq!(lost, run.stat("server-lost-bytes"));
+}
+
+#[test]
+fn a_kill_between_the_last_frame_and_eos_is_found_at_close() {
+    let mut srv = server(16);
+    // Nothing is sent after the restart but the CLOSE, which finds the stream not open.
+    let runs = fault_between_pushes(
+        &mut srv,
+        "kill-at-eos",
+        &[(F8K, Signal::Tone(250.0)), (F16K2, Signal::Silence)],
+        &[],
+        false,
+        1000,
+        0,
+        kill_and_restart(Duration::from_millis(300), Duration::from_millis(200)),
+    );
+    let mut lost = 0;
+    for run in &runs {
+        check(&srv, run);
+        assert!(
+            run.expected() == run.fed,
+            "{}: re-sent before closing",
+            run.id
+        );
+        assert_eq!(run.stat("server-lost-bytes"), run.stat("replayed-bytes"));
+        lost += run.stat("server-lost-bytes");
+    }
+    assert!(lost > 0, "the kill lost the in-memory table");
 }

@@ -1572,12 +1572,38 @@ impl StreamWriter {
             self.queue_held();
             self.pump(retry)?;
         }
-        self.close(retry)?;
+        // A CLOSE that finds the stream not open: the server forgot it since the last frame (a
+        // restart, whose losses nothing else would reveal now). Reopen, establish the truth,
+        // re-send what the policy re-sends, and close again.
+        for _ in 0..3 {
+            if self.close(retry)? || self.ledger.is_none() {
+                break;
+            }
+            let mut retrier = Retrier::new(if retry {
+                self.config.retry_timeout
+            } else {
+                Duration::ZERO
+            });
+            loop {
+                let ctx = self.ctx();
+                match run(&self.canceller, async {
+                    let mut conn = ctx.pool.checkout(ctx.timeout).await?;
+                    ctx.reopen(&mut conn).await
+                }) {
+                    Ok(_) => break,
+                    Err(e) => self.on_failure(e, &mut retrier)?,
+                }
+            }
+            self.recover(&mut retrier)?;
+            self.pump(retry)?;
+        }
+        self.flush_drops();
         self.open = false;
         Ok(())
     }
 
-    fn close(&mut self, retry: bool) -> Result<(), WriteError> {
+    /// CLOSE, retried within the policy: `false` when the stream was not open.
+    fn close(&mut self, retry: bool) -> Result<bool, WriteError> {
         let deadline = Instant::now()
             + if retry {
                 self.config.retry_timeout
@@ -1589,10 +1615,16 @@ impl StreamWriter {
             let ctx = self.ctx();
             let result = block_on(&self.canceller, async {
                 let mut conn = ctx.pool.checkout(ctx.timeout).await?;
-                conn.close(ctx.id).await
+                let mut payload = format!("CLOSE '{}'", ctx.id).into_bytes();
+                payload.push(0);
+                match conn.request(&payload).await?.into_value() {
+                    Ok(_) => Ok(true),
+                    Err(Error::Server(msg)) if msg == "Stream is not open" => Ok(false),
+                    Err(e) => Err(e),
+                }
             });
             match result {
-                Ok(()) => return Ok(()),
+                Ok(was_open) => return Ok(was_open),
                 Err(e) if e.is_connection_error() && Instant::now() < deadline => {
                     self.pause(&mut backoff, deadline)?;
                 }
