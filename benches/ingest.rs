@@ -304,6 +304,20 @@ fn timestamped(buffers: &[gst::Buffer], i: u64, per_buffer_ns: u64) -> gst::Buff
     buffer
 }
 
+/// The error message on the pipeline's bus, if any, for failure messages.
+fn bus_error(pipeline: &gst::Pipeline) -> String {
+    match pipeline
+        .bus()
+        .and_then(|bus| bus.pop_filtered(&[gst::MessageType::Error]))
+    {
+        Some(msg) => match msg.view() {
+            gst::MessageView::Error(e) => format!("{} ({:?})", e.error(), e.debug()),
+            _ => unreachable!("filtered"),
+        },
+        None => "no error message".into(),
+    }
+}
+
 /// Waits for EOS (an error message fails the benchmark), stops the pipeline and returns the
 /// bytes the server acknowledged.
 fn finish(pipeline: &gst::Pipeline, sink: &gst::Element) -> u64 {
@@ -354,7 +368,9 @@ fn into_racssink_pad(
     let mut i = 0u64;
     while pushed < total {
         let buffer = timestamped(buffers, i, per_buffer_ns);
-        pad.push(buffer).expect("push into racssink");
+        if let Err(flow) = pad.push(buffer) {
+            panic!("push into racssink: {flow:?}: {}", bus_error(&pipeline));
+        }
         pushed += buffer_bytes;
         i += 1;
     }
@@ -392,7 +408,9 @@ fn through_racssink(
     while pushed < total {
         let buffer = timestamped(buffers, i, per_buffer_ns);
         let ret = src.emit_by_name::<gst::FlowReturn>("push-buffer", &[&buffer]);
-        assert_eq!(ret, gst::FlowReturn::Ok, "push-buffer");
+        if ret != gst::FlowReturn::Ok {
+            panic!("push-buffer: {ret:?}: {}", bus_error(&pipeline));
+        }
         pushed += buffer_bytes;
         i += 1;
     }
@@ -537,17 +555,38 @@ fn main() {
                     best[which].get_or_insert(Figures::none());
                     continue;
                 }
-                let (host, port, srv) = target.start();
-                let addr = format!("{host}:{port}");
-                let id = format!("c{which}-{tag}-{phase}-{round}");
-                let f = measure(|| match which {
-                    0 => bare_client(&addr, &id, seconds, &pattern),
-                    1 => library_client(&addr, &id, seconds, &pattern),
-                    2 | 3 => through_racssink(&host, port, &id, seconds, &buffer_sets[which - 2]),
-                    4 => into_racssink_pad(&host, port, &id, seconds, &buffer_sets[1]),
-                    _ => file_into_racssink(&host, port, &id, &wav),
-                });
-                drop(srv);
+                let mut attempt = 0;
+                let f = loop {
+                    let (host, port, srv) = target.start();
+                    let addr = format!("{host}:{port}");
+                    let id = format!("c{which}-{tag}-{phase}-{round}-{attempt}");
+                    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        measure(|| match which {
+                            0 => bare_client(&addr, &id, seconds, &pattern),
+                            1 => library_client(&addr, &id, seconds, &pattern),
+                            2 | 3 => {
+                                through_racssink(&host, port, &id, seconds, &buffer_sets[which - 2])
+                            }
+                            4 => into_racssink_pad(&host, port, &id, seconds, &buffer_sets[1]),
+                            _ => file_into_racssink(&host, port, &id, &wav),
+                        })
+                    }));
+                    drop(srv);
+                    match run {
+                        Ok(f) => break f,
+                        // A server that dies under a run (or a port another test took between
+                        // the probe and the bind) fails that run, not the benchmark: it runs
+                        // again on a fresh server, and says so.
+                        Err(_) if attempt < 2 && !matches!(target, Target::Given(_)) => {
+                            attempt += 1;
+                            println!(
+                                "  ({} failed, see stderr; run again on a fresh server)",
+                                NAMES[which]
+                            );
+                        }
+                        Err(e) => std::panic::resume_unwind(e),
+                    }
+                };
                 let slot = &mut best[which];
                 if slot
                     .as_ref()
