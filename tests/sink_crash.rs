@@ -782,7 +782,14 @@ fn a_kill_mid_table_loses_nothing_acknowledged_the_window_covers() {
         let restarts = restart_messages(run);
         assert_eq!(restarts.len(), 1, "{}", run.id);
         assert!(restarts[0].2, "a kill starts a new timeline");
-        assert!(run.warnings().is_empty(), "{:?}", run.warnings());
+        // No loss to warn about (an import ahead of the wall clock may overlap timelines).
+        assert!(
+            run.warnings()
+                .iter()
+                .all(|w| w.contains("restarted the timeline")),
+            "{:?}",
+            run.warnings()
+        );
     }
     assert!(server_lost > 0, "the kill lost the in-memory table");
 }
