@@ -379,6 +379,91 @@ mod tests {
         assert_eq!(own.pre_floor(), None);
     }
 
+    /// Random histories (new timelines, blocks of random sizes, losses of the newest blocks)
+    /// against a plain list of blocks.
+    #[test]
+    fn runs_agree_with_a_list_of_blocks() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for history in 0..200 {
+            let created = history % 2 == 0;
+            let mut l = Ledger::new(FMT, created);
+            // (epoch, offset, input, len, present) per block, in arrival order.
+            let mut model: Vec<(usize, u64, u64, u32, bool)> = Vec::new();
+            let mut refs: Vec<i64> = Vec::new();
+            let (mut size, mut input) = (0u64, 0u64);
+            for _ in 0..60 {
+                match rnd(10) {
+                    0 => {
+                        let r = 1_000_000 + rnd(100_000) as i64;
+                        l.begin_epoch(Some(r));
+                        refs.push(r);
+                        size = rnd(3) * 1600;
+                    }
+                    1 if !refs.is_empty() => {
+                        let n = rnd(4);
+                        l.mark_lost_tail(n);
+                        let e = refs.len() - 1;
+                        let mut left = n;
+                        for b in model.iter_mut().rev() {
+                            if left == 0 || b.0 != e {
+                                break;
+                            }
+                            if b.4 {
+                                b.4 = false;
+                                left -= 1;
+                            }
+                        }
+                    }
+                    _ if !refs.is_empty() => {
+                        let len = if rnd(4) == 0 {
+                            16 * (1 + rnd(200))
+                        } else {
+                            1600
+                        } as u32;
+                        l.push(size, input, len);
+                        model.push((refs.len() - 1, size, input, len, true));
+                        size += u64::from(len);
+                        input += u64::from(len) + if rnd(8) == 0 { 320 } else { 0 };
+                    }
+                    _ => {}
+                }
+            }
+            let key = |e: usize, off: u64| FMT.block_time_ms(refs[e], off);
+            for lo in [0, 1_000_000, 1_000_050, 1_030_000, 1_060_000, 1_200_000] {
+                let want: u64 = model
+                    .iter()
+                    .filter(|b| b.4 && key(b.0, b.1) >= lo)
+                    .map(|b| u64::from(b.3) - u64::from(b.3) % 2)
+                    .sum();
+                assert_eq!(l.expected_from(lo), want, "history {history}, lo {lo}");
+            }
+            let current = refs.len().saturating_sub(1);
+            let tail: Vec<Block> = model
+                .iter()
+                .filter(|b| b.4 && b.0 == current && !refs.is_empty())
+                .map(|b| Block {
+                    epoch: b.0,
+                    offset: b.1,
+                    input: b.2,
+                    len: b.3,
+                    key: key(b.0, b.1),
+                })
+                .collect();
+            assert_eq!(l.tail(usize::MAX), tail, "history {history}");
+            assert_eq!(l.current_count(), tail.len() as u64);
+            let last = model.iter().filter(|b| b.4).map(|b| key(b.0, b.1)).max();
+            assert_eq!(l.last_present_key(), last, "history {history}");
+            let first = model.first().map(|b| key(b.0, b.1));
+            assert_eq!(l.pre_floor(), if created { None } else { first });
+        }
+    }
+
     #[test]
     fn missing_bytes_must_be_a_suffix() {
         let c = [(0, 100), (10, 100), (20, 50), (30, 100)];
