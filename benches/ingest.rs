@@ -29,7 +29,9 @@ use std::time::{Duration, Instant};
 use gst::prelude::*;
 use gstracs::client::frame::encode_frame_into;
 use gstracs::client::{block_on, stream_hash, Canceller, Connection, SessionId, StreamFormat};
-use racs_lite::harness::{AnyServer, Backend};
+
+mod common;
+use common::Target;
 
 const RATE: u32 = 44100;
 const CHANNELS: u16 = 2;
@@ -145,51 +147,6 @@ fn measure(run: impl FnOnce() -> u64) -> Figures {
         wall,
         client_cpu: ((total1 - total0) - (server1 - server0)).max(0.0),
         peak_kib: status_kib("VmHWM:"),
-    }
-}
-
-/// Where the benchmark's server comes from.
-#[derive(Clone)]
-enum Target {
-    /// A fresh server per run: racs-lite in-process, or a real RACS process (`RACS_BIN`).
-    Fresh(Backend),
-    /// One server someone else runs (`RACS_ADDR=host:port`).
-    Given(String),
-}
-
-impl Target {
-    fn from_env() -> Target {
-        match std::env::var("RACS_ADDR") {
-            Ok(addr) if !addr.is_empty() => Target::Given(addr),
-            _ => Target::Fresh(Backend::from_env()),
-        }
-    }
-
-    fn describe(&self) -> String {
-        match self {
-            Target::Fresh(Backend::Lite) => "racs-lite in-process, a fresh one per run".into(),
-            Target::Fresh(Backend::Real(bin)) => {
-                format!("a fresh real RACS process per run ({})", bin.display())
-            }
-            Target::Given(addr) => format!("the server at {addr} (RACS_ADDR), every round"),
-        }
-    }
-
-    /// A server for one round: (host, port, the server if this process runs it).
-    fn start(&self) -> (String, u16, Option<AnyServer>) {
-        match self {
-            Target::Fresh(backend) => {
-                let srv = AnyServer::start_on(backend.clone(), |_| {});
-                (srv.host(), srv.port(), Some(srv))
-            }
-            Target::Given(addr) => {
-                let sock = std::net::ToSocketAddrs::to_socket_addrs(addr)
-                    .ok()
-                    .and_then(|mut a| a.next())
-                    .unwrap_or_else(|| panic!("RACS_ADDR={addr}: not a host:port"));
-                (sock.ip().to_string(), sock.port(), None)
-            }
-        }
     }
 }
 
@@ -518,8 +475,8 @@ fn main() {
             .split_once(':')
             .expect("RACS_BENCH_CHILD=which:seconds");
         let (which, seconds): (usize, usize) = (which.parse().unwrap(), seconds.parse().unwrap());
-        let (host, port, _srv) = target.start();
-        let addr = format!("{host}:{port}");
+        let srv = target.start();
+        let (host, port, addr) = (srv.host.clone(), srv.port, srv.addr());
         let id = format!("rss-{tag}");
         let f = measure(|| match which {
             0 => bare_client(&addr, &id, seconds, &pattern),
@@ -557,8 +514,8 @@ fn main() {
                 }
                 let mut attempt = 0;
                 let f = loop {
-                    let (host, port, srv) = target.start();
-                    let addr = format!("{host}:{port}");
+                    let srv = target.start();
+                    let (host, port, addr) = (srv.host.clone(), srv.port, srv.addr());
                     let id = format!("c{which}-{tag}-{phase}-{round}-{attempt}");
                     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         measure(|| match which {

@@ -31,7 +31,9 @@ use std::time::{Duration, Instant};
 
 use gst::prelude::*;
 use gstracs::client::{block_on, Canceller, Connection, InfoAttr};
-use racs_lite::harness::{AnyServer, Backend};
+
+mod common;
+use common::Target;
 
 const RATE: u32 = 44100;
 const CHANNELS: u16 = 2;
@@ -238,49 +240,6 @@ fn connections_to(port: u16) -> usize {
 // ---------------------------------------------------------------------------------------------
 // The server.
 
-#[derive(Clone)]
-enum Target {
-    Fresh(Backend),
-    Given(String),
-}
-
-impl Target {
-    fn from_env() -> Target {
-        match std::env::var("RACS_ADDR") {
-            Ok(addr) if !addr.is_empty() => Target::Given(addr),
-            _ => Target::Fresh(Backend::from_env()),
-        }
-    }
-
-    fn describe(&self) -> String {
-        match self {
-            Target::Fresh(Backend::Lite) => {
-                "racs-lite in-process, a fresh one per run (its memory counts in RSS)".into()
-            }
-            Target::Fresh(Backend::Real(bin)) => {
-                format!("a fresh real RACS process per run ({})", bin.display())
-            }
-            Target::Given(addr) => format!("the server at {addr} (RACS_ADDR)"),
-        }
-    }
-
-    fn start(&self) -> (String, u16, Option<AnyServer>) {
-        match self {
-            Target::Fresh(backend) => {
-                let srv = AnyServer::start_on(backend.clone(), |_| {});
-                (srv.host(), srv.port(), Some(srv))
-            }
-            Target::Given(addr) => {
-                let sock = std::net::ToSocketAddrs::to_socket_addrs(addr)
-                    .ok()
-                    .and_then(|mut a| a.next())
-                    .unwrap_or_else(|| panic!("RACS_ADDR={addr}: not a host:port"));
-                (sock.ip().to_string(), sock.port(), None)
-            }
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // One run (in a child process).
 
@@ -300,7 +259,8 @@ fn caps() -> gst::Caps {
 
 fn run_child(run: Run, target: &Target) {
     let _timer = glib::Object::new::<push_timer::PushTimer>();
-    let (host, port, _srv) = target.start();
+    let srv = target.start();
+    let (host, port) = (srv.host.clone(), srv.port);
     let tag = std::process::id();
     let rss_before = status_kib("VmRSS:");
 
@@ -477,7 +437,7 @@ fn run_child(run: Run, target: &Target) {
         // Every stream's stored size, then a few streams read back whole (a table being
         // written can hide its blocks for a moment, so wait that out).
         let canceller = Canceller::new();
-        let addr = format!("{host}:{port}");
+        let addr = srv.addr();
         let mut conn = block_on(
             &canceller,
             Connection::connect(&addr, Duration::from_secs(10)),
@@ -539,19 +499,22 @@ struct Figures {
     stored: Option<String>,
 }
 
-fn spawn(racs: bool, n: usize, seconds: u64) -> Figures {
+fn spawn(racs: bool, n: usize, seconds: u64, retry: bool) -> Figures {
     let exe = std::env::current_exe().expect("own executable");
-    let out = std::process::Command::new(exe)
-        .env(
-            "RACS_SCALE_CHILD",
-            format!(
-                "{}:{n}:{seconds}",
-                if racs { "racssink" } else { "fakesink" }
-            ),
-        )
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .expect("run the benchmark as a child");
+    let kind = if racs { "racssink" } else { "fakesink" };
+    let run = || {
+        std::process::Command::new(&exe)
+            .env("RACS_SCALE_CHILD", format!("{kind}:{n}:{seconds}"))
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("run the benchmark as a child")
+    };
+    let mut out = run();
+    if !out.status.success() && retry {
+        // A server dying under a run fails that run, not the benchmark; it says so.
+        println!("  ({kind} run with N = {n} failed, see stderr; run again on a fresh server)");
+        out = run();
+    }
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -627,8 +590,9 @@ fn main() {
         target.describe()
     );
     for n in ns {
-        let base = spawn(false, n, seconds);
-        let racs = spawn(true, n, seconds);
+        let retry = !matches!(target, Target::Given(_));
+        let base = spawn(false, n, seconds, retry);
+        let racs = spawn(true, n, seconds, retry);
         println!("\nN = {n}");
         println!(
             "  CPU, % of one core per 100 streams   {:>10} {:>10} {:>10} {:>10}",
