@@ -162,6 +162,8 @@ impl RealServer {
             .arg("--config")
             .arg(&conf)
             .current_dir(dir.path())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", dir.path())
             .stdin(Stdio::null())
             .stdout(out.try_clone().map_err(|e| e.to_string())?)
@@ -175,6 +177,15 @@ impl RealServer {
                 return Err(format!("it exited at start ({status}): {}", srv.output()));
             }
             if srv.listens() && answers_ping(port) {
+                // Load within a few tens of milliseconds of its start has crashed the server
+                // (glibc: "corrupted size vs. prev_size"); a second's rest avoids that.
+                std::thread::sleep(Duration::from_secs(1));
+                if let Ok(Some(status)) = srv.child.try_wait() {
+                    return Err(format!(
+                        "it exited after start ({status}): {}",
+                        srv.output()
+                    ));
+                }
                 return Ok(srv);
             }
             if Instant::now() > deadline {
@@ -228,6 +239,14 @@ impl RealServer {
 
 impl Drop for RealServer {
     fn drop(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            eprintln!(
+                "the real server on port {} ended by itself during the run ({status}); its \
+                 last output: {}",
+                self.port,
+                self.output()
+            );
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

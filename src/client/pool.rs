@@ -151,9 +151,12 @@ impl Drop for DirectScope {
 /// semaphore and spawned tasks work as anywhere else). A [`Connection`] request made in it does
 /// not wait on the runtime's I/O driver: it writes and reads its socket with blocking calls on
 /// this thread, so a reply wakes this thread directly, with no hand-off through a runtime
-/// worker. `canceller` interrupts such a call at once (it shuts the socket down). The price:
-/// requests inside one `block_on` run one after another even when joined; to overlap two
-/// requests, spawn one of them on [`runtime()`].
+/// worker. `canceller` interrupts such a call at once (it shuts the socket down). Requests
+/// joined in one future are all sent before any reply is awaited, then their replies are read
+/// one after another; a request joined with something else (a timer, a channel) holds this
+/// thread until its reply is in, so to overlap a request with other waiting, spawn it on
+/// [`runtime()`]. Outer timeouts around a request do not cut it short: its connection's own
+/// timeout does.
 pub fn block_on<T>(canceller: &Canceller, fut: impl Future<Output = Result<T>>) -> Result<T> {
     if canceller.is_cancelled() {
         return Err(Error::Cancelled);

@@ -32,6 +32,25 @@ fn frame_head(session: &SessionId, stream_hash: u64, pcm: &[u8]) -> Result<[u8; 
     Ok(head)
 }
 
+/// Pending once (waking itself at once), then ready.
+struct YieldOnce(bool);
+
+impl std::future::Future for YieldOnce {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
+}
+
 /// Where the samples lie in a reply body that is exactly one `["s32v", bin]` object.
 fn s32v_samples(body: &[u8]) -> Option<std::ops::Range<usize>> {
     let rest = body.strip_prefix(b"\x92\xa4s32v")?;
@@ -353,7 +372,7 @@ impl Connection {
         // the connection's place in the reply stream is unknown and it must not be reused.
         self.broken = true;
         let result = match super::pool::direct_canceller() {
-            Some(canceller) => self.exchange_direct(what, payload, &canceller),
+            Some(canceller) => self.exchange_direct(what, payload, &canceller).await,
             None => {
                 let timeout = self.timeout;
                 match tokio::time::timeout(timeout, self.exchange_async(payload)).await {
@@ -410,7 +429,11 @@ impl Connection {
 
     /// One request and its reply with blocking calls on this thread; `canceller` can shut the
     /// socket down to end them at once.
-    fn exchange_direct(
+    ///
+    /// Between sending and waiting for the reply it yields once, so that requests joined in
+    /// one future (`tokio::join!`) are all sent before any of their replies is awaited, as they
+    /// would be on the runtime; a request alone pays a few atomic operations for that.
+    async fn exchange_direct(
         &mut self,
         what: &str,
         payload: Payload<'_>,
@@ -423,37 +446,57 @@ impl Connection {
                 .map_err(|e| self.io_error(e))?;
             self.socket_timeout = Some(self.timeout);
         }
+        let deadline = std::time::Instant::now() + self.timeout;
         let guard = canceller.guard_socket(&sock)?;
-        let result = self.exchange_blocking(&sock, what, payload);
+        let sent = self.send_blocking(&sock, what, payload);
         drop(guard);
         if canceller.is_cancelled() {
             // The socket may have been shut down, whatever the call returned.
             return Err(Error::Cancelled);
         }
-        result
+        sent?;
+        YieldOnce(false).await;
+        let guard = canceller.guard_socket(&sock)?;
+        let received = self.recv_blocking(&sock, what, deadline);
+        drop(guard);
+        if canceller.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        received
     }
 
-    fn exchange_blocking(
-        &mut self,
+    fn blocking_error(&self, what: &str, e: std::io::Error) -> Error {
+        match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                self.timeout_error(what)
+            }
+            _ => self.io_error(e),
+        }
+    }
+
+    fn send_blocking(
+        &self,
         sock: &std::net::TcpStream,
         what: &str,
         payload: Payload<'_>,
-    ) -> Result<bool> {
-        let deadline = std::time::Instant::now() + self.timeout;
-        let map_io = |this: &Self, e: std::io::Error| match e.kind() {
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-                this.timeout_error(what)
-            }
-            _ => this.io_error(e),
-        };
+    ) -> Result<()> {
         let sent = match payload {
             Payload::Out => send_all(sock, &mut [IoSlice::new(&self.out)]),
             Payload::Frame(head, pcm) => {
                 send_all(sock, &mut [IoSlice::new(head), IoSlice::new(pcm)])
             }
         };
-        sent.map_err(|e| map_io(self, e))?;
+        sent.map_err(|e| self.blocking_error(what, e))
+    }
 
+    /// Reads a reply into `self.body`; `Ok(true)` when bytes followed it.
+    fn recv_blocking(
+        &mut self,
+        sock: &std::net::TcpStream,
+        what: &str,
+        deadline: std::time::Instant,
+    ) -> Result<bool> {
+        let map_io = |this: &Self, e: std::io::Error| this.blocking_error(what, e);
         // The prefix and, for the short replies frames get, the whole body in one call. A
         // reply never has bytes after it in lock-step; any that arrive mean the peer is not
         // speaking the protocol, and the connection is not reused.
@@ -963,6 +1006,44 @@ mod tests {
         assert!(!conn.is_broken());
         done.send(()).unwrap();
         peer.join().unwrap();
+    }
+
+    #[test]
+    fn joined_requests_are_all_sent_before_any_reply_is_awaited() {
+        // Peer A answers only once peer B has its request: requests joined under block_on must
+        // both go out first (as a takeover's reopen and its zero-length frame do).
+        use std::io::Write;
+        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (addr_a, addr_b) = (
+            a.local_addr().unwrap().to_string(),
+            b.local_addr().unwrap().to_string(),
+        );
+        let (b_has_it, a_may_answer) = std::sync::mpsc::channel::<()>();
+        let peer_b = std::thread::spawn(move || {
+            let (mut sock, _) = b.accept().unwrap();
+            let mut buf = [0u8; 64];
+            let _ = sock.read(&mut buf).unwrap();
+            b_has_it.send(()).unwrap();
+            sock.write_all(&pong()).unwrap();
+        });
+        let peer_a = std::thread::spawn(move || {
+            let (mut sock, _) = a.accept().unwrap();
+            let mut buf = [0u8; 64];
+            let _ = sock.read(&mut buf).unwrap();
+            if a_may_answer.recv_timeout(Duration::from_secs(10)).is_ok() {
+                sock.write_all(&pong()).unwrap();
+            }
+        });
+        let c = Canceller::new();
+        let mut conn_a = connect_direct(&addr_a, &c);
+        let mut conn_b = connect_direct(&addr_b, &c);
+        conn_a.set_timeout(Duration::from_secs(5));
+        let (ra, rb) =
+            block_on(&c, async { Ok(tokio::join!(conn_a.ping(), conn_b.ping())) }).unwrap();
+        assert_eq!((ra, rb), (Ok(()), Ok(())));
+        peer_a.join().unwrap();
+        peer_b.join().unwrap();
     }
 
     #[test]
