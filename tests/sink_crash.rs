@@ -1593,3 +1593,60 @@ fn a_kill_between_the_last_frame_and_eos_is_found_at_close() {
     }
     assert!(lost > 0, "the kill lost the in-memory table");
 }
+
+#[test]
+fn keep_time_on_a_stream_with_a_timeline_keeps_its_offset_and_says_so() {
+    let srv = server(16);
+    let id = "keep-offset";
+    // An import sets the stream's timeline; a live recording appends later.
+    let import = Rig::new(
+        &srv,
+        id,
+        F8K,
+        Signal::Tone(300.0),
+        false,
+        &[("chunk-size", "1600")],
+    );
+    import.push_all(F8K.ms(1000), F8K.ms(100)).unwrap();
+    let import = import.finish(true);
+    assert!(import.error.is_none());
+    // The import's second of audio ends about now; the live audio comes a second later.
+    std::thread::sleep(Duration::from_millis(2000));
+    let live = Rig::new(
+        &srv,
+        id,
+        F8K,
+        Signal::Clicks(800),
+        true,
+        &[("chunk-size", "1600")],
+    );
+    live.push_all(F8K.ms(1500), F8K.ms(20)).unwrap();
+    let run = live.finish(true);
+    assert_eq!(policy_of(&run), "keep-time");
+    let w = run.warnings();
+    assert!(
+        w.iter().any(|w| w.contains("already has a timeline")),
+        "{w:?}"
+    );
+    // The appended blocks: their stored times differ from their capture times by one
+    // constant (the stream's end lay about a second before the live edge).
+    flush_to_disk(&srv, &[(id, F8K.ms(2500))]);
+    let blocks = blocks_on_disk(srv.data_dir(), id);
+    let mut at = 0u64;
+    let mut diffs = Vec::new();
+    for (key, data) in &blocks {
+        if at >= import.fed.len() as u64 {
+            let input = at - import.fed.len() as u64;
+            diffs.push(key * 1000 - (run.wall0_us + F8K.us_of(input)));
+        }
+        at += data.len() as u64;
+    }
+    assert_eq!(
+        at,
+        (import.fed.len() + run.fed.len()) as u64,
+        "nothing dropped"
+    );
+    let (lo, hi) = (diffs.iter().min().unwrap(), diffs.iter().max().unwrap());
+    assert!(*hi < -500_000, "stored before the capture time: {diffs:?}");
+    assert!(hi - lo <= 2_000, "a constant offset: {lo}..{hi} us");
+}
