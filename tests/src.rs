@@ -1102,7 +1102,8 @@ fn blocks_filed_under_a_later_table_are_an_error_not_a_hole() {
     }
     // Written at the same time: every table starts with a block of `ahead`, so all of
     // `behind`'s blocks are filed thousands of seconds after them, in many tables. No range
-    // returns them in order, and the reader must say so rather than guess.
+    // returns them in order; the reader takes each table's blocks out of two answers that
+    // differ in one bound (where they sit is fixed by the answers' lengths), exactly.
     let srv = TestServer::start_with(|c| c.entries = 4);
     let mut ahead = Writer::new(srv.addr(), "ahead", s16(1, 1));
     ahead.ramp(4000, 1000);
@@ -1115,15 +1116,14 @@ fn blocks_filed_under_a_later_table_are_an_error_not_a_hole() {
     props.push(("timeout", 2000u32.to_value()));
     let t0 = Instant::now();
     let run = pipeline(&props);
-    let (e, text) = expect_error(&run);
-    assert!(e.matches(gst::ResourceError::Read), "{text}");
-    assert!(
-        text.contains("keeps leaving out blocks of stream 'behind'"),
-        "{text}"
-    );
-    assert!(
-        run.data.lock().unwrap().is_empty(),
-        "audio with a hole came out"
+    expect_eos(&run);
+    check_range(
+        &f,
+        &frames_out(&run, &f),
+        0,
+        44100,
+        true,
+        "behind, filed under later tables",
     );
     assert!(t0.elapsed() < Duration::from_secs(10));
 }

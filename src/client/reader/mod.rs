@@ -1,0 +1,725 @@
+// SPDX-License-Identifier: MPL-2.0
+//! Reads a range of one RACS stream as consecutive pages of its stored samples, exactly, or stops
+//! with an error before anything doubtful is handed out. No GStreamer types: `racssrc` drives it,
+//! and so do the tests and the benchmark.
+//!
+//! # What the server gives
+//!
+//! `EXTRACT 'id' a c` returns the samples of whole blocks, without their timestamps. A block is
+//! returned iff its key and the name of the table holding it both lie in `[a, c]` (the in-memory
+//! table has no name and always qualifies); the answer lists tables in name order, then the
+//! in-memory table, and a table's blocks in arrival order. Table names are the key of the table's
+//! first entry, often another stream's, so they can lie before or after the keys of our blocks,
+//! and a table created later can carry a smaller name. A table being written is briefly hidden.
+//! Blocks the server lost (an unflushed table at a crash or SHUTDOWN) are gone.
+//!
+//! # How the reader stays exact
+//!
+//! Alignment never rests on content. The reader reads the stream as *runs*: consecutive blocks of
+//! one table, each obtained from answers whose composition is fixed by their lengths and by the
+//! server's rules (see [`split`]):
+//!
+//! 1. `Q(k, k)` for the key `k` of the block at the cursor returns exactly that block when its
+//!    table is named after it (or it is in the in-memory table).
+//! 2. For a table named `x` that holds the block at the cursor, the first
+//!    `|Q(x, Y)| - |Q(x + 1, Y)|` bytes of `Q(x, Y)` are that table's blocks from the cursor on
+//!    (up to key `Y`), in order.
+//! 3. The name of a table that is not named after the cursor's block is found with narrow probes
+//!    whose answers can only hold that block (and blocks already read, which are subtracted).
+//! 4. A table named after a *later* time (a stream written ahead of the clock started it) is
+//!    read as the piece by which `Q(k, N)` exceeds `Q(k, N - 1)`; where that piece sits is
+//!    tried at every place both answers allow, and accepted only when all places give the same
+//!    samples.
+//!
+//! Offsets follow from the stream's `ref` and byte counts; where a range starts far from the
+//! stream's first byte, the reader starts from a *keyframe* (the last table start before the
+//! range) and places it by the block grid (exact when the stream is written in blocks of one
+//! size) or, failing that, by its key (to within one millisecond). Near the newest blocks,
+//! answers are asked twice around the main one, so a table that is hidden or flushed meanwhile
+//! cannot make them disagree unnoticed. Whatever cannot be proven stops the read with an error
+//! naming the stream, the position and the cause.
+
+macro_rules! trace {
+    ($($t:tt)*) => {
+        if std::env::var_os("RACS_READER_TRACE").is_some() {
+            eprintln!($($t)*);
+        }
+    };
+}
+
+pub mod arith;
+pub mod known;
+pub mod split;
+mod steps;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::command::InfoAttr;
+use super::error::Error;
+use super::frame::StreamFormat;
+use super::pool::Pool;
+use super::wire::StreamInfo;
+
+pub use arith::{format_unix_ms, format_unix_ns, Timeline};
+
+/// Audio asked for per EXTRACT unless configured otherwise.
+pub const DEFAULT_PAGE_MS: u64 = 10_000;
+const NO_STREAM: &str = "The stream-id does not exist";
+
+/// One end of the wanted range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    /// The stream's beginning (as a start) or its end as it is when reading starts (as a stop;
+    /// in follow mode: no end).
+    Open,
+    /// A sample frame counted from the stream's first sample.
+    Frame(u64),
+    /// A wall-clock time in nanoseconds since the Unix epoch (UTC).
+    UnixNs(i128),
+}
+
+#[derive(Debug, Clone)]
+pub struct ReaderConfig {
+    pub stream_id: String,
+    /// First wanted sample (inclusive).
+    pub start: Bound,
+    /// End of the range (exclusive).
+    pub stop: Bound,
+    /// Audio per EXTRACT, in milliseconds; bounds memory.
+    pub page_ms: u64,
+    /// After the end, keep waiting for appended audio.
+    pub follow: bool,
+    /// Bound on every request and connect.
+    pub timeout: Duration,
+    /// How often follow mode asks for the stream's size.
+    pub poll_interval: Duration,
+    /// Pause before asking again when the newest blocks are not all visible yet.
+    pub retry_delay: Duration,
+    /// Such pauses allowed for one position before giving up (follow mode allows five times
+    /// as many: the newest blocks are the ones that are briefly invisible).
+    pub retries: u32,
+}
+
+impl ReaderConfig {
+    pub fn new(stream_id: impl Into<String>) -> Self {
+        ReaderConfig {
+            stream_id: stream_id.into(),
+            start: Bound::Open,
+            stop: Bound::Open,
+            page_ms: DEFAULT_PAGE_MS,
+            follow: false,
+            timeout: Duration::from_secs(5),
+            poll_interval: Duration::from_millis(150),
+            retry_delay: Duration::from_millis(300),
+            retries: 4,
+        }
+    }
+}
+
+/// What can stop a read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReadError {
+    /// The stream does not exist on that server.
+    NotFound { stream: String, addr: String },
+    /// The stream's format cannot be read (not 16 or 24-bit, no channels, rate 0).
+    Format(String),
+    /// The server's answers do not determine the samples at a position (blocks left out, filed
+    /// where no answer can order them, or a hole the caller asked to treat as an error). The text
+    /// names the stream, the position and the cause.
+    Missing(String),
+    /// Connecting, a request, a timeout, a cancel, or an error reply.
+    Client(Error),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::NotFound { stream, addr } => write!(
+                f,
+                "stream '{stream}' does not exist on the RACS server at {addr} (check stream-id, \
+                 host and port)"
+            ),
+            ReadError::Format(msg) | ReadError::Missing(msg) => f.write_str(msg),
+            ReadError::Client(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ReadError {}
+
+impl From<Error> for ReadError {
+    fn from(e: Error) -> Self {
+        ReadError::Client(e)
+    }
+}
+
+impl ReadError {
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, ReadError::Client(Error::Cancelled))
+    }
+}
+
+/// Consecutive samples of the range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// Index of the first sample frame, counted from the stream's first sample.
+    pub frame: u64,
+    /// Interleaved samples as int32 LE (sign-extended), whole sample frames.
+    pub data: Vec<u8>,
+}
+
+/// What the reader hands out, in time order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    /// Stored samples.
+    Audio {
+        /// Index of the first sample frame, counted from the stream's first sample.
+        frame: u64,
+        /// Wall-clock time of the first sample (ns since the Unix epoch).
+        unix_ns: i128,
+        /// Interleaved int32 LE samples, whole sample frames.
+        data: Vec<u8>,
+    },
+    /// Samples the server lost: nothing is stored for `frames` sample frames from `frame`.
+    Gap {
+        frame: u64,
+        unix_ns: i128,
+        frames: u64,
+        /// Who and where, for a warning.
+        reason: String,
+    },
+}
+
+/// Counters for tests, the benchmark and racssrc's `stats` property.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReaderStats {
+    /// EXTRACT requests.
+    pub queries: u64,
+    /// INFO requests.
+    pub infos: u64,
+    /// Requests beyond the pages themselves: probes for where a table is filed, and checks.
+    pub fallbacks: u64,
+    /// Positions asked again because the newest blocks were not all visible or answers changed
+    /// between two requests.
+    pub retries: u64,
+    /// Pauses (before asking again, or waiting for new audio in follow mode).
+    pub waits: u64,
+    /// int32 bytes received from the server.
+    pub bytes: u64,
+    /// Stretches the server lost, reported as gaps.
+    pub holes: u64,
+}
+
+/// The next block boundary to read from: its stream offset lies in `[off, off + unc]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cursor {
+    off: u64,
+    unc: u64,
+}
+
+/// A table whose run may continue past the cursor (the last answer stopped at its key bound).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct OpenTable {
+    name: i64,
+    /// Offset of the run's first block (the first of the table with a key at or after `name`).
+    start: u64,
+    first_key: i64,
+    kind: known::Kind,
+}
+
+/// Reads one range of one stream; see the module documentation.
+pub struct RangeReader {
+    pool: Arc<Pool>,
+    cfg: ReaderConfig,
+    format: StreamFormat,
+    tl: Timeline,
+    ref_ms: i64,
+    size: u64,
+    /// Start and end resolved against `ref` (needs the first audio).
+    resolved: bool,
+    first_frame: u64,
+    end_frame: Option<u64>,
+    /// Stream offset of the next byte to hand out.
+    next_out: u64,
+    /// Where reading goes on; `None` until the start is located.
+    cursor: Option<Cursor>,
+    known: known::Known,
+    open_table: Option<OpenTable>,
+    /// Block size of a stream written in blocks of one size, as far as the blocks seen alone
+    /// (at known positions) show; `None` once one of them did not fit.
+    grid: Option<u64>,
+    grid_broken: bool,
+    /// The last run was one block that its own key returned, and reading it as a table gave
+    /// nothing more: the in-memory table, read one block per request.
+    singles: bool,
+    /// How long (in key ms) the runs of this stream's tables last, from those read whole:
+    /// bounds the next page to about one table, so the request for what follows it stays small.
+    table_ms: i64,
+    /// Misses in a row at the cursor (a table being written is hidden for a moment).
+    misses: u32,
+    pending: VecDeque<Piece>,
+    empty: Option<String>,
+    notice: Option<String>,
+    done: bool,
+    stats: ReaderStats,
+}
+
+impl std::fmt::Debug for RangeReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RangeReader")
+            .field("stream", &self.cfg.stream_id)
+            .field("format", &self.format)
+            .field("ref_ms", &self.ref_ms)
+            .field("size", &self.size)
+            .field("cursor", &self.cursor)
+            .field("next_out", &self.next_out)
+            .finish()
+    }
+}
+
+impl RangeReader {
+    /// Reads the stream's INFO and locates the start of the range.
+    pub async fn open(pool: Arc<Pool>, cfg: ReaderConfig) -> Result<Self, ReadError> {
+        let info = {
+            let mut conn = pool.checkout(cfg.timeout).await?;
+            conn.stream_info(&cfg.stream_id).await?
+        };
+        let Some(info) = info else {
+            return Err(ReadError::NotFound {
+                stream: cfg.stream_id.clone(),
+                addr: pool.addr().to_string(),
+            });
+        };
+        let format = info.format().map_err(|e| {
+            ReadError::Format(format!("stream '{}' cannot be read: {e}", cfg.stream_id))
+        })?;
+        let mut reader = RangeReader {
+            pool,
+            format,
+            tl: Timeline::new(&format),
+            ref_ms: 0,
+            size: 0,
+            resolved: false,
+            first_frame: 0,
+            end_frame: None,
+            next_out: 0,
+            cursor: None,
+            known: known::Known::new(i64::MIN),
+            open_table: None,
+            grid: None,
+            grid_broken: false,
+            singles: false,
+            table_ms: 0,
+            misses: 0,
+            pending: VecDeque::new(),
+            empty: None,
+            notice: None,
+            done: false,
+            stats: ReaderStats {
+                infos: 5,
+                ..ReaderStats::default()
+            },
+            cfg,
+        };
+        reader.apply_info(&info);
+        if reader.ref_ms != 0 {
+            reader.resolve();
+            if !reader.done && reader.size / reader.tl.bpf > reader.first_frame {
+                reader.locate().await?;
+            }
+        } else if !reader.cfg.follow {
+            reader.set_empty(format!(
+                "stream '{}' on {} holds no audio yet",
+                reader.cfg.stream_id,
+                reader.pool.addr()
+            ));
+        }
+        Ok(reader)
+    }
+
+    pub fn format(&self) -> StreamFormat {
+        self.format
+    }
+
+    /// Wall-clock time of the stream's first sample (ms since the epoch); 0 until known.
+    pub fn ref_ms(&self) -> i64 {
+        self.ref_ms
+    }
+
+    /// The stream's size in bytes when last asked.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The first sample frame of the range (from the stream's start), once known.
+    pub fn first_frame(&self) -> u64 {
+        self.first_frame
+    }
+
+    /// The end of the range (exclusive), if it has one.
+    pub fn end_frame(&self) -> Option<u64> {
+        self.end_frame
+    }
+
+    /// Whether start and stop are known (follow mode on an empty stream waits for audio).
+    pub fn is_resolved(&self) -> bool {
+        self.resolved
+    }
+
+    /// Why the range is empty, when it is (outside the stream, or no audio yet).
+    pub fn empty_reason(&self) -> Option<&str> {
+        self.empty.as_deref()
+    }
+
+    /// Something the user should know that is not an error (a range clipped to the stream).
+    pub fn notice(&self) -> Option<&str> {
+        self.notice.as_deref()
+    }
+
+    pub fn stats(&self) -> ReaderStats {
+        self.stats
+    }
+
+    pub fn stream_id(&self) -> &str {
+        &self.cfg.stream_id
+    }
+
+    pub fn addr(&self) -> &str {
+        self.pool.addr()
+    }
+
+    /// Whether the position of the samples handed out is known to the sample (otherwise to
+    /// within a millisecond: a start located by a block's key in a stream of mixed block sizes).
+    pub fn is_exact(&self) -> bool {
+        self.cursor.is_none_or(|c| c.unc == 0)
+    }
+
+    fn page_ms(&self) -> i64 {
+        self.cfg.page_ms.clamp(1, 1 << 40) as i64
+    }
+
+    fn apply_info(&mut self, info: &StreamInfo) {
+        self.size = info.size;
+        if self.ref_ms == 0 {
+            self.ref_ms = info.ref_ms;
+        }
+    }
+
+    fn set_empty(&mut self, reason: String) {
+        self.empty = Some(reason);
+        self.done = true;
+    }
+
+    fn key(&self, offset: u64) -> i64 {
+        self.tl.key(self.ref_ms, offset)
+    }
+
+    /// "stream 'x' on host:port"
+    fn who(&self) -> String {
+        format!("stream '{}' on {}", self.cfg.stream_id, self.pool.addr())
+    }
+
+    /// "byte B (T)" for a position in the stream.
+    fn at(&self, offset: u64) -> String {
+        format!(
+            "byte {offset} ({})",
+            format_unix_ns(self.tl.unix_ns(self.ref_ms, offset))
+        )
+    }
+
+    fn describe_stream(&self) -> String {
+        let frames = self.size / self.tl.bpf;
+        let end_ms = self.ref_ms
+            + (frames as f64 * 1000.0 / f64::from(self.format.sample_rate)).round() as i64;
+        format!(
+            "{} holds {} to {} ({:.3} s)",
+            self.who(),
+            format_unix_ms(self.ref_ms),
+            format_unix_ms(end_ms),
+            frames as f64 / f64::from(self.format.sample_rate)
+        )
+    }
+
+    /// Turns start and stop into frames once `ref` is known.
+    fn resolve(&mut self) {
+        self.resolved = true;
+        let frames = self.size / self.tl.bpf;
+        let start = match self.cfg.start {
+            Bound::Open => 0,
+            Bound::Frame(f) => i128::from(f),
+            Bound::UnixNs(t) => self.tl.frame_of(self.ref_ms, t),
+        };
+        let stop = match self.cfg.stop {
+            Bound::Open => None,
+            Bound::Frame(f) => Some(i128::from(f)),
+            Bound::UnixNs(t) => Some(self.tl.frame_of(self.ref_ms, t)),
+        };
+        if let Some(stop) = stop {
+            if stop <= 0 || stop <= start {
+                let reason = format!(
+                    "the asked range ends before it starts or before the stream does; {}",
+                    self.describe_stream()
+                );
+                self.set_empty(reason);
+                return;
+            }
+        }
+        if start < 0 {
+            self.notice = Some(format!(
+                "the asked start lies before the stream's first sample; reading from there \
+                 ({})",
+                self.describe_stream()
+            ));
+        }
+        let start = start.max(0) as u64;
+        let stop = stop.map(|s| u64::try_from(s).unwrap_or(u64::MAX));
+        self.first_frame = start;
+        if self.cfg.follow {
+            self.end_frame = stop;
+        } else {
+            let end = stop.unwrap_or(frames).min(frames);
+            if start >= end {
+                let reason = format!(
+                    "the asked range lies after the end of the stream; {}",
+                    self.describe_stream()
+                );
+                self.set_empty(reason);
+                return;
+            }
+            if stop.is_some_and(|s| s > frames) {
+                self.notice = Some(format!(
+                    "the asked stop lies after the end of the stream; reading to the end ({})",
+                    self.describe_stream()
+                ));
+            }
+            self.end_frame = Some(end);
+        }
+        self.next_out = start * self.tl.bpf;
+    }
+
+    /// One EXTRACT, counted.
+    async fn q(&mut self, from: i64, to: i64) -> Result<Vec<u8>, ReadError> {
+        if from > to || to < 0 {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.pool.checkout(self.cfg.timeout).await?;
+        self.stats.queries += 1;
+        let (rf, rt) = (from - self.ref_ms, to - self.ref_ms);
+        match conn
+            .extract(&self.cfg.stream_id, from.max(0) as u64, to as u64)
+            .await
+        {
+            Ok(data) => {
+                trace!(
+                    "  Q({rf}, {rt}) -> {} frames",
+                    data.len() as u64 / self.tl.wide_bpf
+                );
+                self.stats.bytes += data.len() as u64;
+                if !data.len().is_multiple_of(self.tl.wide_bpf as usize) {
+                    return Err(ReadError::Missing(format!(
+                        "{}: the server returned {} bytes for EXTRACT [{from}, {to}], not whole \
+                         sample frames of {} channels",
+                        self.who(),
+                        data.len(),
+                        self.format.channels
+                    )));
+                }
+                Ok(data)
+            }
+            Err(Error::Server(msg)) if msg == NO_STREAM => Err(ReadError::NotFound {
+                stream: self.cfg.stream_id.clone(),
+                addr: self.pool.addr().to_string(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Stream bytes of one EXTRACT answer.
+    async fn qlen(&mut self, from: i64, to: i64) -> Result<u64, ReadError> {
+        let n = self.q(from, to).await?.len();
+        Ok(self.tl.wide_to_stream(n))
+    }
+
+    async fn refresh_size(&mut self) -> Result<(), ReadError> {
+        let mut conn = self.pool.checkout(self.cfg.timeout).await?;
+        if self.ref_ms == 0 {
+            self.stats.infos += 5;
+            let info = conn.stream_info(&self.cfg.stream_id).await?;
+            drop(conn);
+            match info {
+                Some(info) => self.apply_info(&info),
+                None => {
+                    return Err(ReadError::NotFound {
+                        stream: self.cfg.stream_id.clone(),
+                        addr: self.pool.addr().to_string(),
+                    })
+                }
+            }
+        } else {
+            self.stats.infos += 1;
+            let size = conn.info(&self.cfg.stream_id, InfoAttr::Size).await?;
+            let size = size.map_or(0, |s| s.max(0) as u64);
+            if size < self.size {
+                // A stream never shrinks, unless the server restarted after a crash and lost
+                // its metadata: then its `ref` changes too (to 0, then to the time of the next
+                // frame), and offsets on the old timeline mean nothing on the new one.
+                self.stats.infos += 1;
+                let ref_ms = conn.info(&self.cfg.stream_id, InfoAttr::Ref).await?;
+                if ref_ms.unwrap_or(0) != self.ref_ms {
+                    return Err(ReadError::Missing(format!(
+                        "{} started over: its size went back from {} to {size} bytes and its \
+                         reference time changed, so the server restarted and lost data. Start \
+                         racssrc again to read the stream as it is now",
+                        self.who(),
+                        self.size
+                    )));
+                }
+            }
+            // A size that reads as unknown (0) with the same ref: keep what we know.
+            self.size = self.size.max(size);
+        }
+        Ok(())
+    }
+
+    async fn pause(&mut self, d: Duration) {
+        self.stats.waits += 1;
+        tokio::time::sleep(d).await;
+    }
+
+    /// The next page of the range, `None` at its end; gaps (lost samples) are skipped. In
+    /// follow mode this waits for new audio.
+    pub async fn next_page(&mut self) -> Result<Option<Page>, ReadError> {
+        loop {
+            match self.next_piece().await? {
+                Some(Piece::Audio { frame, data, .. }) => return Ok(Some(Page { frame, data })),
+                Some(Piece::Gap { .. }) => continue,
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// The next piece of the range (samples or a gap), `None` at its end. In follow mode this
+    /// waits for new audio.
+    pub async fn next_piece(&mut self) -> Result<Option<Piece>, ReadError> {
+        loop {
+            if let Some(p) = self.pending.pop_front() {
+                return Ok(Some(p));
+            }
+            if self.done {
+                return Ok(None);
+            }
+            if !self.resolved || self.cursor.is_none() {
+                // Follow mode: waiting for the first audio, or for the start to be written.
+                self.refresh_size().await?;
+                if self.ref_ms != 0 && !self.resolved {
+                    self.resolve();
+                    continue;
+                }
+                if self.resolved && self.size / self.tl.bpf >= self.first_frame.max(1) {
+                    self.locate().await?;
+                    continue;
+                }
+                let d = self.cfg.poll_interval;
+                self.pause(d).await;
+                continue;
+            }
+            let end = self.end_frame.map(|f| f * self.tl.bpf);
+            if end.is_some_and(|e| self.next_out >= e) {
+                self.done = true;
+                return Ok(None);
+            }
+            let cur = self.cursor.expect("located");
+            if cur.off >= self.size {
+                if !self.cfg.follow {
+                    self.done = true;
+                    return Ok(None);
+                }
+                self.refresh_size().await?;
+                if cur.off >= self.size {
+                    let d = self.cfg.poll_interval;
+                    self.pause(d).await;
+                }
+                continue;
+            }
+            match self.step().await? {
+                steps::Step::Run { start, data } => {
+                    self.misses = 0;
+                    self.cut_audio(start, data, end);
+                }
+                steps::Step::Gap { start, len, reason } => {
+                    self.misses = 0;
+                    self.cut_gap(start, len, end, reason);
+                }
+                steps::Step::End => {
+                    if !self.cfg.follow {
+                        self.done = true;
+                        return Ok(None);
+                    }
+                    let d = self.cfg.poll_interval;
+                    self.pause(d).await;
+                    self.refresh_size().await?;
+                }
+                steps::Step::Retry(why) => {
+                    self.misses += 1;
+                    self.stats.retries += 1;
+                    let allowed = if self.cfg.follow {
+                        self.cfg.retries.saturating_mul(5)
+                    } else {
+                        self.cfg.retries
+                    };
+                    if self.misses > allowed {
+                        let cur = self.cursor.expect("located");
+                        return Err(ReadError::Missing(format!(
+                            "{}: cannot read on from {}: {why} (asked {} times)",
+                            self.who(),
+                            self.at(cur.off),
+                            self.misses
+                        )));
+                    }
+                    let d = self.cfg.retry_delay;
+                    self.pause(d).await;
+                    self.refresh_size().await?;
+                }
+            }
+        }
+    }
+
+    /// Queues the wanted part of a run that starts at stream offset `start`.
+    fn cut_audio(&mut self, start: u64, mut data: Vec<u8>, end: Option<u64>) {
+        let run_end = start + self.tl.wide_to_stream(data.len());
+        let from = start.max(self.next_out);
+        let to = end.map_or(run_end, |e| e.min(run_end));
+        if to <= from {
+            return;
+        }
+        let skip = self.tl.stream_to_wide(from - start);
+        let keep = self.tl.stream_to_wide(to - from);
+        data.truncate(skip + keep);
+        data.drain(..skip);
+        self.next_out = to;
+        self.pending.push_back(Piece::Audio {
+            frame: from / self.tl.bpf,
+            unix_ns: self.tl.unix_ns(self.ref_ms, from),
+            data,
+        });
+    }
+
+    /// Queues the wanted part of a stretch of `len` lost bytes at stream offset `start`.
+    fn cut_gap(&mut self, start: u64, len: u64, end: Option<u64>, reason: String) {
+        let from = start.max(self.next_out);
+        let to = end.map_or(start + len, |e| e.min(start + len));
+        if to <= from {
+            return;
+        }
+        self.stats.holes += 1;
+        self.next_out = to;
+        self.pending.push_back(Piece::Gap {
+            frame: from / self.tl.bpf,
+            unix_ns: self.tl.unix_ns(self.ref_ms, from),
+            frames: (to - from) / self.tl.bpf,
+            reason,
+        });
+    }
+}

@@ -1,0 +1,939 @@
+// SPDX-License-Identifier: MPL-2.0
+//! The reader's moves: locating the start, and reading on from the cursor one run at a time.
+//! Every move states what it relies on; when that cannot be shown, it stops with an error.
+
+use super::known::{Kind, Known, Run};
+use super::split::{self, Insertion};
+use super::{Cursor, OpenTable, RangeReader, ReadError};
+
+/// Bytes at the end of a stream that may sit in the in-memory table or in a table being
+/// written (the newest tables, across all streams).
+const RECENT_BYTES: u64 = 128 * 65535;
+/// A time after every key a test or a user writes (year 9999).
+pub(super) const FAR: i64 = 253_402_300_799_999;
+/// How far probes look for a table's name next to a block before asking about the whole stream.
+const LOCAL_MS: i64 = 60_000;
+/// Tables tried, going back from the start of the range, before reading from the epoch's start.
+const KEYFRAME_TRIES: u32 = 24;
+
+/// What one move produced.
+pub(super) enum Step {
+    /// Stored samples from stream offset `start` (int32).
+    Run { start: u64, data: Vec<u8> },
+    /// `len` bytes from `start` that the server lost.
+    Gap {
+        start: u64,
+        len: u64,
+        reason: String,
+    },
+    /// Nothing yet: ask again after a pause (why, for the error after too many).
+    Retry(String),
+    /// The cursor is at the end of the stored audio (in follow mode: of what is visible yet).
+    End,
+}
+
+/// The outcome of reading a table's run.
+enum Head {
+    Run(Vec<u8>),
+    Unstable(String),
+}
+
+impl RangeReader {
+    fn w(&self) -> usize {
+        self.tl.wide_bpf as usize
+    }
+
+    /// Whether blocks at this offset may still be in the in-memory table or a table being
+    /// written, whose visibility changes between two requests.
+    fn recent(&self, off: u64) -> bool {
+        self.cfg.follow || self.size.saturating_sub(off) <= RECENT_BYTES
+    }
+
+    fn allowed_misses(&self) -> u32 {
+        if self.cfg.follow {
+            self.cfg.retries.saturating_mul(5)
+        } else {
+            self.cfg.retries
+        }
+    }
+
+    /// The keys the block at the cursor can have.
+    fn cand_keys(&self, cur: Cursor) -> (i64, i64) {
+        (self.key(cur.off), self.key(cur.off + cur.unc))
+    }
+
+    /// No block of the epoch has this key (it lies after the newest block).
+    fn no_block_keyed(&self, key: i64) -> bool {
+        self.size < self.tl.bpf || key > self.key(self.size - self.tl.bpf)
+    }
+
+    /// The highest key a page from the cursor asks for: a page, or about one table when the
+    /// run starts at a table's first block (`first`) and tables have been seen whole.
+    fn upper(&self, kmax: i64, first: Option<i64>) -> i64 {
+        let last = if self.size >= self.tl.bpf {
+            self.key(self.size - self.tl.bpf)
+        } else {
+            kmax
+        };
+        let mut y = kmax.saturating_add(self.page_ms() - 1);
+        if let (Some(k0), true) = (first, self.table_ms > 0) {
+            y = y.min(k0 + self.table_ms + self.table_ms / 4 + 20);
+        }
+        y.min(last).max(kmax)
+    }
+
+    fn missing(&self, off: u64, cause: String) -> ReadError {
+        ReadError::Missing(format!(
+            "{}: cannot read on from {}: {cause}; nothing from there on was delivered",
+            self.who(),
+            self.at(off)
+        ))
+    }
+
+    /// A block seen alone at the cursor: `len` bytes. Keeps the block grid (a stream written in
+    /// blocks of one size) while every such block fits it.
+    fn saw_block(&mut self, len: u64) {
+        let Some(cur) = self.cursor else { return };
+        if cur.unc != 0 || len == 0 || self.grid_broken {
+            return;
+        }
+        match self.grid {
+            None if cur.off.is_multiple_of(len) => self.grid = Some(len),
+            None => self.grid_broken = true,
+            Some(b) => {
+                let last = cur.off + len == self.size;
+                if !cur.off.is_multiple_of(b) || (len != b && !last) {
+                    self.grid = None;
+                    self.grid_broken = true;
+                }
+            }
+        }
+    }
+
+    /// The block grid, where the blocks seen so far keep it.
+    fn grid(&self) -> Option<u64> {
+        self.grid.filter(|_| !self.grid_broken)
+    }
+
+    /// Narrows the cursor once the key of its block is known exactly.
+    fn learn_key(&mut self, key: i64) {
+        let Some(cur) = self.cursor else { return };
+        if cur.unc == 0 {
+            return;
+        }
+        if let Some((lo, hi)) = self.tl.offsets_of_key(self.ref_ms, key) {
+            let a = cur.off.max(lo);
+            let b = (cur.off + cur.unc).min(hi);
+            if a <= b {
+                // The reader's offsets are estimates; only the uncertainty shrinks. Moving the
+                // estimate would renumber samples already handed out.
+                self.cursor = Some(Cursor {
+                    off: cur.off,
+                    unc: cur.unc.min(b - cur.off),
+                });
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Locating the start.
+
+    /// Puts the cursor at a block boundary at or before the first wanted byte.
+    pub(super) async fn locate(&mut self) -> Result<(), ReadError> {
+        let target = self.next_out;
+        self.open_table = None;
+        self.singles = false;
+        self.misses = 0;
+        let near_start = target / self.tl.bpf
+            <= u64::from(self.format.sample_rate) * self.page_ms() as u64 / 1000;
+        if target == 0 || near_start {
+            self.start_at(0, 0);
+            return Ok(());
+        }
+        if target >= self.size {
+            // Follow mode starting at the current end: the next block starts right there.
+            self.start_at(self.size, self.key(self.size));
+            return Ok(());
+        }
+        let mut t = self.key(target);
+        for _ in 0..KEYFRAME_TRIES {
+            if t < self.ref_ms {
+                break;
+            }
+            let Some(a) = self.largest_lo(t).await? else {
+                break;
+            };
+            // The blocks of `Q(a, t)` all have lo = a: the table named `a` (from its first block
+            // with a key at or after `a`), or a block whose key is `a` filed under a later name.
+            let own = self.q(a, a).await?;
+            self.stats.fallbacks += 1;
+            let (k0, first) = if !own.is_empty() {
+                (a, own)
+            } else {
+                // The table was named by another stream's block: its first block of ours has
+                // the smallest key c with Q(a, c) non-empty. That is only sure when no block
+                // of ours has the key `a` itself.
+                if !self.no_block_keyed(a) && self.tl.offsets_of_key(self.ref_ms, a).is_some() {
+                    let probe = self.q(a, a + 1).await?;
+                    self.stats.fallbacks += 1;
+                    // A block keyed `a` under a later name is not ruled out: try an older table.
+                    let _ = probe;
+                    t = a - 1;
+                    continue;
+                }
+                let k0 = self.smallest_hi(a, t).await?;
+                let first = self.q(a, k0).await?;
+                self.stats.fallbacks += 1;
+                (k0, first)
+            };
+            let block = self.tl.wide_to_stream(first.len());
+            let Some(cur) = self.place(k0, block) else {
+                t = k0 - 1;
+                continue;
+            };
+            if cur.off > target {
+                t = k0 - 1;
+                continue;
+            }
+            self.cursor = Some(cur);
+            self.known = Known::new(k0);
+            self.open_table = Some(OpenTable {
+                name: a,
+                start: cur.off,
+                first_key: k0,
+                kind: Kind::Head,
+            });
+            return Ok(());
+        }
+        // No table start found close enough: count from the stream's first byte.
+        self.start_at(0, 0);
+        Ok(())
+    }
+
+    /// A pass from a block boundary whose offset is known exactly; blocks with `lo` below
+    /// `floor` are not known.
+    fn start_at(&mut self, off: u64, floor: i64) {
+        self.cursor = Some(Cursor { off, unc: 0 });
+        self.known = Known::new(if off == 0 { self.ref_ms } else { floor });
+        self.open_table = None;
+    }
+
+    /// Where the block stamped `key`, `block` bytes long, starts: on the grid of blocks of that
+    /// size when one of its points has that key (exact for streams written in blocks of one
+    /// size), else anywhere in the millisecond.
+    fn place(&mut self, key: i64, block: u64) -> Option<Cursor> {
+        let (lo, hi) = self.tl.offsets_of_key(self.ref_ms, key)?;
+        // The stream's last block ends at its size; a block that can end there is the last one
+        // (any block after it would hold at least a millisecond).
+        if let Some(o) = self.size.checked_sub(block) {
+            if o % self.tl.bpf == 0 && lo <= o && o <= hi {
+                return Some(Cursor { off: o, unc: 0 });
+            }
+        }
+        if block >= self.format.min_chunk_bytes() as u64 && !self.grid_broken {
+            let j = lo.div_ceil(block);
+            if j * block <= hi {
+                self.grid = Some(block);
+                return Some(Cursor {
+                    off: j * block,
+                    unc: 0,
+                });
+            }
+        }
+        Some(Cursor {
+            off: lo,
+            unc: hi - lo,
+        })
+    }
+
+    /// The largest `a <= t` for which `Q(a, t)` holds anything: the largest `lo` among blocks
+    /// with `hi <= t`.
+    async fn largest_lo(&mut self, t: i64) -> Result<Option<i64>, ReadError> {
+        let floor = self.ref_ms - self.tl.max_block_ms();
+        let mut empty = t + 1;
+        let mut step = 1i64;
+        let mut a = t;
+        loop {
+            if a < floor {
+                a = floor;
+            }
+            let n = self.q(a, t).await?.len();
+            self.stats.fallbacks += 1;
+            if n > 0 {
+                break;
+            }
+            if a == floor {
+                return Ok(None);
+            }
+            empty = a;
+            a = t - step;
+            step = step.saturating_mul(2);
+        }
+        let (mut lo, mut hi) = (a, empty);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            let n = self.q(mid, t).await?.len();
+            self.stats.fallbacks += 1;
+            if n > 0 {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(Some(lo))
+    }
+
+    /// The smallest `c` in `[a, t]` for which `Q(a, c)` holds anything (it does for `t`).
+    async fn smallest_hi(&mut self, a: i64, t: i64) -> Result<i64, ReadError> {
+        let (mut lo, mut hi) = (a - 1, t);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            let n = self.q(a, mid).await?.len();
+            self.stats.fallbacks += 1;
+            if n > 0 {
+                hi = mid;
+            } else {
+                lo = mid;
+            }
+        }
+        Ok(hi)
+    }
+
+    /// The smallest `c >= a` for which `Q(a, c)` holds anything, if any does.
+    async fn first_hi_after(&mut self, a: i64) -> Result<Option<i64>, ReadError> {
+        let mut empty = a - 1;
+        let mut step = 1i64;
+        let c = loop {
+            let c = a.saturating_add(step - 1).min(FAR);
+            let n = self.q(a, c).await?.len();
+            self.stats.fallbacks += 1;
+            if n > 0 {
+                break c;
+            }
+            if c >= FAR {
+                return Ok(None);
+            }
+            empty = c;
+            step = step.saturating_mul(2);
+        };
+        let (mut lo, mut hi) = (empty, c);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            let n = self.q(a, mid).await?.len();
+            self.stats.fallbacks += 1;
+            if n > 0 {
+                hi = mid;
+            } else {
+                lo = mid;
+            }
+        }
+        Ok(Some(hi))
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Reading on.
+
+    /// One move from the cursor.
+    pub(super) async fn step(&mut self) -> Result<Step, ReadError> {
+        let cur = self.cursor.expect("located");
+        let (kmin, kmax) = self.cand_keys(cur);
+        trace!(
+            "step at {} (+{}) keys {}..{} open {:?} known max_lo {} floor {}",
+            cur.off,
+            cur.unc,
+            kmin - self.ref_ms,
+            kmax - self.ref_ms,
+            self.open_table.map(|t| t.name - self.ref_ms),
+            self.known.max_lo().saturating_sub(self.ref_ms),
+            self.known.floor().saturating_sub(self.ref_ms)
+        );
+        // A table whose run went past the last answer's key bound.
+        if let Some(t) = self.open_table {
+            if let Some(s) = self.try_own_key(cur, kmin, kmax).await? {
+                return Ok(s);
+            }
+            let y = self.upper(kmax, None);
+            match self.head(t.name, y, t.start).await? {
+                Head::Run(p) => {
+                    let end = t.start + self.tl.wide_to_stream(p.len());
+                    if end > cur.off {
+                        return Ok(self.accept(t.kind, t.name, t.first_key, t.start, p, Some(y)));
+                    }
+                    // The table ends at the cursor.
+                    self.open_table = None;
+                }
+                Head::Unstable(why) => return Ok(Step::Retry(why)),
+            }
+        }
+        if let Some(s) = self.try_own_key(cur, kmin, kmax).await? {
+            return Ok(s);
+        }
+        self.singles = false;
+        // Following a live stream, a miss is most likely a table being written: look only where
+        // it costs nothing (above every block already read), then wait. Otherwise look around
+        // the block; near the newest blocks wait a while before looking everywhere, since a
+        // table being written is hidden for up to about half a second on a loaded server.
+        let waiting =
+            (self.cfg.follow || self.recent(cur.off)) && self.misses < self.allowed_misses();
+        let cheap = self.cfg.follow && waiting;
+        let near = if cheap {
+            self.known.max_lo() + 1
+        } else {
+            kmin - LOCAL_MS
+        };
+        if let Some((x, own)) = self.search_below(cur, kmin, kmax, near).await? {
+            return self.read_head(cur, x, kmin, own).await;
+        }
+        if !cheap {
+            if let Some((n, block)) = self.search_above(cur, kmin, kmax, kmax + LOCAL_MS).await? {
+                return self.read_tail(cur, n, kmin, block).await;
+            }
+        }
+        // When the cursor may already be at the stream's end (its position is known to within
+        // a millisecond), nothing there means the end.
+        if cur.off + cur.unc >= self.size && self.probe_above(FAR, kmin, kmax).await? == 0 {
+            return Ok(Step::End);
+        }
+        if waiting {
+            return Ok(Step::Retry(format!(
+                "the block stamped {} is not visible (a table being written is hidden for a \
+                 moment)",
+                super::format_unix_ms(kmin)
+            )));
+        }
+        if self.probe_below(0, kmin, kmax).await? != Some(0) {
+            if let Some((x, own)) = self.search_below(cur, kmin, kmax, 0).await? {
+                return self.read_head(cur, x, kmin, own).await;
+            }
+        }
+        if self.probe_above(FAR, kmin, kmax).await? != 0 {
+            if let Some((n, block)) = self.search_above(cur, kmin, kmax, FAR).await? {
+                return self.read_tail(cur, n, kmin, block).await;
+            }
+        }
+        self.hole(cur, kmin, kmax).await
+    }
+
+    /// The block at the cursor when a request for its own key returns it (its table is named
+    /// after it, or it is in the in-memory table); then the rest of that table's run.
+    async fn try_own_key(
+        &mut self,
+        cur: Cursor,
+        kmin: i64,
+        kmax: i64,
+    ) -> Result<Option<Step>, ReadError> {
+        let mut hit: Option<(i64, Vec<u8>)> = None;
+        for k in kmin..=kmax {
+            // With an uncertain cursor, a key already held by a block read before is not ours.
+            if kmin < kmax && self.known.may_have_key(k) {
+                continue;
+            }
+            let data = self.q(k, k).await?;
+            if data.is_empty() {
+                continue;
+            }
+            if hit.is_some() {
+                return Err(self.missing(
+                    cur.off,
+                    format!(
+                        "blocks answer to both {} and {}, and the position of the last block read \
+                         is known only to within a millisecond",
+                        super::format_unix_ms(kmin),
+                        super::format_unix_ms(kmax)
+                    ),
+                ));
+            }
+            hit = Some((k, data));
+        }
+        let Some((k, block)) = hit else {
+            return Ok(None);
+        };
+        self.learn_key(k);
+        self.saw_block(self.tl.wide_to_stream(block.len()));
+        let cur = self.cursor.expect("located");
+        self.open_table = None;
+        if self.singles {
+            // The in-memory table: one block per key.
+            return Ok(Some(self.accept(Kind::Single, k, k, cur.off, block, None)));
+        }
+        let y = self.upper(k, Some(k));
+        match self.head(k, y, cur.off).await? {
+            Head::Run(p) => {
+                if p.len() < block.len() || p[..block.len()] != block[..] {
+                    return Ok(Some(Step::Retry(
+                        "a table's blocks changed between two requests".into(),
+                    )));
+                }
+                if p.len() == block.len() {
+                    self.singles = true;
+                    return Ok(Some(self.accept(Kind::Single, k, k, cur.off, p, Some(y))));
+                }
+                Ok(Some(self.accept(Kind::Head, k, k, cur.off, p, Some(y))))
+            }
+            Head::Unstable(why) => Ok(Some(Step::Retry(why))),
+        }
+    }
+
+    /// The run of the table named `x` from its first block with a key at or after `x` (at
+    /// stream offset `start`), up to key `y`: the first `|Q(x, y)| - |Q(x + 1, y)|` bytes of
+    /// `Q(x, y)`. Near the newest blocks `Q(x + 1, y)` is asked before and after, and both must
+    /// agree, so that a table flushed or shown meanwhile cannot shift the split.
+    async fn head(&mut self, x: i64, y: i64, start: u64) -> Result<Head, ReadError> {
+        let recent = self.recent(start);
+        let (a, b) = if recent {
+            let b1 = self.q(x + 1, y).await?;
+            let a = self.q(x, y).await?;
+            let b2 = self.q(x + 1, y).await?;
+            self.stats.fallbacks += 2;
+            if b1 != b2 {
+                return Ok(Head::Unstable(
+                    "the server's answers changed while its newest tables were being written"
+                        .into(),
+                ));
+            }
+            (a, b1)
+        } else {
+            let a = self.q(x, y).await?;
+            let b = self.q(x + 1, y).await?;
+            self.stats.fallbacks += 1;
+            (a, b)
+        };
+        let Some(p) = split::head(&a, b.len(), self.w()) else {
+            return Ok(Head::Unstable(
+                "an answer shrank when its range grew (a table was hidden meanwhile)".into(),
+            ));
+        };
+        if a[p.len()..] != b[..] {
+            return Ok(Head::Unstable(
+                "two answers that must share their tail did not (a table was hidden or shown \
+                 meanwhile)"
+                    .into(),
+            ));
+        }
+        Ok(Head::Run(p.to_vec()))
+    }
+
+    /// Records a run read from `start` (which may lie before the cursor when a table's run is
+    /// read again) and moves the cursor to its end.
+    fn accept(
+        &mut self,
+        kind: Kind,
+        name: i64,
+        first_key: i64,
+        start: u64,
+        data: Vec<u8>,
+        y: Option<i64>,
+    ) -> Step {
+        let cur = self.cursor.expect("located");
+        let len = self.tl.wide_to_stream(data.len());
+        let end = start + len;
+        // Blocks hold at least a millisecond: the last one starts that much before the end.
+        let last_key =
+            self.key((end + cur.unc).saturating_sub(self.format.min_chunk_bytes() as u64));
+        let run = Run {
+            start,
+            len,
+            name,
+            first_key,
+            last_key,
+            kind,
+        };
+        if self
+            .known
+            .last()
+            .is_some_and(|r| r.start == start && r.name == name)
+        {
+            self.known.replace_last(run);
+        } else {
+            self.known.push(run);
+        }
+        let next = Cursor {
+            off: end,
+            unc: cur.unc,
+        };
+        self.cursor = Some(next);
+        // Cut by the key bound rather than by the table's end: the table may go on.
+        self.open_table = match y {
+            Some(y) if self.key(end + cur.unc) > y && end < self.size => Some(OpenTable {
+                name,
+                start,
+                first_key,
+                kind,
+            }),
+            _ => None,
+        };
+        if y.is_some() && self.open_table.is_none() && end < self.size && kind != Kind::Tail {
+            let span = self.key(end) - first_key;
+            self.table_ms = if span >= self.table_ms {
+                span
+            } else {
+                (self.table_ms * 7 + span) / 8
+            };
+        }
+        trace!(
+            "  run {kind:?} name {} from {start} len {len}",
+            name - self.ref_ms
+        );
+        Step::Run { start, data }
+    }
+
+    /// Reads the run of the table named `x`, found to hold the block at the cursor.
+    async fn read_head(
+        &mut self,
+        cur: Cursor,
+        x: i64,
+        kmin: i64,
+        own: Option<Vec<u8>>,
+    ) -> Result<Step, ReadError> {
+        // The table's run starts at its first block with a key at or after `x`; when an
+        // earlier run came from the same table, that is where.
+        let start = self
+            .known
+            .runs()
+            .rev()
+            .find(|r| r.name == x && r.kind != Kind::Tail)
+            .map_or(cur.off, |r| r.start);
+        let first_key = if start == cur.off { kmin } else { x };
+        let kmax = self.cand_keys(cur).1;
+        let y = self.upper(kmax, (start == cur.off).then_some(kmin));
+        match self.head(x, y, start).await? {
+            Head::Run(p) => {
+                let end = start + self.tl.wide_to_stream(p.len());
+                if end <= cur.off {
+                    return Ok(Step::Retry(format!(
+                        "the table filed under {} no longer shows the block",
+                        super::format_unix_ms(x)
+                    )));
+                }
+                if let Some(own) = own.filter(|_| start == cur.off) {
+                    self.saw_block(self.tl.wide_to_stream(own.len()));
+                    if p.len() < own.len() || p[..own.len()] != own[..] {
+                        return Ok(Step::Retry(
+                            "a table's blocks changed between two requests".into(),
+                        ));
+                    }
+                }
+                Ok(self.accept(Kind::Head, x, first_key, start, p, Some(y)))
+            }
+            Head::Unstable(why) => Ok(Step::Retry(why)),
+        }
+    }
+
+    /// Reads the run of the table named `n`, after the cursor's block's key: the piece by which
+    /// `Q(k, n)` exceeds `Q(k, n - 1)`, wherever it sits. `block` is the length of the block at
+    /// the cursor.
+    async fn read_tail(
+        &mut self,
+        cur: Cursor,
+        n: i64,
+        kmin: i64,
+        block: u64,
+    ) -> Result<Step, ReadError> {
+        let recent = self.recent(cur.off);
+        let short = self.q(kmin, n - 1).await?;
+        let long = self.q(kmin, n).await?;
+        self.stats.fallbacks += 1;
+        if recent {
+            let again = self.q(kmin, n - 1).await?;
+            self.stats.fallbacks += 1;
+            if again != short {
+                return Ok(Step::Retry(
+                    "the server's answers changed while its newest tables were being written"
+                        .into(),
+                ));
+            }
+        }
+        // The table's run begins with the cursor's block: where that block alone fits
+        // (`Q(kmax + 1, n)` lacks only it) narrows where the run can sit.
+        let w = self.w();
+        let outcome = match split::places(&long, &short, w) {
+            None => Insertion::Inconsistent,
+            Some((lo, hi)) => {
+                let d = long.len() - short.len();
+                match split::insertion(&long, &short, w) {
+                    Insertion::Ambiguous { .. } => {
+                        let kmax = self.cand_keys(cur).1;
+                        let rest = self.q(kmax + 1, n).await?;
+                        self.stats.fallbacks += 1;
+                        match split::places(&long, &rest, w) {
+                            Some((a, b)) => split::piece(&long, d, (lo.max(a), hi.min(b)), w),
+                            None => Insertion::Inconsistent,
+                        }
+                    }
+                    other => other,
+                }
+            }
+        };
+        let piece = match outcome {
+            Insertion::Unique { piece, .. } => piece,
+            Insertion::Ambiguous { places } => {
+                return Err(self.missing(
+                    cur.off,
+                    format!(
+                        "its blocks are filed under the later time {} and come back among \
+                         others; {places} places fit both answers and give different audio",
+                        super::format_unix_ms(n)
+                    ),
+                ))
+            }
+            Insertion::Nothing | Insertion::Inconsistent => {
+                return Ok(Step::Retry(
+                    "two answers that differ in one bound did not differ by one piece".into(),
+                ))
+            }
+        };
+        // The piece is that table's run only if no block of ours keyed `n` itself sits in
+        // another table (it would be part of the difference too, elsewhere in the answer).
+        let len = self.tl.wide_to_stream(piece.len());
+        self.saw_block(block);
+        if !self.no_block_keyed(n) && !self.off_grid(cur, block, len, n) {
+            return Err(self.missing(
+                cur.off,
+                format!(
+                    "its blocks are filed under the later time {} (a table started by a stream \
+                     written ahead of the clock), and a block of this stream may carry that very \
+                     time, so no pair of answers can separate them",
+                    super::format_unix_ms(n)
+                ),
+            ));
+        }
+        Ok(self.accept(Kind::Tail, n, kmin, cur.off, piece, None))
+    }
+
+    /// Whether, for blocks of `block` bytes from the cursor on (the run of `len` bytes being
+    /// a whole number of them), no block starts at a key of `n`.
+    fn off_grid(&self, cur: Cursor, block: u64, len: u64, n: i64) -> bool {
+        if block < self.format.min_chunk_bytes() as u64 || !len.is_multiple_of(block) {
+            return false;
+        }
+        let Some((lo, hi)) = self.tl.offsets_of_key(self.ref_ms, n) else {
+            return true;
+        };
+        // The first grid point whose latest position reaches `lo`.
+        let j = lo.saturating_sub(cur.off + cur.unc).div_ceil(block);
+        cur.off + j * block > hi
+    }
+
+    /// The name of the table holding the block at the cursor, when it lies before the block's
+    /// key: the largest `z` for which `Q(z, kmax)` holds the block. Probes above every known
+    /// block's `lo` return at most the block itself; lower probes subtract what is known.
+    async fn search_below(
+        &mut self,
+        cur: Cursor,
+        kmin: i64,
+        kmax: i64,
+        limit: i64,
+    ) -> Result<Option<(i64, Option<Vec<u8>>)>, ReadError> {
+        let recent = self.recent(cur.off);
+        let limit = limit.max(0);
+        let mut empty = kmax + 1;
+        let mut step = 1i64;
+        let mut z = kmax;
+        let found = loop {
+            match self.probe_below(z, kmin, kmax).await? {
+                Some(0) => {}
+                Some(_) => break z,
+                None => return Ok(None),
+            }
+            if z <= limit {
+                return Ok(None);
+            }
+            empty = z;
+            z = kmax.saturating_sub(step).max(limit);
+            step = step.saturating_mul(2);
+        };
+        let (mut lo, mut hi) = (found, empty);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            match self.probe_below(mid, kmin, kmax).await? {
+                Some(0) => hi = mid,
+                Some(_) => lo = mid,
+                None => return Ok(None),
+            }
+        }
+        if recent {
+            // Ask both sides of the boundary again: near the newest blocks, a table that became
+            // visible during the search would fake one.
+            if self.probe_below(lo + 1, kmin, kmax).await? != Some(0)
+                || self.probe_below(lo, kmin, kmax).await?.unwrap_or(0) == 0
+            {
+                return Ok(None);
+            }
+        }
+        // Where nothing known is in the probe, its answer is the block itself: the run read
+        // from that table must begin with it.
+        let own = if self.known.in_window(lo, kmax) == Some(0) {
+            self.stats.fallbacks += 1;
+            Some(self.q(lo, kmax).await?)
+        } else {
+            None
+        };
+        Ok(Some((lo, own)))
+    }
+
+    /// Bytes of unknown blocks in `Q(z, kmax)` with `hi` in `[kmin, kmax]`: the block at the
+    /// cursor if its table's name lies in `[z, kmax]`. `None` when the probe cannot tell.
+    async fn probe_below(
+        &mut self,
+        z: i64,
+        kmin: i64,
+        kmax: i64,
+    ) -> Result<Option<u64>, ReadError> {
+        self.stats.fallbacks += 1;
+        if let Some(known) = self.known.in_window(z, kmax) {
+            let n = self.qlen(z, kmax).await?;
+            return Ok(n.checked_sub(known));
+        }
+        // Below what is known: only blocks whose hi is the cursor's key can be it.
+        let long = self.qlen(z, kmax).await?;
+        let short = self.qlen(z, kmin - 1).await?;
+        self.stats.fallbacks += 1;
+        let Some(known) = self.known.in_hi_window(z, kmin, kmax) else {
+            return Ok(None);
+        };
+        Ok(long.checked_sub(short).and_then(|d| d.checked_sub(known)))
+    }
+
+    /// The name of the table holding the block at the cursor, when it lies after the block's
+    /// key: the smallest `c` for which the blocks with `lo` in `[kmin, kmax]` and `hi <= c`
+    /// are not empty.
+    async fn search_above(
+        &mut self,
+        cur: Cursor,
+        kmin: i64,
+        kmax: i64,
+        cap: i64,
+    ) -> Result<Option<(i64, u64)>, ReadError> {
+        let recent = self.recent(cur.off);
+        let mut empty = kmax;
+        let mut step = 1i64;
+        let mut c;
+        loop {
+            c = kmax.saturating_add(step).min(cap);
+            if self.probe_above(c, kmin, kmax).await? > 0 {
+                break;
+            }
+            empty = c;
+            if c >= cap {
+                return Ok(None);
+            }
+            step = step.saturating_mul(2);
+        }
+        let (mut lo, mut hi) = (empty, c);
+        let mut block = 0;
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            let n = self.probe_above(mid, kmin, kmax).await?;
+            if n > 0 {
+                hi = mid;
+                block = n;
+            } else {
+                lo = mid;
+            }
+        }
+        if block == 0 || recent {
+            // Ask both sides of the boundary again: near the newest blocks, a table that became
+            // visible during the search would fake one.
+            block = self.probe_above(hi, kmin, kmax).await?;
+            if block == 0 || self.probe_above(hi - 1, kmin, kmax).await? != 0 {
+                return Ok(None);
+            }
+        }
+        Ok(Some((hi, block)))
+    }
+
+    /// Bytes of blocks with `lo` in `[kmin, kmax]` and `hi <= c`.
+    async fn probe_above(&mut self, c: i64, kmin: i64, kmax: i64) -> Result<u64, ReadError> {
+        let long = self.qlen(kmin, c).await?;
+        let short = self.qlen(kmax + 1, c).await?;
+        self.stats.fallbacks += 2;
+        Ok(long.saturating_sub(short))
+    }
+
+    /// Nothing found for the block at the cursor: prove that the server lost it and the blocks
+    /// after it up to the next one it has, and report that stretch as a gap.
+    async fn hole(&mut self, cur: Cursor, kmin: i64, kmax: i64) -> Result<Step, ReadError> {
+        // The next block the server has: the smallest hi among blocks with lo after the
+        // cursor's key.
+        let size = self.size;
+        let next = self.first_hi_after(kmax + 1).await?;
+        let gap_to = next.unwrap_or(FAR);
+        // Every block keyed in [kmin, gap_to - 1] has hi or lo in that window: count both.
+        let g1 = {
+            let a = self.q(0, gap_to - 1).await?.len();
+            let b = self.q(0, kmin - 1).await?.len();
+            self.tl.wide_to_stream(a.saturating_sub(b))
+        };
+        let g2 = {
+            let a = self.q(kmin, FAR).await?.len();
+            let b = if gap_to >= FAR {
+                0
+            } else {
+                self.q(gap_to, FAR).await?.len()
+            };
+            self.tl.wide_to_stream(a.saturating_sub(b))
+        };
+        self.stats.fallbacks += 4;
+        let known_hi = self
+            .known
+            .in_hi_window(0, kmin, gap_to - 1)
+            .unwrap_or(u64::MAX);
+        if g1 != known_hi || g2 != 0 {
+            return Err(self.missing(
+                cur.off,
+                "the block there is in none of the server's answers, yet other blocks with \
+                 times in the same stretch are, filed where the reader cannot order them"
+                    .into(),
+            ));
+        }
+        let (gap_end, unc) = match next {
+            None => (size, 0),
+            Some(k) => match self.tl.offsets_of_key(self.ref_ms, k) {
+                Some((lo, hi)) => match self.grid() {
+                    Some(b) if lo.div_ceil(b) * b <= hi => (lo.div_ceil(b) * b, 0),
+                    _ => (lo, hi - lo),
+                },
+                None => {
+                    return Err(self.missing(
+                        cur.off,
+                        format!(
+                            "the next block the server has is stamped {}, a time no sample of \
+                             this stream can have",
+                            super::format_unix_ms(k)
+                        ),
+                    ))
+                }
+            },
+        };
+        if gap_end <= cur.off || gap_end > size {
+            return Err(self.missing(
+                cur.off,
+                format!(
+                    "the next block the server has is stamped {}, which does not fit the stream's \
+                     length",
+                    super::format_unix_ms(next.unwrap_or(kmax))
+                ),
+            ));
+        }
+        let _ = kmax;
+        let reason = format!(
+            "{}: the server lost {:.3} s of audio from {} ({} bytes)",
+            self.who(),
+            (gap_end - cur.off) as f64 / self.tl.bps as f64,
+            self.at(cur.off),
+            gap_end - cur.off
+        );
+        self.cursor = Some(Cursor {
+            off: gap_end,
+            unc: cur.unc.max(unc),
+        });
+        self.known = Known::new(next.unwrap_or(FAR));
+        self.open_table = None;
+        self.singles = false;
+        Ok(Step::Gap {
+            start: cur.off,
+            len: gap_end - cur.off,
+            reason,
+        })
+    }
+}
