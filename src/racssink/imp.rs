@@ -452,19 +452,23 @@ impl RacsSink {
                         "it was older than the replay-window kept for re-sending ({window} bytes)"
                     )
                 };
+                let place = if loss.placed {
+                    format!("the audio stored from {start} to {end} is missing from the stream")
+                } else {
+                    "they are not its newest blocks, so where they were in the stream is unknown"
+                        .to_string()
+                };
                 gst::element_imp_warning!(
                     self,
                     gst::ResourceError::Write,
                     (
                         "The RACS server at {} lost {} bytes ({:.3} s) of stream '{}' that it had \
-                         acknowledged (it restarted after a crash): the audio stored from {} to {} \
-                         is missing from the stream; {}",
+                         acknowledged (it restarted after a crash): {}; {}",
                         addr,
                         loss.bytes,
                         seconds,
                         id,
-                        start,
-                        end,
+                        place,
                         why
                     )
                 );
@@ -496,6 +500,7 @@ impl RacsSink {
                 .field("duration", loss.duration_ns)
                 .field("bytes", loss.bytes)
                 .field("input-offset", loss.input_offset)
+                .field("placed", loss.placed)
                 .build(),
         );
     }

@@ -269,6 +269,10 @@ pub struct Loss {
     pub start_us: i64,
     /// Bytes of the writer's input before it.
     pub input_offset: u64,
+    /// False when the server lacks these bytes in no place the probes could pin down (not its
+    /// newest blocks): the count is exact, `start_us` and `input_offset` are only where the
+    /// newest block still counted present lies.
+    pub placed: bool,
 }
 
 /// What a recovery after a server restart found and did.
@@ -1533,6 +1537,7 @@ impl StreamWriter {
             duration_ns: 0,
             start_us: capture.unwrap_or(0),
             input_offset: input,
+            placed: true,
         });
     }
 
@@ -2026,6 +2031,7 @@ impl StreamWriter {
                     as u64,
                 start_us: at.map(|b| b.key * 1000).unwrap_or(0),
                 input_offset: at.map(|b| b.input).unwrap_or(0),
+                placed: false,
             });
         }
         {
@@ -2114,6 +2120,7 @@ fn coalesce(blocks: &[Block], bps: u64) -> Vec<Loss> {
                 duration_ns: 0,
                 start_us: b.key * 1000,
                 input_offset: b.input,
+                placed: true,
             }),
         }
         prev = Some(*b);
