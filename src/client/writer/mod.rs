@@ -2344,7 +2344,10 @@ mod tests {
     }
 
     fn fixture(id: &str, chunk: usize) -> Fixture {
-        let srv = racs_lite::TestServer::start();
+        fixture_on(racs_lite::TestServer::start(), id, chunk)
+    }
+
+    fn fixture_on(srv: racs_lite::TestServer, id: &str, chunk: usize) -> Fixture {
         let pool = Pool::get(&srv.host(), srv.port(), 2);
         let canceller = Canceller::new();
         let mut config = WriterConfig::new(id);
@@ -2484,6 +2487,40 @@ mod tests {
         assert_eq!(stored(&f.srv, "w-reopen"), all);
         assert_eq!(f.writer.stats().reconnects, 1);
         assert!(f.events.lock().unwrap().contains(&WriterEvent::Recovered));
+    }
+
+    #[test]
+    fn a_table_hidden_while_written_is_waited_out_not_called_lost() {
+        // Tables of 4 blocks, each invisible to EXTRACT for 800 ms after it fills.
+        let srv = racs_lite::TestServer::start_with(|c| {
+            c.entries = 4;
+            c.flush_invisible = Duration::from_millis(800);
+        });
+        let mut f = fixture_on(srv, "w-hidden", 1600);
+        f.writer.prepare(S16_MONO_8K).unwrap();
+        let a = pcm(1600 * 5, 12);
+        f.writer.write(&a).unwrap();
+        // The first table is hidden now. A CLOSE from elsewhere makes the writer reopen and
+        // probe: its first four blocks are missing from EXTRACT, for a while.
+        runtime().block_on(async {
+            let mut conn = Connection::connect(&f.srv.addr().to_string(), Duration::from_secs(2))
+                .await
+                .unwrap();
+            conn.close("w-hidden").await.unwrap();
+        });
+        let b = pcm(1600, 13);
+        f.writer.write(&b).unwrap();
+        f.writer.finish(true).unwrap();
+        let stats = f.writer.stats();
+        assert_eq!(stats.server_lost_bytes, 0, "{stats:?}");
+        assert_eq!(stats.replayed_bytes, 0);
+        let mut all = a.clone();
+        all.extend_from_slice(&b);
+        std::thread::sleep(Duration::from_millis(900));
+        assert!(
+            stored(&f.srv, "w-hidden") == all,
+            "nothing lost, nothing twice"
+        );
     }
 
     #[test]
