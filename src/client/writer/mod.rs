@@ -913,11 +913,17 @@ impl Ctx<'_> {
         let mut last: Option<(usize, i64, i64)> = None;
         let mut accepted: Option<(usize, i64, i64)> = None;
         let mut unexplained = 0;
-        for step in 0..steps_in + 6 {
+        // Below the oldest candidate the probe reaches back 1 s, 4 s... 17 min: a table holding
+        // this writer's first blocks may be named after another stream's block from well
+        // before them (a stream written behind the wall clock).
+        let below_steps = 6;
+        let below_unit = slack.max(1000);
+        for step in 0..steps_in + below_steps {
+            let last_step = step + 1 == steps_in + below_steps;
             let (from, below) = if step < steps_in {
                 (cands[n - (1usize << step)].0 - slack, false)
             } else {
-                (cands[0].0 - slack * 4i64.pow(step - steps_in), true)
+                (cands[0].0 - below_unit * 4i64.pow(step - steps_in), true)
             };
             let from = from.max(0);
             let to = (newest.max(now_ms()) + 60_000 * 4i64.pow(step.min(4))).clamp(newest, FAR_MS);
@@ -927,14 +933,22 @@ impl Ctx<'_> {
                 break;
             }
             match suffix {
-                // A suffix with a present block before it inside the probe, or all of them
-                // with the probe reaching below the oldest: it must come out twice in a row.
-                Some(s) if s < in_range || below => {
+                // A suffix with a present block before it inside the probe: it must come out
+                // twice in a row (a table named before `from` hides blocks right after it).
+                Some(s) if s < in_range => {
                     if last.map(|l| l.0) == Some(s) {
                         accepted = Some((s, from, to));
                         break;
                     }
                     last = Some((s, from, to));
+                }
+                // All of them missing: only the widest probe may say so.
+                Some(s) if below => {
+                    last = Some((s, from, to));
+                    if last_step || from == 0 {
+                        accepted = last;
+                        break;
+                    }
                 }
                 _ => {
                     last = None;
@@ -2519,6 +2533,59 @@ mod tests {
         std::thread::sleep(Duration::from_millis(900));
         assert!(
             stored(&f.srv, "w-hidden") == all,
+            "nothing lost, nothing twice"
+        );
+    }
+
+    #[test]
+    fn blocks_in_a_table_named_long_before_them_are_found_not_called_lost() {
+        // Tables of 4 blocks, written at once (and surviving a kill once written).
+        let srv = racs_lite::TestServer::start_with(|c| {
+            c.entries = 4;
+            c.flush_invisible = Duration::ZERO;
+        });
+        let addr = srv.addr().to_string();
+        let other = SessionId::random();
+        let frame_of_other = |addr: &str| {
+            runtime().block_on(async {
+                let mut conn = Connection::connect(addr, Duration::from_secs(2))
+                    .await
+                    .unwrap();
+                conn.send_frame(&other, stream_hash(b"w-behind"), &pcm(1600, 1))
+                    .await
+                    .unwrap();
+            })
+        };
+        runtime().block_on(async {
+            let mut conn = Connection::connect(&addr, Duration::from_secs(2))
+                .await
+                .unwrap();
+            conn.create("w-behind", &S16_MONO_8K).await.unwrap();
+            conn.open("w-behind").await.unwrap();
+        });
+        // Another stream written behind the wall clock: its second block, keyed 100 ms after
+        // its first, arrives 2 s later.
+        frame_of_other(&addr);
+        std::thread::sleep(Duration::from_secs(2));
+        frame_of_other(&addr);
+        let mut f = fixture_on(srv, "w-named", 1600);
+        f.writer.prepare(S16_MONO_8K).unwrap();
+        // Blocks 1-2 complete the table begun by the other stream (named after its first
+        // block, 2 s before theirs); blocks 3-5 sit in the server's memory.
+        let a = pcm(1600 * 5, 14);
+        f.writer.write(&a).unwrap();
+        f.srv.kill();
+        f.srv.restart();
+        let b = pcm(1600, 15);
+        f.writer.write(&b).unwrap();
+        f.writer.finish(true).unwrap();
+        let stats = f.writer.stats();
+        assert_eq!(stats.server_lost_bytes, 3 * 1600, "{stats:?}");
+        assert_eq!(stats.replayed_bytes, 3 * 1600, "{stats:?}");
+        let mut all = a.clone();
+        all.extend_from_slice(&b);
+        assert!(
+            stored(&f.srv, "w-named") == all,
             "nothing lost, nothing twice"
         );
     }
