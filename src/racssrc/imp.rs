@@ -14,7 +14,8 @@ use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
 use super::narrow::{narrow_to_s16le, narrow_to_s24le};
-use crate::client::reader::{Bound, RangeReader, ReadError, ReaderConfig};
+use super::HolePolicy;
+use crate::client::reader::{Bound, Piece, RangeReader, ReadError, ReaderConfig, ReaderStats};
 use crate::client::{block_on, runtime, validate_stream_id, Canceller, Error, Pool, StreamFormat};
 use crate::props::{DEFAULT_HOST, DEFAULT_POOL_SIZE, DEFAULT_PORT, DEFAULT_TIMEOUT_MS};
 use crate::uri;
@@ -49,6 +50,7 @@ struct Settings {
     chunk_duration: u64,
     follow: bool,
     timeout: u32,
+    hole_policy: HolePolicy,
 }
 
 impl Default for Settings {
@@ -65,6 +67,7 @@ impl Default for Settings {
             chunk_duration: DEFAULT_CHUNK_DURATION,
             follow: DEFAULT_FOLLOW,
             timeout: DEFAULT_TIMEOUT_MS,
+            hole_policy: HolePolicy::default(),
         }
     }
 }
@@ -136,6 +139,12 @@ struct OutPage {
 enum Fetched {
     /// The next page, and the stream's `ref` (known late in follow mode on an empty stream).
     Page(OutPage, i64),
+    /// Samples the server lost: `frames` sample frames from `frame`, and who and where.
+    Gap {
+        frame: u64,
+        frames: u64,
+        reason: String,
+    },
     /// The end of the range; the reason when there was nothing to read at all.
     End(Option<String>),
     Failed(ReadError),
@@ -148,33 +157,59 @@ struct Fetcher {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Adds `now - before` (a reader's counters, which only grow) to `total`.
+fn add_stats(total: &mut ReaderStats, before: ReaderStats, now: ReaderStats) {
+    total.queries += now.queries - before.queries;
+    total.infos += now.infos - before.infos;
+    total.fallbacks += now.fallbacks - before.fallbacks;
+    total.retries += now.retries - before.retries;
+    total.waits += now.waits - before.waits;
+    total.bytes += now.bytes - before.bytes;
+    total.holes += now.holes - before.holes;
+}
+
 impl Fetcher {
-    fn spawn(mut reader: RangeReader) -> Fetcher {
+    fn spawn(mut reader: RangeReader, stats: Arc<Mutex<ReaderStats>>) -> Fetcher {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let bytes_per_sample = usize::from(reader.format().bit_depth / 8);
         let task = runtime().spawn(async move {
+            let mut seen = ReaderStats::default();
+            add_stats(&mut stats.lock().unwrap(), seen, reader.stats());
+            seen = reader.stats();
             loop {
-                let item = match reader.next_page().await {
-                    Ok(Some(page)) => {
+                let item = match reader.next_piece().await {
+                    Ok(Some(Piece::Audio { frame, data, .. })) => {
                         // Narrowed here, on the thread that allocated the page: the int32 copy
                         // is freed where it was made, and the streaming thread only slices.
-                        let mut out = vec![0u8; page.data.len() / 4 * bytes_per_sample];
+                        let mut out = vec![0u8; data.len() / 4 * bytes_per_sample];
                         if bytes_per_sample == 2 {
-                            narrow_to_s16le(&page.data, &mut out);
+                            narrow_to_s16le(&data, &mut out);
                         } else {
-                            narrow_to_s24le(&page.data, &mut out);
+                            narrow_to_s24le(&data, &mut out);
                         }
-                        drop(page.data);
+                        drop(data);
                         let page = OutPage {
-                            frame: page.frame,
+                            frame,
                             buffer: gst::Buffer::from_mut_slice(out),
                         };
                         Fetched::Page(page, reader.ref_ms())
                     }
+                    Ok(Some(Piece::Gap {
+                        frame,
+                        frames,
+                        reason,
+                        ..
+                    })) => Fetched::Gap {
+                        frame,
+                        frames,
+                        reason,
+                    },
                     Ok(None) => Fetched::End(reader.empty_reason().map(str::to_string)),
                     Err(e) => Fetched::Failed(e),
                 };
-                let last = !matches!(item, Fetched::Page(..));
+                add_stats(&mut stats.lock().unwrap(), seen, reader.stats());
+                seen = reader.stats();
+                let last = matches!(item, Fetched::End(_) | Fetched::Failed(_));
                 if tx.send(item).await.is_err() || last {
                     break;
                 }
@@ -221,6 +256,8 @@ pub struct RacsSrc {
     settings: Mutex<Settings>,
     state: Mutex<State>,
     canceller: Mutex<Canceller>,
+    /// The readers' counters since the element started (the `stats` property).
+    stats: Arc<Mutex<ReaderStats>>,
 }
 
 #[glib::object_subclass]
@@ -333,7 +370,7 @@ impl RacsSrc {
         state.range_first = reader.first_frame();
         state.range_end = reader.end_frame();
         state.fresh = true;
-        state.fetcher = Some(Fetcher::spawn(reader));
+        state.fetcher = Some(Fetcher::spawn(reader, self.stats.clone()));
         state.opened = true;
         Ok(())
     }
@@ -365,10 +402,21 @@ impl RacsSrc {
         cfg.stop = to.map_or(Bound::Open, Bound::Frame);
         let reader = self.wait(RangeReader::open(pool, cfg))?;
         let mut state = self.state.lock().unwrap();
-        state.fetcher = Some(Fetcher::spawn(reader));
+        state.fetcher = Some(Fetcher::spawn(reader, self.stats.clone()));
         state.fresh = start == 0 && stop.is_none();
         Ok(())
     }
+}
+
+fn stats_structure(st: &ReaderStats) -> gst::Structure {
+    gst::Structure::builder("racssrc-stats")
+        .field("requests", st.queries + st.infos)
+        .field("extra-requests", st.fallbacks)
+        .field("bytes", st.bytes)
+        .field("waits", st.waits)
+        .field("retries", st.retries)
+        .field("holes", st.holes)
+        .build()
 }
 
 fn caps_for(format: &StreamFormat) -> gst::Caps {
@@ -377,12 +425,22 @@ fn caps_for(format: &StreamFormat) -> gst::Caps {
     } else {
         gst_audio::AudioFormat::S24le
     };
-    gst::Caps::builder("audio/x-raw")
+    let mut caps = gst::Caps::builder("audio/x-raw")
         .field("format", audio_format.to_str())
         .field("rate", format.sample_rate as i32)
         .field("channels", i32::from(format.channels))
-        .field("layout", "interleaved")
-        .build()
+        .field("layout", "interleaved");
+    // RACS stores no channel positions: GStreamer's default layout up to 8 channels, and
+    // unpositioned channels (mask 0) above, so that audioconvert can take any count.
+    if format.channels > 1 {
+        let mask = if format.channels <= 8 {
+            gst_audio::AudioChannelPosition::fallback_mask(u32::from(format.channels))
+        } else {
+            0
+        };
+        caps = caps.field("channel-mask", gst::Bitmask::new(mask));
+    }
+    caps.build()
 }
 
 impl ObjectImpl for RacsSrc {
@@ -436,6 +494,23 @@ impl ObjectImpl for RacsSrc {
                     .default_value(DEFAULT_CHUNK_DURATION)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("hole-policy", HolePolicy::default())
+                    .nick("Hole policy")
+                    .blurb(
+                        "Where the server lost blocks (an unflushed table at a crash or \
+                         SHUTDOWN): warn and send a GAP event (gap), or stop with an error (error)",
+                    )
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                    .nick("Statistics")
+                    .blurb(
+                        "racssrc-stats: requests (EXTRACT and INFO), extra-requests (probes and \
+                         checks beyond the pages), bytes (int32 bytes received), waits, retries, \
+                         holes, since the element started",
+                    )
+                    .read_only()
+                    .build(),
                 glib::ParamSpecBoolean::builder("follow")
                     .nick("Follow")
                     .blurb("After the end, keep delivering audio as it is appended (a live source)")
@@ -467,11 +542,15 @@ impl ObjectImpl for RacsSrc {
             "chunk-duration" => settings.chunk_duration = value.get().unwrap(),
             "follow" => settings.follow = value.get().unwrap(),
             "timeout" => settings.timeout = value.get().unwrap(),
+            "hole-policy" => settings.hole_policy = value.get().unwrap(),
             _ => unimplemented!(),
         }
     }
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        if pspec.name() == "stats" {
+            return stats_structure(&self.stats.lock().unwrap()).to_value();
+        }
         let settings = self.settings.lock().unwrap();
         match pspec.name() {
             "host" => settings.host.to_value(),
@@ -485,6 +564,7 @@ impl ObjectImpl for RacsSrc {
             "chunk-duration" => settings.chunk_duration.to_value(),
             "follow" => settings.follow.to_value(),
             "timeout" => settings.timeout.to_value(),
+            "hole-policy" => settings.hole_policy.to_value(),
             _ => unimplemented!(),
         }
     }
@@ -643,6 +723,7 @@ impl BaseSrcImpl for RacsSrc {
             settings.port as u16,
             settings.pool_size as usize,
         );
+        *self.stats.lock().unwrap() = ReaderStats::default();
         *self.state.lock().unwrap() = State {
             pool: Some(pool),
             base: Some(cfg),
@@ -869,8 +950,48 @@ impl PushSrcImpl for RacsSrc {
                             ("nothing to read: {}", reason)
                         );
                     }
-                    gst::debug!(CAT, imp = self, "end of the range");
+                    gst::debug!(
+                        CAT,
+                        imp = self,
+                        "end of the range; {}",
+                        stats_structure(&self.stats.lock().unwrap())
+                    );
                     return Err(gst::FlowError::Eos);
+                }
+                Some(Fetched::Gap {
+                    frame,
+                    frames,
+                    reason,
+                }) => {
+                    let policy = self.settings.lock().unwrap().hole_policy;
+                    let rate = state.format.map_or(1, |f| f.sample_rate);
+                    let pts = state.seg_start + frames_to_ns(state.frames_out, rate);
+                    let next = state.seg_start + frames_to_ns(state.frames_out + frames, rate);
+                    state.frames_out += frames;
+                    drop(state);
+                    if policy == HolePolicy::Error {
+                        gst::element_imp_error!(
+                            self,
+                            gst::ResourceError::Read,
+                            ("{}; stopping there (hole-policy=error)", reason)
+                        );
+                        return Err(gst::FlowError::Error);
+                    }
+                    gst::element_imp_warning!(
+                        self,
+                        gst::ResourceError::Read,
+                        ("{}; sent as a GAP event", reason),
+                        [
+                            "frame {frame}: GAP event at {} for {}",
+                            gst::ClockTime::from_nseconds(pts),
+                            gst::ClockTime::from_nseconds(next - pts)
+                        ]
+                    );
+                    let gap = gst::event::Gap::builder(gst::ClockTime::from_nseconds(pts))
+                        .duration(gst::ClockTime::from_nseconds(next - pts))
+                        .build();
+                    self.obj().src_pad().push_event(gap);
+                    continue;
                 }
                 Some(Fetched::Failed(e)) => {
                     state.fetcher = None;

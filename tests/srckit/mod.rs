@@ -488,3 +488,38 @@ pub fn range_frames(start: Bound, stop: Bound, frames: u64) -> (u64, u64) {
 pub fn ms_slack(f: &StreamFormat) -> u64 {
     u64::from(f.sample_rate).div_ceil(1000) + 1
 }
+
+/// Follows a stream from its start (follow mode) until `frames` frames came out.
+pub fn read_follow(addr: SocketAddr, id: &str, frames: u64) -> Outcome {
+    let pool = Pool::get(&addr.ip().to_string(), addr.port(), 3);
+    let mut cfg = ReaderConfig::new(id);
+    cfg.stop = Bound::Frame(frames);
+    cfg.follow = true;
+    cfg.page_ms = 2000;
+    cfg.timeout = T;
+    cfg.poll_interval = Duration::from_millis(20);
+    cfg.retry_delay = Duration::from_millis(30);
+    let c = Canceller::new();
+    let mut pieces = Vec::new();
+    let res = block_on(&c, async {
+        let mut reader = match RangeReader::open(pool, cfg).await {
+            Ok(r) => r,
+            Err(e) => return Ok((Some(e), Default::default(), true)),
+        };
+        loop {
+            match tokio::time::timeout(T, reader.next_piece()).await {
+                Ok(Ok(Some(p))) => pieces.push(p),
+                Ok(Ok(None)) => return Ok((None, reader.stats(), reader.is_exact())),
+                Ok(Err(e)) => return Ok((Some(e), reader.stats(), reader.is_exact())),
+                Err(_) => panic!("follow mode stalled"),
+            }
+        }
+    })
+    .unwrap();
+    Outcome {
+        pieces,
+        error: res.0,
+        stats: res.1,
+        exact: res.2,
+    }
+}

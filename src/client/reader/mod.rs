@@ -50,7 +50,7 @@ macro_rules! trace {
 pub mod arith;
 pub mod known;
 pub mod split;
-mod steps;
+pub(crate) mod steps;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -326,6 +326,9 @@ impl RangeReader {
         reader.apply_info(&info);
         if reader.ref_ms != 0 {
             reader.resolve();
+            if !reader.done && !reader.cfg.follow {
+                reader.check_earlier_recordings().await?;
+            }
             if !reader.done && reader.size / reader.tl.bpf > reader.first_frame {
                 reader.locate().await?;
             }
@@ -337,6 +340,49 @@ impl RangeReader {
             ));
         }
         Ok(reader)
+    }
+
+    /// After a crash the server starts a stream over at a new `ref` (INFO describes only that
+    /// recording) while the blocks written before stay at their old times. Reading across such
+    /// a restart is not supported yet: a range that starts before `ref` stops with an error
+    /// naming the earlier audio instead of leaving it out silently, and an earlier recording
+    /// whose times run into the current one (a fast import cut short) makes every range an
+    /// error, since blocks of both would answer for the same times.
+    async fn check_earlier_recordings(&mut self) -> Result<(), ReadError> {
+        let starts_before = match self.cfg.start {
+            Bound::Open => true,
+            Bound::Frame(_) => false,
+            Bound::UnixNs(t) => t < i128::from(self.ref_ms) * 1_000_000,
+        };
+        let earlier = self.qlen(0, self.ref_ms - 1).await?;
+        if earlier == 0 {
+            return Ok(());
+        }
+        let everything = self.qlen(0, steps::FAR).await?;
+        self.stats.fallbacks += 2;
+        if everything > earlier + self.size {
+            return Err(ReadError::Missing(format!(
+                "{} holds {} bytes of audio from before its current reference time {} (a \
+                 recording cut short when the server restarted) whose times run into the current \
+                 recording, so blocks of both answer for the same times; racssrc cannot tell them \
+                 apart and reads neither",
+                self.who(),
+                earlier,
+                format_unix_ms(self.ref_ms)
+            )));
+        }
+        if starts_before {
+            return Err(ReadError::Missing(format!(
+                "{} holds {} bytes of audio from before {} (an earlier recording, before the server \
+                 restarted after a crash); reading across the restart is not supported yet: set \
+                 start to {} or later to read the current recording",
+                self.who(),
+                earlier,
+                format_unix_ms(self.ref_ms),
+                format_unix_ms(self.ref_ms)
+            )));
+        }
+        Ok(())
     }
 
     pub fn format(&self) -> StreamFormat {

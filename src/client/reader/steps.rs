@@ -10,7 +10,7 @@ use super::{Cursor, OpenTable, RangeReader, ReadError};
 /// written (the newest tables, across all streams).
 const RECENT_BYTES: u64 = 128 * 65535;
 /// A time after every key a test or a user writes (year 9999).
-pub(super) const FAR: i64 = 253_402_300_799_999;
+pub(crate) const FAR: i64 = 253_402_300_799_999;
 /// How far probes look for a table's name next to a block before asking about the whole stream.
 const LOCAL_MS: i64 = 60_000;
 /// Tables tried, going back from the start of the range, before reading from the epoch's start.
@@ -78,6 +78,14 @@ impl RangeReader {
         let mut y = kmax.saturating_add(self.page_ms() - 1);
         if let (Some(k0), true) = (first, self.table_ms > 0) {
             y = y.min(k0 + self.table_ms + self.table_ms / 4 + 20);
+        }
+        // Blocks before the range (from a table start before it) are read in one go up to the
+        // range's first page.
+        if let Some(cur) = self.cursor {
+            if self.next_out > cur.off + cur.unc {
+                let target = self.key(self.next_out).saturating_add(self.page_ms() - 1);
+                y = y.max(target);
+            }
         }
         y.min(last).max(kmax)
     }
@@ -160,9 +168,10 @@ impl RangeReader {
             if t < self.ref_ms {
                 break;
             }
-            let Some(a) = self.largest_lo(t).await? else {
+            let Some((a, t1)) = self.largest_lo(t).await? else {
                 break;
             };
+            t = t1;
             // The blocks of `Q(a, t)` all have lo = a: the table named `a` (from its first block
             // with a key at or after `a`), or a block whose key is `a` filed under a later name.
             let own = self.q(a, a).await?;
@@ -246,33 +255,30 @@ impl RangeReader {
         })
     }
 
-    /// The largest `a <= t` for which `Q(a, t)` holds anything: the largest `lo` among blocks
-    /// with `hi <= t`.
-    async fn largest_lo(&mut self, t: i64) -> Result<Option<i64>, ReadError> {
+    /// A table start at or before `t`, near it: the largest `a` in the last window
+    /// `[w0, w1]` (going back from `t`, windows growing) for which `Q(a, w1)` holds anything,
+    /// with `w1`. Probes over a window return only the first part of the tables named in it.
+    async fn largest_lo(&mut self, t: i64) -> Result<Option<(i64, i64)>, ReadError> {
         let floor = self.ref_ms - self.tl.max_block_ms();
-        let mut empty = t + 1;
-        let mut step = 1i64;
-        let mut a = t;
-        loop {
-            if a < floor {
-                a = floor;
-            }
-            let n = self.q(a, t).await?.len();
-            self.stats.fallbacks += 1;
-            if n > 0 {
-                break;
-            }
-            if a == floor {
+        let mut w1 = t;
+        let mut width = 1000i64;
+        let w0 = loop {
+            if w1 < floor {
                 return Ok(None);
             }
-            empty = a;
-            a = t - step;
-            step = step.saturating_mul(2);
-        }
-        let (mut lo, mut hi) = (a, empty);
+            let w0 = (w1 - width + 1).max(floor);
+            let n = self.q(w0, w1).await?.len();
+            self.stats.fallbacks += 1;
+            if n > 0 {
+                break w0;
+            }
+            w1 = w0 - 1;
+            width = width.saturating_mul(2);
+        };
+        let (mut lo, mut hi) = (w0, w1 + 1);
         while hi - lo > 1 {
             let mid = lo + (hi - lo) / 2;
-            let n = self.q(mid, t).await?.len();
+            let n = self.q(mid, w1).await?.len();
             self.stats.fallbacks += 1;
             if n > 0 {
                 lo = mid;
@@ -280,7 +286,7 @@ impl RangeReader {
                 hi = mid;
             }
         }
-        Ok(Some(lo))
+        Ok(Some((lo, w1)))
     }
 
     /// The smallest `c` in `[a, t]` for which `Q(a, c)` holds anything (it does for `t`).
@@ -352,7 +358,17 @@ impl RangeReader {
             if let Some(s) = self.try_own_key(cur, kmin, kmax).await? {
                 return Ok(s);
             }
-            let y = self.upper(kmax, None);
+            // Read again from the table's start: ask for twice as far each time, so a table
+            // longer than a page is not read over and over.
+            let y = self
+                .upper(kmax, None)
+                .max(t.first_key + 2 * (kmax - t.first_key) + self.page_ms());
+            let last = if self.size >= self.tl.bpf {
+                self.key(self.size - self.tl.bpf)
+            } else {
+                kmax
+            };
+            let y = y.min(last).max(kmax);
             match self.head(t.name, y, t.start).await? {
                 Head::Run(p) => {
                     let end = t.start + self.tl.wide_to_stream(p.len());

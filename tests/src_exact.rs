@@ -1,0 +1,440 @@
+// SPDX-License-Identifier: MPL-2.0
+//! racssrc, exact or an error: every scenario of issue 9's list as its own test, on content
+//! that repeats (silence, steady tones, clicks), with the server's own failures. Each compares
+//! what came out with a model of what the server stores (`srckit`).
+
+#[allow(unused_imports)]
+mod common;
+mod srckit;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gst::prelude::*;
+use gstracs::client::reader::{format_unix_ms, Bound, Piece};
+use gstracs::client::StreamFormat;
+use srckit::{check, read, Bench, Content, Outcome};
+
+fn fmt(rate: u32, ch: u16, bits: u16) -> StreamFormat {
+    StreamFormat::new(rate, ch, bits).unwrap()
+}
+
+/// What a racssrc pipeline produced: the samples (stream width), buffer PTS and durations,
+/// GAP events (pts, duration), and how it ended.
+struct Run {
+    data: Vec<u8>,
+    buffers: Vec<(u64, u64, usize)>,
+    gaps: Vec<(u64, u64)>,
+    ended: common::Ended,
+    stats: Option<gst::Structure>,
+}
+
+/// `racssrc ! fakesink` with the given properties, played to EOS or an error.
+fn element(bench: &Bench, id: &str, props: &[(&str, glib::Value)]) -> Run {
+    common::init();
+    let pipeline = gst::Pipeline::new();
+    let src = gst::ElementFactory::make("racssrc")
+        .property("host", bench.srv.host())
+        .property("port", u32::from(bench.srv.port()))
+        .property("stream-id", id)
+        .build()
+        .unwrap();
+    for (k, v) in props {
+        match v.get::<&str>() {
+            Ok(text)
+                if src
+                    .find_property(k)
+                    .unwrap()
+                    .value_type()
+                    .is_a(glib::Type::ENUM) =>
+            {
+                src.set_property_from_str(k, text)
+            }
+            _ => src.set_property_from_value(k, v),
+        }
+    }
+    let sink = gst::ElementFactory::make("fakesink")
+        .property("sync", false)
+        .build()
+        .unwrap();
+    pipeline.add_many([&src, &sink]).unwrap();
+    src.link(&sink).unwrap();
+    let data = Arc::new(Mutex::new(Vec::new()));
+    let buffers = Arc::new(Mutex::new(Vec::new()));
+    let gaps = Arc::new(Mutex::new(Vec::new()));
+    let (d, b, g) = (data.clone(), buffers.clone(), gaps.clone());
+    sink.static_pad("sink").unwrap().add_probe(
+        gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
+        move |_, info| {
+            if let Some(buf) = info.buffer() {
+                let map = buf.map_readable().unwrap();
+                d.lock().unwrap().extend_from_slice(&map);
+                b.lock().unwrap().push((
+                    buf.pts().unwrap().nseconds(),
+                    buf.duration().unwrap().nseconds(),
+                    buf.size(),
+                ));
+            }
+            if let Some(gst::EventView::Gap(e)) = info.event().map(|e| e.view()) {
+                let (pts, dur) = e.get();
+                g.lock()
+                    .unwrap()
+                    .push((pts.nseconds(), dur.map_or(0, |d| d.nseconds())));
+            }
+            gst::PadProbeReturn::Ok
+        },
+    );
+    let ended = common::play(pipeline.upcast_ref());
+    let stats = src.property::<Option<gst::Structure>>("stats");
+    let run = Run {
+        data: data.lock().unwrap().clone(),
+        buffers: buffers.lock().unwrap().clone(),
+        gaps: gaps.lock().unwrap().clone(),
+        ended,
+        stats,
+    };
+    run
+}
+
+/// The model's samples of frames `[a, b)` of a stream, in its width; panics where lost.
+fn stored(bench: &Bench, s: usize, a: u64, b: u64) -> Vec<u8> {
+    bench.world.timeline(s)[a as usize..b as usize]
+        .iter()
+        .map(|f| f.clone().expect("a frame the server lost"))
+        .collect::<Vec<_>>()
+        .concat()
+}
+
+fn ns(frames: u64, rate: u32) -> u64 {
+    frames * 1_000_000_000 / u64::from(rate)
+}
+
+/// Reads `[start, stop)` with the reader and checks it against the model; the outcome.
+fn read_checked(bench: &Bench, s: usize, start: Bound, stop: Bound, page_ms: u64) -> Outcome {
+    let m = &bench.world.streams[s];
+    let frames = m.size / m.format.bytes_per_frame() as u64;
+    let out = read(bench.addr(), &m.id, start, stop, page_ms);
+    let (first, end) = srckit::range_frames(start, stop, frames);
+    let slack = if bench.world.uniform(s) {
+        0
+    } else {
+        srckit::ms_slack(&m.format)
+    };
+    if let Err(e) = check(&bench.world.timeline(s), &m.format, first, end, &out, slack) {
+        panic!("{} [{first}, {end}) / {page_ms} ms: {e}", m.id);
+    }
+    out
+}
+
+#[test]
+fn silence_then_noise_after_another_stream_left_the_table_partly_filled() {
+    // Another stream leaves the shared in-memory table partly filled, then this one is written:
+    // 20 s of digital silence, then 40 s of noise. Seconds 15 to 45 come back exactly: the
+    // noise starts 5 s in, not early. The old reader lined pages up by content and returned
+    // 27.77 s with the noise 2.2 to 4.8 s early.
+    let mut bench = Bench::new(40, Duration::from_millis(100));
+    let f = fmt(44100, 2, 16);
+    let other = bench.create("other", fmt(48000, 2, 16));
+    bench.blocks(other, 7, 8192, Content::Ramp);
+    let s = bench.create("quiet-then-noise", f);
+    bench.blocks(s, 108, 8192, Content::Silence); // 20.06 s
+    bench.blocks(s, 216, 8192, Content::Noise { seed: 7 }); // 40.1 s
+    let run = element(
+        &bench,
+        "quiet-then-noise",
+        &[
+            ("start-offset", 15_000_000_000u64.to_value()),
+            ("duration", 30_000_000_000u64.to_value()),
+        ],
+    );
+    assert!(run.ended.error.is_none(), "{}", run.ended.error_text());
+    let first = 15 * 44100;
+    let want = stored(&bench, s, first, first + 30 * 44100);
+    assert_eq!(run.data.len(), want.len(), "30 s asked");
+    assert!(
+        run.data == want,
+        "{:?}",
+        common::first_difference(&run.data, &want)
+    );
+    // PTS from sample counts, from 0.
+    let mut frames = 0u64;
+    for &(pts, dur, size) in &run.buffers {
+        assert_eq!(pts, ns(frames, 44100));
+        frames += (size / 4) as u64;
+        assert_eq!(pts + dur, ns(frames, 44100));
+    }
+}
+
+#[test]
+fn a_steady_tone_comes_back_exactly_by_wall_clock_time() {
+    // The README's export example on a steady 440 Hz tone: a wall-clock range, exact to the
+    // sample (the stream is written in blocks of one size).
+    let mut bench = Bench::new(40, Duration::from_millis(100));
+    let f = fmt(44100, 2, 16);
+    let s = bench.create("tone", f);
+    // A square wave of 50 frames is a steady tone whose every period is identical.
+    bench.blocks(s, 60, 8192, Content::Square { period: 50 });
+    let r = bench.world.streams[s].ref_ms;
+    let run = element(
+        &bench,
+        "tone",
+        &[
+            ("start", format_unix_ms(r + 2500).to_value()),
+            ("stop", format_unix_ms(r + 7500).to_value()),
+            ("chunk-duration", 700_000_000u64.to_value()),
+        ],
+    );
+    assert!(run.ended.error.is_none(), "{}", run.ended.error_text());
+    let want = stored(&bench, s, 110_250, 330_750);
+    assert!(
+        run.data == want,
+        "{:?}",
+        common::first_difference(&run.data, &want)
+    );
+}
+
+#[test]
+fn clicks_followed_live_stay_in_place() {
+    // Silence with a click every 500 ms, written live (in steps, tables hidden while written),
+    // followed from its start: every click comes out where it was stored. The old reader put
+    // clicks up to 25 blocks away on a loaded machine.
+    let mut bench = Bench::new(4, Duration::from_millis(150));
+    let f = fmt(8000, 1, 16);
+    let s = bench.create("clicks", f);
+    bench.blocks(s, 5, 800, Content::Clicks { period: 4000 });
+    let addr = bench.addr();
+    let total = 8000 * 12u64;
+    let reader = std::thread::spawn(move || srckit::read_follow(addr, "clicks", total));
+    for _ in 0..115 {
+        std::thread::sleep(Duration::from_millis(15));
+        bench.block(s, 800, Content::Clicks { period: 4000 });
+    }
+    let out = reader.join().unwrap();
+    let timeline = bench.world.timeline(s);
+    check(&timeline, &f, 0, total, &out, 0).unwrap();
+    assert!(out.error.is_none(), "{:?}", out.error);
+}
+
+#[test]
+fn import_then_live_then_import_reads_the_live_stream_whole() {
+    // Import a file (ahead of the clock), record a few seconds live, import again: the live
+    // stream's first blocks sit in the first import's table, filed under that import's future
+    // time. The old reader failed with "keeps leaving out blocks ... after byte 0".
+    let mut bench = Bench::new(40, Duration::from_millis(100));
+    let a = bench.create("import-1", fmt(44100, 2, 16));
+    bench.blocks(a, 163, 8192, Content::Noise { seed: 1 }); // 30 s in a moment: 3 left in the table
+    let live = bench.create("live", fmt(48000, 2, 16));
+    for _ in 0..30 {
+        bench.block(live, 4800, Content::Silence);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let b = bench.create("import-2", fmt(44100, 2, 16));
+    bench.blocks(b, 163, 8192, Content::Square { period: 100 });
+    for page_ms in [10_000, 700] {
+        let out = read_checked(&bench, live, Bound::Open, Bound::Open, page_ms);
+        assert!(out.error.is_none(), "{:?}", out.error);
+    }
+    let out = read_checked(&bench, a, Bound::Open, Bound::Open, 10_000);
+    assert!(out.error.is_none(), "{:?}", out.error);
+}
+
+#[test]
+fn streams_written_at_once_with_different_start_delays_never_come_back_swapped() {
+    // Many live streams at once, each starting after its own delay (so their keys are offset
+    // by different amounts): the server files blocks in tables whose names no longer follow
+    // arrival order, and EXTRACT returns neighbouring blocks swapped. Every stream must come
+    // back exact, or the reader must say it cannot, before anything wrong.
+    let mut bench = Bench::new(8, Duration::from_millis(60));
+    let f = fmt(44100, 2, 16);
+    let n = 16;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let s = bench.create(&format!("live{i}"), f);
+        // Start-up delays: each stream's ref lags its first capture differently.
+        std::thread::sleep(Duration::from_millis(3 * (i as u64 % 5)));
+        bench.block(s, 8192, Content::Clicks { period: 8192 });
+        ids.push(s);
+    }
+    for round in 0..24 {
+        for (i, &s) in ids.iter().enumerate() {
+            let c = if (round + i) % 3 == 0 {
+                Content::Silence
+            } else {
+                Content::Clicks { period: 8192 }
+            };
+            bench.block(s, 8192, c);
+        }
+    }
+    let mut errors = 0;
+    for &s in &ids {
+        let out = read_checked(&bench, s, Bound::Open, Bound::Open, 10_000);
+        errors += usize::from(out.error.is_some());
+    }
+    assert!(errors <= n / 4, "{errors} of {n} streams could not be read");
+}
+
+#[test]
+fn a_crash_mid_stream_is_an_error_naming_the_earlier_recording_not_a_silent_cut() {
+    // Killed and restarted mid-stream: the stream has two recordings, the old blocks at their
+    // old times and the new ones from a new ref (INFO describes only the new part). Reading it
+    // whole must not leave part out silently: it is an error that says what is there; reading
+    // from the new ref on is exact.
+    let mut bench = Bench::new(8, Duration::from_millis(60));
+    let f = fmt(16000, 1, 16);
+    let s = bench.create("crashy", f);
+    for _ in 0..12 {
+        // Live: 50 ms of audio every 50 ms, so the old recording ends before the restart.
+        bench.block(s, 800, Content::Square { period: 40 });
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bench.kill_restart();
+    bench.blocks(s, 30, 800, Content::Silence);
+    let out = read(bench.addr(), "crashy", Bound::Open, Bound::Open, 10_000);
+    let text = out.error.map(|e| e.to_string()).expect("an error");
+    assert!(
+        text.contains("'crashy'") && text.contains("earlier recording"),
+        "{text}"
+    );
+    assert!(out.pieces.is_empty());
+    let out = read_checked(&bench, s, Bound::Frame(0), Bound::Open, 10_000);
+    assert!(out.error.is_none(), "{:?}", out.error);
+}
+
+#[test]
+fn a_fast_import_cut_short_by_a_crash_is_an_error_before_any_audio() {
+    // A fast import (keys far ahead of the clock) killed and started again: the new recording's
+    // times run into the old one's, and EXTRACT answers with blocks of both for the same times.
+    // The old reader pushed audio out of order before it stopped; now nothing goes out.
+    let mut bench = Bench::new(8, Duration::from_millis(60));
+    let f = fmt(16000, 1, 16);
+    let s = bench.create("import", f);
+    bench.blocks(s, 40, 1600, Content::Square { period: 40 }); // 4 s in a moment
+    bench.kill_restart();
+    bench.blocks(s, 30, 1600, Content::Silence);
+    for start in [Bound::Open, Bound::Frame(0)] {
+        let out = read(bench.addr(), "import", start, Bound::Open, 10_000);
+        let text = out.error.map(|e| e.to_string()).expect("an error");
+        assert!(
+            text.contains("'import'") && text.contains("run into the current recording"),
+            "{text}"
+        );
+        assert!(out.pieces.is_empty());
+    }
+}
+
+#[test]
+fn a_shutdown_hole_is_a_gap_with_its_position_and_length_or_an_error_on_request() {
+    // SHUTDOWN loses the unflushed table: a hole in the middle of the stream. Reading across it
+    // warns with the position and length and sends a GAP event with the right timestamps, the
+    // audio on both sides exact. The old reader failed, putting the hole at byte 0.
+    let mut bench = Bench::new(6, Duration::from_millis(60));
+    let f = fmt(8000, 2, 16);
+    let s = bench.create("holey", f);
+    bench.blocks(s, 40, 800, Content::Clicks { period: 1000 });
+    let other = bench.create("other", fmt(8000, 1, 16));
+    bench.blocks(other, 1, 800, Content::Silence);
+    bench.blocks(s, 3, 800, Content::Clicks { period: 1000 });
+    bench.shutdown_restart();
+    bench.blocks(s, 30, 800, Content::Clicks { period: 1000 });
+    let timeline = bench.world.timeline(s);
+    let lost: Vec<usize> = (0..timeline.len())
+        .filter(|&i| timeline[i].is_none())
+        .collect();
+    assert!(!lost.is_empty(), "the test checks nothing");
+    let (h0, h1) = (lost[0] as u64, *lost.last().unwrap() as u64 + 1);
+    let out = read_checked(&bench, s, Bound::Open, Bound::Open, 10_000);
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert!(out.pieces.iter().any(
+        |p| matches!(p, Piece::Gap { frame, frames, .. } if *frame == h0 && *frames == h1 - h0)
+    ));
+    // Through racssrc: a warning, a GAP event at the hole's time, audio around it exact.
+    let run = element(&bench, "holey", &[]);
+    assert!(run.ended.error.is_none(), "{}", run.ended.error_text());
+    let warnings = run.ended.warnings();
+    assert!(
+        warnings.iter().any(|w| w.contains("'holey'")
+            && w.contains("lost")
+            && w.contains(&format!("byte {}", h0 * 4))),
+        "{warnings:?}"
+    );
+    assert_eq!(run.gaps, vec![(ns(h0, 8000), ns(h1, 8000) - ns(h0, 8000))]);
+    let mut want = stored(&bench, s, 0, h0);
+    want.extend(stored(&bench, s, h1, timeline.len() as u64));
+    assert!(
+        run.data == want,
+        "{:?}",
+        common::first_difference(&run.data, &want)
+    );
+    let after = run.buffers.iter().find(|b| b.0 >= ns(h1, 8000)).unwrap();
+    assert_eq!(after.0, ns(h1, 8000), "PTS after the gap");
+    // hole-policy=error: an error at the hole, nothing of the hole or after it delivered.
+    let run = element(&bench, "holey", &[("hole-policy", "error".to_value())]);
+    let text = run.ended.error_text();
+    assert!(
+        text.contains("'holey'") && text.contains("hole-policy=error"),
+        "{text}"
+    );
+    assert!(run.data.len() <= (h0 * 4) as usize);
+}
+
+#[test]
+fn any_channel_count_negotiates_through_audioconvert() {
+    // Caps carry a channel-mask: GStreamer's default layout up to 8 channels, unpositioned
+    // above, so `racssrc ! audioconvert` works for 1 to 64 channels.
+    common::init();
+    let mut bench = Bench::new(40, Duration::ZERO);
+    // GStreamer's channel mixer (inside audioconvert) takes at most 63 channels; 64 go
+    // straight to a sink.
+    for ch in [1u16, 2, 6, 8, 9, 63, 64] {
+        let id = format!("ch{ch}");
+        let s = bench.create(&id, fmt(8000, ch, 16));
+        bench.blocks(s, 5, 400, Content::Ramp);
+        let convert = if ch < 64 {
+            "audioconvert ! audio/x-raw,format=F32LE !"
+        } else {
+            ""
+        };
+        let pipeline = gst::parse::launch(&format!(
+            "racssrc host={} port={} stream-id={id} ! {convert} fakesink sync=false",
+            bench.srv.host(),
+            bench.srv.port()
+        ))
+        .unwrap();
+        let ended = common::play(&pipeline);
+        assert!(
+            ended.error.is_none(),
+            "{ch} channels: {}",
+            ended.error_text()
+        );
+    }
+}
+
+#[test]
+fn the_last_seconds_of_a_finished_stream_cost_a_few_requests_and_no_waits() {
+    // The last 3.5 s of a 10 s finished stream in 0.5 s chunks: the old reader slept and made
+    // 108 EXTRACTs. Now: no waits, a bounded number of requests, read in well under a second.
+    let mut bench = Bench::new(40, Duration::from_millis(100));
+    let f = fmt(44100, 2, 16);
+    let s = bench.create("short", f);
+    bench.blocks(s, 53, 8192, Content::Noise { seed: 3 });
+    std::thread::sleep(Duration::from_millis(300)); // no table is being written any more
+    let t0 = Instant::now();
+    let run = element(
+        &bench,
+        "short",
+        &[
+            ("start-offset", 6_000_000_000u64.to_value()),
+            ("chunk-duration", 500_000_000u64.to_value()),
+        ],
+    );
+    let took = t0.elapsed();
+    assert!(run.ended.error.is_none(), "{}", run.ended.error_text());
+    let total = bench.world.streams[s].size / 4;
+    assert!(run.data == stored(&bench, s, 6 * 44100, total));
+    let st = run.stats.expect("stats");
+    let requests = st.get::<u64>("requests").unwrap();
+    let waits = st.get::<u64>("waits").unwrap();
+    assert_eq!(waits, 0, "{st}");
+    assert!(requests <= 60, "{requests} requests: {st}");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+}
