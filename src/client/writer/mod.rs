@@ -2590,6 +2590,111 @@ mod tests {
         );
     }
 
+    /// Random histories: frame sizes, table sizes, replay windows, a kill, a SHUTDOWN or a
+    /// clean restart at a random point, more audio, the end. What the stream holds must be
+    /// exactly the input minus the reported losses, and the counters must agree.
+    #[test]
+    fn random_faults_leave_exactly_the_input_minus_the_reported_losses() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let (mut all_lost, mut all_replayed) = (0, 0);
+        for round in 0..10 {
+            let entries = 2 + rnd(10) as usize;
+            let mut srv = racs_lite::TestServer::start_with(|c| c.entries = entries);
+            let id = format!("w-random-{round}");
+            let pool = Pool::get(&srv.host(), srv.port(), 2);
+            let mut config = WriterConfig::new(&id);
+            config.chunk_bytes = 160 * (1 + rnd(20) as usize);
+            config.timeout = Duration::from_secs(2);
+            config.retry_timeout = Duration::from_secs(10);
+            config.settle = Duration::from_millis(400);
+            config.replay_window = match rnd(3) {
+                0 => ReplayWindow::Bytes(0),
+                1 => ReplayWindow::Bytes(160 * rnd(40)),
+                _ => ReplayWindow::Auto,
+            };
+            let stats = Arc::default();
+            let mut w = StreamWriter::new(pool, config.clone(), Canceller::new(), stats).unwrap();
+            let losses = Arc::new(Mutex::new(Vec::new()));
+            let sink = losses.clone();
+            w.set_observer(move |e| {
+                if let WriterEvent::Loss(l) = e {
+                    sink.lock().unwrap().push(l);
+                }
+            });
+            w.prepare(S16_MONO_8K).unwrap();
+            let mut fed = Vec::new();
+            let mut feed = |w: &mut StreamWriter, n: usize, seed: u8| {
+                let data = pcm(n, seed);
+                w.write(&data).unwrap();
+                fed.extend_from_slice(&data);
+            };
+            feed(&mut w, 16 * (1 + rnd(600) as usize), round as u8);
+            // Let the keys (ahead of the wall clock, written this fast) fall into the past.
+            std::thread::sleep(Duration::from_millis(700));
+            let fault = rnd(3);
+            match fault {
+                0 => srv.kill(),
+                1 => {
+                    let mut c = racs_lite::client::RawClient::connect(srv.addr()).unwrap();
+                    let _ = c.send_message(b"SHUTDOWN\0");
+                    let mut b = [0u8; 1];
+                    let _ = std::io::Read::read(&mut c.stream, &mut b);
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    while srv.is_running() && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+                _ => srv.stop(),
+            }
+            srv.restart();
+            feed(&mut w, 16 * rnd(400) as usize, round as u8 + 100);
+            w.finish(true).unwrap();
+            let losses = losses.lock().unwrap().clone();
+            let mut want = Vec::new();
+            let mut at = 0;
+            for l in &losses {
+                assert_eq!(l.kind, LossKind::Lost, "round {round}");
+                assert!(l.placed, "round {round}");
+                want.extend_from_slice(&fed[at..l.input_offset as usize]);
+                at = (l.input_offset + l.bytes) as usize;
+            }
+            want.extend_from_slice(&fed[at..]);
+            std::thread::sleep(Duration::from_millis(300));
+            let got = stored(&srv, &id);
+            let st = w.stats();
+            assert!(
+                got == want,
+                "round {round} (fault {fault}, {config:?}): {} bytes stored, {} expected; \
+                 losses {losses:?}; {st:?}",
+                got.len(),
+                want.len()
+            );
+            let lost: u64 = losses.iter().map(|l| l.bytes).sum();
+            assert_eq!(st.lost_acked_bytes, lost, "round {round}");
+            assert_eq!(
+                st.server_lost_bytes,
+                lost + st.replayed_bytes,
+                "round {round}"
+            );
+            let window = config.replay_window.bytes(&S16_MONO_8K, w.chunk_bytes());
+            if st.server_lost_bytes <= window {
+                assert_eq!(lost, 0, "round {round}: the window covered the loss");
+            }
+            all_lost += lost;
+            all_replayed += st.replayed_bytes;
+        }
+        assert!(
+            all_lost > 0 && all_replayed > 0,
+            "{all_lost} {all_replayed}"
+        );
+    }
+
     #[test]
     fn prepare_checks_the_stored_format_and_the_open_state() {
         let mut f = fixture("w-prep", 1600);
