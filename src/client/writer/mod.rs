@@ -2391,6 +2391,19 @@ mod tests {
         })
     }
 
+    /// [`stored`], asked again until `len` bytes are visible or 5 s have passed (a table being
+    /// written is hidden for a moment).
+    fn stored_len(srv: &racs_lite::TestServer, id: &str, len: usize) -> Vec<u8> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let got = stored(srv, id);
+            if got.len() >= len || Instant::now() > deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn pcm(len: usize, seed: u8) -> Vec<u8> {
         (0..len)
             .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
@@ -2530,9 +2543,8 @@ mod tests {
         assert_eq!(stats.replayed_bytes, 0);
         let mut all = a.clone();
         all.extend_from_slice(&b);
-        std::thread::sleep(Duration::from_millis(900));
         assert!(
-            stored(&f.srv, "w-hidden") == all,
+            stored_len(&f.srv, "w-hidden", all.len()) == all,
             "nothing lost, nothing twice"
         );
     }
@@ -2665,8 +2677,7 @@ mod tests {
                 at = (l.input_offset + l.bytes) as usize;
             }
             want.extend_from_slice(&fed[at..]);
-            std::thread::sleep(Duration::from_millis(300));
-            let got = stored(&srv, &id);
+            let got = stored_len(&srv, &id, want.len());
             let st = w.stats();
             assert!(
                 got == want,
