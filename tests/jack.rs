@@ -42,10 +42,10 @@ impl Jackd {
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("jackd is installed but did not start");
-        let jack = Jackd { child, name };
+        let mut jack = Jackd { child, name };
         // Ready when a client can connect: jack_lsp (from jackd2) lists its ports.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -56,6 +56,13 @@ impl Jackd {
                 .unwrap_or_default();
             if ports.contains("system:capture_1") {
                 return Some(jack);
+            }
+            if let Ok(Some(status)) = jack.child.try_wait() {
+                let mut err = String::new();
+                if let Some(mut e) = jack.child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                panic!("jackd -n {} exited ({status}):\n{err}", jack.name);
             }
             assert!(
                 Instant::now() < deadline,
@@ -68,7 +75,22 @@ impl Jackd {
 }
 
 impl Drop for Jackd {
+    /// SIGTERM, so that jackd takes itself out of JACK's shared server registry (a killed
+    /// server stays listed there, and JACK refuses new servers once eight are listed).
     fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: kill(2) on the pid of our own child, which has not been reaped yet.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
