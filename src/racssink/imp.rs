@@ -13,8 +13,10 @@ use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 use once_cell::sync::Lazy;
 
-use super::{GapPolicy, RecoveryPolicy};
+use super::{GapPolicy, RecoveryPolicy, Timeline};
 use crate::client::reader::format_unix_ms;
+use crate::client::rotation::Rotation;
+use crate::client::timeline::{Correction, WallClock};
 use crate::client::writer::{
     self, Loss, LossKind, ReplayWindow, Restart, StreamWriter, WriteError, WriterConfig,
     WriterEvent, WriterStats, DEFAULT_CHUNK_BYTES, DEFAULT_SETTLE,
@@ -45,6 +47,10 @@ const CAPS_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// gap (filled with silence under gap-policy=silence). Well under a frame of compressed audio,
 /// well above timestamp rounding.
 const GAP_THRESHOLD: gst::ClockTime = gst::ClockTime::from_useconds(500);
+const DEFAULT_MAX_DRIFT_NS: u64 = 20_000_000;
+const DEFAULT_MAX_FILL_NS: u64 = 600_000_000_000;
+/// How often the timeline message is posted when nothing was corrected.
+const TIMELINE_REPORT_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, PartialEq)]
 struct Settings {
@@ -61,6 +67,11 @@ struct Settings {
     /// As set; parsed when the element starts (an invalid value is a settings error then).
     replay_window: String,
     recovery_policy: RecoveryPolicy,
+    timeline: Timeline,
+    max_drift_ns: u64,
+    max_fill_ns: u64,
+    /// Seconds per rotated stream; 0: no fixed period.
+    rotate_s: u32,
 }
 
 impl Default for Settings {
@@ -78,6 +89,10 @@ impl Default for Settings {
             gap_policy: GapPolicy::default(),
             replay_window: DEFAULT_REPLAY_WINDOW.into(),
             recovery_policy: RecoveryPolicy::default(),
+            timeline: Timeline::default(),
+            max_drift_ns: DEFAULT_MAX_DRIFT_NS,
+            max_fill_ns: DEFAULT_MAX_FILL_NS,
+            rotate_s: 0,
         }
     }
 }
@@ -85,6 +100,24 @@ impl Default for Settings {
 impl Settings {
     fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms.into())
+    }
+
+    /// The rotation asked for by strftime fields in the stream id or by `rotate`.
+    fn rotation(&self) -> Result<Option<Rotation>, String> {
+        let Some(id) = self.stream_id.as_deref() else {
+            return Ok(None);
+        };
+        let pattern = Rotation::from_pattern(id).map_err(|e| format!("Invalid stream-id: {e}"))?;
+        match (pattern, self.rotate_s) {
+            (p, 0) => Ok(p),
+            (Some(_), s) => Err(format!(
+                "stream-id {id:?} has strftime fields and rotate={s} is set too: rotate \
+                 streams either by the stream-id's time fields or by a fixed period, not both"
+            )),
+            (None, s) => Rotation::every(id, i64::from(s) * 1000)
+                .map(Some)
+                .map_err(|e| format!("Invalid rotate: {e}")),
+        }
     }
 
     fn addr(&self) -> String {
@@ -141,11 +174,36 @@ impl Settings {
                     }
                 }
             }
+            "timeline" => {
+                self.timeline = match value {
+                    "auto" => Timeline::Auto,
+                    "samples" => Timeline::Samples,
+                    "wall-clock" => Timeline::WallClock,
+                    _ => {
+                        return Err(format!(
+                            "timeline={value:?}: expected auto, samples or wall-clock"
+                        ))
+                    }
+                }
+            }
+            "max-drift" | "max-fill" => {
+                let v = value
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|v| *v >= 1_000_000 || key == "max-fill")
+                    .ok_or_else(|| format!("{key}={value:?}: expected nanoseconds"))?;
+                if key == "max-drift" {
+                    self.max_drift_ns = v;
+                } else {
+                    self.max_fill_ns = v;
+                }
+            }
+            "rotate" => self.rotate_s = num(key, value, 0, u32::MAX)?,
             _ => {
                 return Err(format!(
                     "unknown URI parameter {key:?}; racssink takes pool-size, chunk-size, \
                      timeout, retry-timeout, create-if-missing, takeover, gap-policy, \
-                     replay-window and recovery-policy"
+                     replay-window, recovery-policy, timeline, max-drift, max-fill and rotate"
                 ))
             }
         }
@@ -191,6 +249,23 @@ impl Settings {
             };
             params.push(format!("recovery-policy={nick}"));
         }
+        if self.timeline != d.timeline {
+            let nick = match self.timeline {
+                Timeline::Auto => "auto",
+                Timeline::Samples => "samples",
+                Timeline::WallClock => "wall-clock",
+            };
+            params.push(format!("timeline={nick}"));
+        }
+        if self.max_drift_ns != d.max_drift_ns {
+            params.push(format!("max-drift={}", self.max_drift_ns));
+        }
+        if self.max_fill_ns != d.max_fill_ns {
+            params.push(format!("max-fill={}", self.max_fill_ns));
+        }
+        if self.rotate_s != d.rotate_s {
+            params.push(format!("rotate={}", self.rotate_s));
+        }
         let mut uri = format!("racs://{}/{}", self.addr(), uri::percent_encode(id));
         if !params.is_empty() {
             uri.push('?');
@@ -214,6 +289,22 @@ struct State {
     /// Upstream is live (asked at the first buffer): buffers carry capture times.
     live: Option<bool>,
     recovery_policy: RecoveryPolicy,
+    /// The writers' recovery policy, once settled at the first data.
+    policy: Option<writer::RecoveryPolicy>,
+    /// Copied at start.
+    timeline: Timeline,
+    max_drift_ns: u64,
+    max_fill_ns: u64,
+    rotation: Option<Rotation>,
+    /// Wall-clock timeline in force (settled at the first data).
+    wall_clock: bool,
+    /// Where the current rotated stream ends (epoch ms).
+    next_boundary_ms: Option<i64>,
+    /// samples timeline: the wall-clock time (ns) of the run's first sample and the sample
+    /// frames stored since, which give every later sample's time.
+    anchor_ns: Option<i128>,
+    frames_total: u64,
+    last_report: Option<std::time::Instant>,
 }
 
 impl State {
@@ -232,8 +323,23 @@ struct CapsCache {
     format: Option<StreamFormat>,
 }
 
+/// Counts of the wall-clock timeline, for stats and the `racssink-timeline` message.
+#[derive(Debug, Default, Clone)]
+struct TimelineStats {
+    filled_frames: u64,
+    dropped_frames: u64,
+    corrections: u64,
+    /// Stored minus capture time (ns) of the last buffer, before its correction.
+    drift_ns: i64,
+    max_abs_drift_ns: u64,
+    rotations: u64,
+}
+
 pub struct RacsSink {
     settings: Mutex<Settings>,
+    timeline: Mutex<TimelineStats>,
+    /// The stream being written (the name of the current period when rotating).
+    current_id: Mutex<Option<String>>,
     state: Mutex<State>,
     /// Internally synchronised; `unlock()` touches nothing else.
     canceller: Canceller,
@@ -247,6 +353,8 @@ impl Default for RacsSink {
     fn default() -> Self {
         RacsSink {
             settings: Mutex::new(Settings::default()),
+            timeline: Mutex::new(TimelineStats::default()),
+            current_id: Mutex::new(None),
             state: Mutex::new(State::default()),
             canceller: Canceller::new(),
             stats: Arc::default(),
@@ -383,6 +491,9 @@ impl RacsSink {
     }
 
     fn stream_id(&self) -> String {
+        if let Some(id) = self.current_id.lock().unwrap().clone() {
+            return id;
+        }
         self.settings
             .lock()
             .unwrap()
@@ -508,11 +619,7 @@ impl RacsSink {
     fn describe_bytes(&self, bytes: u64) -> (String, String, f64) {
         let settings = self.settings.lock().unwrap().clone();
         let bps = self.stats.lock().unwrap().bytes_per_second.max(1);
-        (
-            settings.stream_id.clone().unwrap_or_default(),
-            settings.addr(),
-            bytes as f64 / bps as f64,
-        )
+        (self.stream_id(), settings.addr(), bytes as f64 / bps as f64)
     }
 
     fn progress(&self, kind: gst::ProgressType, text: &str) {
@@ -530,6 +637,10 @@ impl RacsSink {
         let settings = self.settings.lock().unwrap().clone();
         let id = settings.stream_id.clone()?;
         validate_stream_id(&id).ok()?;
+        if !matches!(settings.rotation(), Ok(None)) {
+            // Rotated: the stream id is a pattern; each period's stream takes the caps.
+            return None;
+        }
         let key = (settings.host.clone(), settings.port, id.clone());
         if let Some(cache) = self.caps_cache.lock().unwrap().as_ref() {
             if cache.key == key {
@@ -583,16 +694,19 @@ impl RacsSink {
         if let Err(e) = ReplayWindow::parse(&settings.replay_window) {
             return Some(format!("Invalid {e}"));
         }
+        if let Err(e) = settings.rotation() {
+            return Some(e);
+        }
         None
     }
 
-    fn new_writer(&self, settings: &Settings) -> Result<StreamWriter, WriteError> {
+    fn new_writer(&self, settings: &Settings, id: &str) -> Result<StreamWriter, WriteError> {
         if let Some(msg) = self.settings_error(settings) {
             return Err(WriteError::InvalidSettings(msg));
         }
         let pool = Pool::get(&settings.host, settings.port, settings.pool_size as usize);
         let config = WriterConfig {
-            stream_id: settings.stream_id.clone().unwrap_or_default(),
+            stream_id: id.to_string(),
             chunk_bytes: settings.chunk_size as usize,
             create_if_missing: settings.create_if_missing,
             takeover: settings.takeover,
@@ -618,13 +732,18 @@ impl RacsSink {
         Ok(writer)
     }
 
-    /// Opens the stream for `format` (creating the writer at the first caps).
-    fn open(&self, state: &mut State, format: StreamFormat) -> Result<(), WriteError> {
+    /// Opens stream `id` for `format` (creating its writer when there is none).
+    fn open(&self, state: &mut State, format: StreamFormat, id: &str) -> Result<(), WriteError> {
         if state.writer.is_none() {
             let settings = self.settings.lock().unwrap().clone();
             state.gap_policy = settings.gap_policy;
             state.recovery_policy = settings.recovery_policy;
-            state.writer = Some(self.new_writer(&settings)?);
+            let mut w = self.new_writer(&settings, id)?;
+            if let Some(policy) = state.policy {
+                w.set_policy(policy);
+            }
+            state.writer = Some(w);
+            *self.current_id.lock().unwrap() = Some(id.to_string());
         }
         let writer = state.writer.as_mut().expect("just set");
         if writer.is_open() {
@@ -665,7 +784,7 @@ impl RacsSink {
                 );
                 state.format = Some(format);
                 let settings = self.settings.lock().unwrap().clone();
-                if let Some(id) = settings.stream_id {
+                if let Some(id) = settings.stream_id.filter(|_| state.rotation.is_none()) {
                     *self.caps_cache.lock().unwrap() = Some(CapsCache {
                         key: (settings.host, settings.port, id),
                         format: Some(format),
@@ -741,6 +860,31 @@ impl RacsSink {
             RecoveryPolicy::Auto if live => writer::RecoveryPolicy::KeepTime,
             RecoveryPolicy::Auto => writer::RecoveryPolicy::KeepAudio,
         };
+        state.policy = Some(policy);
+        state.wall_clock = match state.timeline {
+            Timeline::Samples => false,
+            Timeline::Auto => live,
+            Timeline::WallClock if live => true,
+            Timeline::WallClock => {
+                gst::element_imp_warning!(
+                    self,
+                    gst::ResourceError::Settings,
+                    ("timeline=wall-clock needs a live source (its buffers carry capture \
+                         times); upstream is not live, so samples are stored back to back")
+                );
+                false
+            }
+        };
+        gst::info!(
+            CAT,
+            imp = self,
+            "timeline: {}",
+            if state.wall_clock {
+                "wall-clock"
+            } else {
+                "samples"
+            }
+        );
         if let Some(w) = state.writer.as_mut() {
             w.set_policy(policy);
             *self.recovery.lock().unwrap() = (policy, w.replay_window_bytes());
@@ -812,7 +956,235 @@ impl RacsSink {
             .expect("a format implies a writer")
             .write_silence_at(bytes + pad, capture)?;
         state.bytes_since_base += bytes + pad;
+        state.frames_total += (bytes + pad) / format.bytes_per_frame() as u64;
         Ok(())
+    }
+
+    /// Makes sure the stream for time `t_ns` (ns since the epoch) is open: the configured
+    /// stream, or the rotated stream of the period holding `t_ns`. On a rotation the next
+    /// stream is opened (and its timeline started) before the old one is closed.
+    fn ensure_stream(
+        &self,
+        state: &mut State,
+        format: StreamFormat,
+        t_ns: i128,
+    ) -> Result<bool, WriteError> {
+        let t_ms = t_ns.div_euclid(1_000_000) as i64;
+        let want = match &state.rotation {
+            Some(r) => r.name_at(t_ms),
+            None => self
+                .settings
+                .lock()
+                .unwrap()
+                .stream_id
+                .clone()
+                .unwrap_or_default(),
+        };
+        let current = state.writer.as_ref().map(|w| w.stream_id().to_string());
+        if current.as_deref() == Some(want.as_str())
+            && state.writer.as_ref().is_some_and(|w| w.is_open())
+        {
+            return Ok(false);
+        }
+        let old = if current.is_some() && current.as_deref() != Some(want.as_str()) {
+            state.writer.take()
+        } else {
+            None
+        };
+        self.open(state, format, &want)?;
+        if let Some(r) = &state.rotation {
+            state.next_boundary_ms = Some(r.next_boundary(t_ms));
+        }
+        if state.wall_clock {
+            state
+                .writer
+                .as_mut()
+                .expect("opened above")
+                .bind_timeline()?;
+        }
+        if let Some(mut old) = old {
+            let from = old.stream_id().to_string();
+            old.finish(true)?;
+            self.timeline.lock().unwrap().rotations += 1;
+            gst::info!(
+                CAT,
+                imp = self,
+                "rotated from '{from}' to '{want}' at {t_ms}"
+            );
+            self.post_element(
+                gst::Structure::builder("racssink-rotate")
+                    .field("from", from)
+                    .field("to", want.clone())
+                    .field("boundary-ms", t_ms)
+                    .field("boundary", format_unix_ms(t_ms))
+                    .build(),
+            );
+        }
+        Ok(true)
+    }
+
+    /// wall-clock timeline: before `pcm`, whose first sample was captured at `*t_ns`, is
+    /// written, brings the stored time of the next sample within max-drift of it: silence
+    /// where the stored timeline is behind, sample frames left out of `pcm` where it is ahead.
+    fn correct(
+        &self,
+        state: &mut State,
+        format: StreamFormat,
+        t_ns: &mut i128,
+        pcm: &mut &[u8],
+    ) -> Result<(), WriteError> {
+        let bpf = format.bytes_per_frame() as u64;
+        let rate = format.sample_rate;
+        let (max_drift_ns, max_fill_ns) = (state.max_drift_ns, state.max_fill_ns);
+        let rotating = state.rotation.is_some();
+        let writer = state.writer.as_mut().expect("open");
+        writer.bind_timeline()?;
+        let Some(stored_us) = writer.next_stored_us() else {
+            return Ok(());
+        };
+        let stored_ns = i128::from(stored_us) * 1000;
+        let wc = WallClock { rate, max_drift_ns };
+        let drift = stored_ns - *t_ns;
+        let correction = wc.correct(stored_ns, *t_ns);
+        {
+            let mut t = self.timeline.lock().unwrap();
+            t.drift_ns = drift.clamp(i64::MIN.into(), i64::MAX.into()) as i64;
+            t.max_abs_drift_ns = t
+                .max_abs_drift_ns
+                .max(drift.unsigned_abs().min(u64::MAX.into()) as u64);
+        }
+        match correction {
+            Correction::Keep => return Ok(()),
+            Correction::Fill(n) => {
+                let ns = u128::from(n) * 1_000_000_000 / u128::from(rate);
+                if ns > u128::from(max_fill_ns) {
+                    let stored_ms = stored_us.div_euclid(1000);
+                    let capture_ms = t_ns.div_euclid(1_000_000) as i64;
+                    return Err(WriteError::InvalidSettings(format!(
+                        "stream '{}' on the RACS server at {} is stored up to {}, {:.3} s before \
+                         this audio was captured ({}): filling that pause with silence would \
+                         exceed max-fill ({:.3} s); raise max-fill, write to another stream-id{}",
+                        writer.stream_id(),
+                        writer.addr(),
+                        format_unix_ms(stored_ms),
+                        ns as f64 / 1e9,
+                        format_unix_ms(capture_ms),
+                        max_fill_ns as f64 / 1e9,
+                        if rotating {
+                            " (the pause ends inside the period of this rotated stream)"
+                        } else {
+                            ", or rotate streams (strftime fields in stream-id, or rotate)"
+                        }
+                    )));
+                }
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "stored timeline {drift} ns behind capture: {n} frames of silence"
+                );
+                let from_us = ((*t_ns - ns as i128) / 1000) as i64;
+                writer.write_silence_at(n * bpf, Some(from_us))?;
+                state.frames_total += n;
+                self.timeline.lock().unwrap().filled_frames += n;
+            }
+            Correction::Drop(n) => {
+                let have = pcm.len() as u64 / bpf;
+                let n = n.min(have);
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "stored timeline {drift} ns ahead of capture: leaving out {n} frames"
+                );
+                *pcm = &pcm[(n * bpf) as usize..];
+                *t_ns += i128::from(n) * 1_000_000_000 / i128::from(rate);
+                self.timeline.lock().unwrap().dropped_frames += n;
+            }
+        }
+        self.timeline.lock().unwrap().corrections += 1;
+        state.last_report = None;
+        Ok(())
+    }
+
+    /// Posts `racssink-timeline` after a correction and every 10 s.
+    fn report_timeline(&self, state: &mut State) {
+        if state
+            .last_report
+            .is_some_and(|t| t.elapsed() < TIMELINE_REPORT_EVERY)
+        {
+            return;
+        }
+        state.last_report = Some(std::time::Instant::now());
+        let t = self.timeline.lock().unwrap().clone();
+        self.post_element(
+            gst::Structure::builder("racssink-timeline")
+                .field("stream-id", self.stream_id())
+                .field("drift", t.drift_ns)
+                .field("max-drift-seen", t.max_abs_drift_ns)
+                .field("filled-frames", t.filled_frames)
+                .field("dropped-frames", t.dropped_frames)
+                .field("corrections", t.corrections)
+                .field("rotations", t.rotations)
+                .build(),
+        );
+    }
+
+    /// Writes one buffer's audio, whose first sample is at `t_ns` (capture time with the
+    /// wall-clock timeline, the sample count's time otherwise): corrected to the wall clock,
+    /// and cut at every rotation boundary it spans, the sample at the boundary first in the
+    /// next stream.
+    fn write_timed(
+        &self,
+        state: &mut State,
+        format: StreamFormat,
+        mut t_ns: i128,
+        capture_us: Option<i64>,
+        mut pcm: &[u8],
+    ) -> Result<(), WriteError> {
+        let bpf = format.bytes_per_frame() as u64;
+        let rate = i128::from(format.sample_rate);
+        let mut capture = capture_us;
+        loop {
+            let rotated = self.ensure_stream(state, format, t_ns)?;
+            let fresh_cut = rotated && state.frames_total > 0;
+            // Right after a cut into a new stream nothing is left out, so the seam keeps every
+            // sample; the next buffer corrects what remains.
+            if state.wall_clock && capture.is_some() && !fresh_cut {
+                let before = pcm.len();
+                self.correct(state, format, &mut t_ns, &mut pcm)?;
+                if pcm.len() != before {
+                    capture = Some((t_ns / 1000) as i64);
+                }
+            }
+            let frames = pcm.len() as u64 / bpf;
+            let cut = state.next_boundary_ms.map(|b| {
+                let to = i128::from(b) * 1_000_000 - t_ns;
+                // The first sample at or after the boundary.
+                (to.max(0) * rate).div_euclid(1_000_000_000)
+                    + i128::from((to.max(0) * rate).rem_euclid(1_000_000_000) != 0)
+            });
+            let head = match cut {
+                Some(k) if k < i128::from(frames) => k as u64,
+                _ => frames,
+            };
+            let bytes = if head == frames {
+                pcm.len()
+            } else {
+                (head * bpf) as usize
+            };
+            let writer = state.writer.as_mut().expect("open");
+            writer.write_at(&pcm[..bytes], capture)?;
+            state.frames_total += head;
+            if bytes == pcm.len() {
+                return Ok(());
+            }
+            pcm = &pcm[bytes..];
+            t_ns += i128::from(head) * 1_000_000_000 / rate;
+            // Exactly on the boundary, whatever the rounding above.
+            if let Some(b) = state.next_boundary_ms {
+                t_ns = t_ns.max(i128::from(b) * 1_000_000);
+            }
+            capture = capture.map(|_| (t_ns / 1000) as i64);
+        }
     }
 
     /// Checks a buffer's running time against the samples written so far.
@@ -937,13 +1309,55 @@ impl ObjectImpl for RacsSink {
                 )
                 .mutable_ready()
                 .build(),
+                glib::ParamSpecEnum::builder_with_default("timeline", Timeline::default())
+                    .nick("Timeline")
+                    .blurb(
+                        "How stored times are kept: samples stores audio back to back (imports); \
+                         wall-clock keeps every sample's stored time within max-drift of its \
+                         capture time (UTC), inserting silence or leaving out sample frames; \
+                         auto is wall-clock for live sources, samples otherwise",
+                    )
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt64::builder("max-drift")
+                    .nick("Maximum drift")
+                    .blurb(
+                        "wall-clock timeline: nanoseconds the stored time of a sample may differ \
+                         from its capture time before racssink corrects it (at least 1 ms)",
+                    )
+                    .minimum(1_000_000)
+                    .default_value(DEFAULT_MAX_DRIFT_NS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt64::builder("max-fill")
+                    .nick("Maximum fill")
+                    .blurb(
+                        "wall-clock timeline: the longest pause (ns) filled with silence, e.g. \
+                         when appending to a stream after a restart; a longer one is an error \
+                         (rotated streams start a new stream at the next period instead)",
+                    )
+                    .default_value(DEFAULT_MAX_FILL_NS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("rotate")
+                    .nick("Rotate")
+                    .blurb(
+                        "Start a new stream every this many seconds, aligned on the epoch (3600: \
+                         on the hour), named stream-id-YYYYMMDDTHHMMSSZ; 0 = no fixed period \
+                         (strftime fields in stream-id, UTC, also rotate)",
+                    )
+                    .default_value(0)
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb(
                         "racssink-stats: bytes-sent, bytes-acked, frames-sent, frames-acked, \
                          reconnects, silence-bytes, silence-duration (ns), rtt-avg-us, \
                          rtt-max-us, lost-acked-bytes, server-lost-bytes, replayed-bytes, \
-                         dropped-bytes, dropped-duration (ns)",
+                         dropped-bytes, dropped-duration (ns), timeline-filled-frames, \
+                         timeline-dropped-frames, timeline-corrections, timeline-drift (ns), \
+                         rotations",
                     )
                     .read_only()
                     .build(),
@@ -998,6 +1412,10 @@ impl ObjectImpl for RacsSink {
             "recovery-policy" => {
                 settings.recovery_policy = value.get().expect("type checked upstream")
             }
+            "timeline" => settings.timeline = value.get().expect("type checked upstream"),
+            "max-drift" => settings.max_drift_ns = value.get().expect("type checked upstream"),
+            "max-fill" => settings.max_fill_ns = value.get().expect("type checked upstream"),
+            "rotate" => settings.rotate_s = value.get().expect("type checked upstream"),
             name => unimplemented!("property {name}"),
         }
         gst::debug!(CAT, imp = self, "{} set", pspec.name());
@@ -1006,6 +1424,7 @@ impl ObjectImpl for RacsSink {
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         if pspec.name() == "stats" {
             let s = self.stats.lock().unwrap().clone();
+            let t = self.timeline.lock().unwrap().clone();
             return gst::Structure::builder("racssink-stats")
                 .field("bytes-sent", s.bytes_sent)
                 .field("bytes-acked", s.bytes_acked)
@@ -1021,6 +1440,11 @@ impl ObjectImpl for RacsSink {
                 .field("replayed-bytes", s.replayed_bytes)
                 .field("dropped-bytes", s.dropped_bytes)
                 .field("dropped-duration", s.ns_of(s.dropped_bytes))
+                .field("timeline-filled-frames", t.filled_frames)
+                .field("timeline-dropped-frames", t.dropped_frames)
+                .field("timeline-corrections", t.corrections)
+                .field("timeline-drift", t.drift_ns)
+                .field("rotations", t.rotations)
                 .build()
                 .to_value();
         }
@@ -1038,6 +1462,10 @@ impl ObjectImpl for RacsSink {
             "gap-policy" => settings.gap_policy.to_value(),
             "replay-window" => settings.replay_window.to_value(),
             "recovery-policy" => settings.recovery_policy.to_value(),
+            "timeline" => settings.timeline.to_value(),
+            "max-drift" => settings.max_drift_ns.to_value(),
+            "max-fill" => settings.max_fill_ns.to_value(),
+            "rotate" => settings.rotate_s.to_value(),
             name => unimplemented!("property {name}"),
         }
     }
@@ -1108,7 +1536,15 @@ impl BaseSinkImpl for RacsSink {
         self.canceller.reset();
         *self.stats.lock().unwrap() = WriterStats::default();
         *self.caps_cache.lock().unwrap() = None;
-        *self.state.lock().unwrap() = State::default();
+        *self.timeline.lock().unwrap() = TimelineStats::default();
+        *self.current_id.lock().unwrap() = None;
+        *self.state.lock().unwrap() = State {
+            timeline: settings.timeline,
+            max_drift_ns: settings.max_drift_ns,
+            max_fill_ns: settings.max_fill_ns,
+            rotation: settings.rotation().ok().flatten(),
+            ..State::default()
+        };
         gst::info!(
             CAT,
             imp = self,
@@ -1202,7 +1638,19 @@ impl BaseSinkImpl for RacsSink {
             }
         };
         let mut state = self.state.lock().unwrap();
-        match self.open(&mut state, format) {
+        if state.rotation.is_some() {
+            // Each period's stream is opened when its first sample arrives.
+            if let Some(w) = state.writer.as_mut() {
+                if let Err(e) = w.prepare(format) {
+                    self.post_write_error(&e, true);
+                    return Err(gst::loggable_error!(CAT, "{e}"));
+                }
+            }
+            state.format = Some(format);
+            return Ok(());
+        }
+        let id = self.stream_id();
+        match self.open(&mut state, format, &id) {
             Ok(()) => Ok(()),
             Err(WriteError::Cancelled) => Err(gst::loggable_error!(CAT, "cancelled")),
             Err(e) => {
@@ -1222,37 +1670,53 @@ impl BaseSinkImpl for RacsSink {
             );
             return Err(gst::FlowError::NotNegotiated);
         };
-        if !state.writer.as_ref().is_some_and(|w| w.is_open()) {
-            // Data after EOS (after a flushing seek, say): open the stream again to append.
-            self.open(&mut state, format)
-                .map_err(|e| self.flow_error(e, true))?;
-        }
         self.settle_policy(&mut state);
         let running_time = match (buffer.pts(), state.segment.as_ref()) {
             (Some(pts), Some(segment)) => segment.to_running_time(pts),
             _ => None,
         };
-        if state.gap_policy == GapPolicy::Silence {
+        let capture = running_time
+            .filter(|_| state.live == Some(true))
+            .and_then(|rt| self.capture_us(rt));
+        let wall = state.wall_clock && capture.is_some();
+        if state.rotation.is_none() && !state.writer.as_ref().is_some_and(|w| w.is_open()) {
+            // Data after EOS (after a flushing seek, say): open the stream again to append.
+            let id = self.stream_id();
+            self.open(&mut state, format, &id)
+                .map_err(|e| self.flow_error(e, true))?;
+        }
+        // With the wall-clock timeline, gaps show in the capture times and are corrected there.
+        if state.gap_policy == GapPolicy::Silence && !wall && state.writer.is_some() {
             if let Some(running_time) = running_time {
                 self.track(&mut state, running_time)
                     .map_err(|e| self.flow_error(e, false))?;
             }
         }
-        let capture = running_time
-            .filter(|_| state.live == Some(true))
-            .and_then(|rt| self.capture_us(rt));
+        let t_ns = match capture.filter(|_| wall) {
+            Some(c) => i128::from(c) * 1000,
+            None => {
+                let anchor = *state.anchor_ns.get_or_insert_with(|| {
+                    SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos() as i128)
+                });
+                anchor
+                    + i128::from(state.frames_total) * 1_000_000_000
+                        / i128::from(format.sample_rate)
+            }
+        };
         let map = buffer.map_readable().map_err(|_| {
             gst::element_imp_error!(self, gst::CoreError::Failed, ("cannot map a buffer"));
             gst::FlowError::Error
         })?;
         gst::trace!(CAT, imp = self, "rendering {} bytes", map.len());
-        state
-            .writer
-            .as_mut()
-            .expect("open above")
-            .write_at(&map, capture)
-            .map_err(|e| self.flow_error(e, false))?;
+        let opening = state.writer.is_none();
+        self.write_timed(&mut state, format, t_ns, capture, &map)
+            .map_err(|e| self.flow_error(e, opening))?;
         state.bytes_since_base += map.len() as u64;
+        if wall {
+            self.report_timeline(&mut state);
+        }
         Ok(gst::FlowSuccess::Ok)
     }
 

@@ -64,9 +64,37 @@ pub enum RecoveryPolicy {
     KeepTime = 2,
 }
 
+/// How the stored time of each sample is kept.
+#[derive(Debug, Default, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstRacsSinkTimeline")]
+pub enum Timeline {
+    /// wall-clock for live sources, samples otherwise.
+    #[default]
+    #[enum_value(
+        name = "Auto: wall-clock for live sources, samples otherwise",
+        nick = "auto"
+    )]
+    Auto = 0,
+    /// Samples back to back: the stored time follows the byte count (right for imports).
+    #[enum_value(
+        name = "Samples: stored back to back, time follows the byte count",
+        nick = "samples"
+    )]
+    Samples = 1,
+    /// The stored time of every sample within max-drift of its capture time (UTC): silence
+    /// where the stored timeline falls behind, whole sample frames left out where it runs ahead.
+    #[enum_value(
+        name = "Wall clock: every sample stored within max-drift of its capture time",
+        nick = "wall-clock"
+    )]
+    WallClock = 2,
+}
+
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     GapPolicy::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     RecoveryPolicy::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    Timeline::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     gst::Element::register(
         Some(plugin),
         "racssink",

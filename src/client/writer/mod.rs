@@ -1227,6 +1227,33 @@ impl StreamWriter {
         self.open
     }
 
+    /// The stored time (µs since the Unix epoch) the server gives the next byte written, once
+    /// the current timeline's `ref` is known: `ref` plus everything acknowledged, queued and
+    /// held, at the stream's byte rate.
+    pub fn next_stored_us(&self) -> Option<i64> {
+        let pending: u64 =
+            self.queue.iter().map(|f| f.data.len() as u64).sum::<u64>() + self.held.len() as u64;
+        self.stored_us(self.server_size + pending)
+    }
+
+    /// Whether the stream has no timeline yet (no `ref`, nothing stored): its next frame, an
+    /// empty one too, sets `ref` to the moment it arrives.
+    pub fn is_fresh(&self) -> bool {
+        self.fresh
+    }
+
+    /// Starts a fresh stream's timeline now with a zero-length frame (the server sets `ref` at
+    /// its arrival), so that the first sample is stored near its capture time rather than when
+    /// its whole frame is full; `ref` is read back. Does nothing on a stream with a timeline.
+    pub fn bind_timeline(&mut self) -> Result<(), WriteError> {
+        self.ensure_writable()?;
+        if self.fresh && self.queue.is_empty() && self.held.is_empty() {
+            self.push_bind();
+            self.pump(true)?;
+        }
+        Ok(())
+    }
+
     /// Bytes accepted but not yet acknowledged by the server.
     pub fn unacked_bytes(&self) -> u64 {
         self.held.len() as u64 + self.queue.iter().map(|f| f.data.len() as u64).sum::<u64>()

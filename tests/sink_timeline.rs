@@ -1,0 +1,476 @@
+// SPDX-License-Identifier: MPL-2.0
+//! racssink's wall-clock timeline and rotation: the stored time of every sample (the stream's
+//! `ref` plus its byte position, read back with an independent client) against the true capture
+//! time of a simulated live source whose sample clock runs a known number of ppm off the wall
+//! clock; restarts after a pause within and beyond `max-fill`; streams rotated every second,
+//! whose seams are checked byte for byte.
+//!
+//! Runs on racs-lite, or on a fresh real server per test with `RACS_BIN`. The sources run in
+//! real time (the server stamps `ref` by its own wall clock, which cannot be accelerated), so
+//! the drift runs are short and the drift large enough to need corrections within them.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::TestServer;
+use gst::prelude::*;
+
+const RATE: u32 = 48_000;
+/// 10 ms per buffer, as a sound card delivers them.
+const FRAMES: u64 = 480;
+
+fn wall_ns() -> i128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i128
+}
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        wall_ns() % 1_000_000_007
+    )
+}
+
+/// A live `appsrc ! racssink` pipeline.
+struct Live {
+    pipeline: gst::Pipeline,
+    src: gst::Element,
+    sink: gst::Element,
+}
+
+impl Live {
+    fn new(srv: &TestServer, props: &[(&str, &str)]) -> Live {
+        common::init();
+        let pipeline = gst::Pipeline::new();
+        let src = gst::ElementFactory::make("appsrc")
+            .property("caps", common::caps(RATE, 1, 16))
+            .property("is-live", true)
+            .property_from_str("format", "time")
+            .build()
+            .unwrap();
+        let mut b = gst::ElementFactory::make("racssink")
+            .property("host", srv.host())
+            .property("port", u32::from(srv.port()))
+            .property("chunk-size", 1920u32);
+        for (k, v) in props {
+            b = b.property_from_str(k, v);
+        }
+        let sink = b.build().unwrap();
+        pipeline.add_many([&src, &sink]).unwrap();
+        src.link(&sink).unwrap();
+        Live {
+            pipeline,
+            src,
+            sink,
+        }
+    }
+
+    /// Plays `buffers` buffers from a source whose sample clock runs `ppm` fast (negative:
+    /// slow) against the pipeline clock, each pushed when its last sample is captured. Returns
+    /// the wall-clock capture time (ns) of each buffer's first sample, then EOS's outcome.
+    fn run(
+        &self,
+        buffers: u64,
+        ppm: f64,
+        content: impl Fn(u64) -> Vec<u8>,
+    ) -> (Vec<i128>, common::Ended) {
+        let bus = self.pipeline.bus().unwrap();
+        if self.pipeline.set_state(gst::State::Playing).is_err() {
+            let ended = common::wait_end(&bus, common::WAIT);
+            self.pipeline.set_state(gst::State::Null).unwrap();
+            return (Vec::new(), ended);
+        }
+        // A live pipeline goes to PLAYING without prerolling (the sink completes its state
+        // change at the first buffer): the clock and base time are set at once.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let (clock, base) = loop {
+            if let (Some(c), Some(b)) = (self.pipeline.clock(), self.pipeline.base_time()) {
+                break (c, b);
+            }
+            assert!(std::time::Instant::now() < deadline, "no clock within 5 s");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let true_rate = f64::from(RATE) * (1.0 + ppm / 1e6);
+        let mut captures = Vec::new();
+        for i in 0..buffers {
+            let pts = ((i * FRAMES) as f64 / true_rate * 1e9) as u64;
+            let end = (((i + 1) * FRAMES) as f64 / true_rate * 1e9) as u64;
+            let id = clock.new_single_shot_id(base + gst::ClockTime::from_nseconds(end));
+            let _ = id.wait();
+            let now = clock.time().nseconds() as i128;
+            let capture = wall_ns() - (now - i128::from(base.nseconds() + pts));
+            captures.push(capture);
+            let mut buffer = gst::Buffer::from_slice(content(i));
+            {
+                let b = buffer.get_mut().unwrap();
+                b.set_pts(gst::ClockTime::from_nseconds(pts));
+                b.set_duration(gst::ClockTime::from_nseconds(end - pts));
+            }
+            if self
+                .src
+                .emit_by_name::<gst::FlowReturn>("push-buffer", &[&buffer])
+                != gst::FlowReturn::Ok
+            {
+                break;
+            }
+        }
+        let _ = self
+            .src
+            .emit_by_name::<gst::FlowReturn>("end-of-stream", &[]);
+        let mut ended = common::wait_end(&bus, common::WAIT);
+        self.pipeline.set_state(gst::State::Null).unwrap();
+        while let Some(m) = bus.pop() {
+            ended.messages.push(m);
+        }
+        common::assert_tidy_messages(&ended.messages);
+        (captures, ended)
+    }
+
+    fn stat(&self, field: &str) -> u64 {
+        self.sink
+            .property::<gst::Structure>("stats")
+            .get::<u64>(field)
+            .unwrap()
+    }
+}
+
+/// Buffer `i`: every sample holds `i + 1`, so the last sample of each buffer (never left out:
+/// corrections take sample frames from a buffer's start) can be found in the stored stream.
+fn marked(i: u64) -> Vec<u8> {
+    let v = (i % 30_000 + 1) as i16;
+    (0..FRAMES).flat_map(|_| v.to_le_bytes()).collect()
+}
+
+/// The stored stream `id` (16-bit mono) as samples, with its `ref`.
+fn stored(addr: SocketAddr, id: &str) -> (i64, Vec<i16>) {
+    let size = common::info_raw(addr, id, "size").unwrap_or_else(|e| panic!("INFO size: {e}"));
+    let r = common::info_raw(addr, id, "ref").unwrap_or_else(|e| panic!("INFO ref: {e}"));
+    let bytes = common::read_back(addr, id, 16, size as usize);
+    assert_eq!(
+        bytes.len() as i64,
+        size,
+        "stream {id}: EXTRACT vs INFO size"
+    );
+    (
+        r,
+        bytes
+            .chunks_exact(2)
+            .map(|c| i16::from_le_bytes([c[0], c[1]]))
+            .collect(),
+    )
+}
+
+/// For every buffer whose last sample is stored: stored time minus true capture time (ns).
+fn offsets(
+    r: i64,
+    samples: &[i16],
+    captures: &[i128],
+    first_buffer: u64,
+    ppm: f64,
+) -> Vec<(u64, i128)> {
+    let mut last = std::collections::HashMap::new();
+    for (p, v) in samples.iter().enumerate() {
+        last.insert(*v, p);
+    }
+    let true_rate = f64::from(RATE) * (1.0 + ppm / 1e6);
+    let mut out = Vec::new();
+    for (k, c) in captures.iter().enumerate() {
+        let i = first_buffer + k as u64;
+        let v = (i % 30_000 + 1) as i16;
+        let Some(&p) = last.get(&v) else { continue };
+        let stored = i128::from(r) * 1_000_000 + p as i128 * 1_000_000_000 / i128::from(RATE);
+        let captured = c + ((FRAMES - 1) as f64 / true_rate * 1e9) as i128;
+        out.push((i, stored - captured));
+    }
+    out
+}
+
+/// Capture times are read by the sink and by the test at slightly different moments.
+const JITTER_NS: i128 = 1_500_000;
+
+#[test]
+fn drift_of_100_and_1000_ppm_either_way_stays_within_max_drift() {
+    let srv = TestServer::start();
+    // (ppm, max-drift): 40 s of a 1000 ppm source drifts 40 ms, twice the default 20 ms bound;
+    // 100 ppm drifts 4 ms, twice a 2 ms bound. Each needs at least one correction.
+    let cases = [
+        (1000.0, 20_000_000u64),
+        (-1000.0, 20_000_000),
+        (100.0, 2_000_000),
+        (-100.0, 2_000_000),
+    ];
+    let seconds = 40;
+    let runs: Vec<_> = cases
+        .iter()
+        .map(|&(ppm, max_drift)| {
+            let id = unique(&format!("drift{ppm}"));
+            let host = srv.host();
+            let port = srv.port();
+            let handle = std::thread::spawn({
+                let id = id.clone();
+                move || {
+                    let srv_addr: (String, u16) = (host, port);
+                    let live = Live::new_at(&srv_addr, &id, max_drift);
+                    let (captures, ended) = live.run(seconds * 100, ppm, marked);
+                    let t = live.sink.property::<gst::Structure>("stats");
+                    (captures, ended, t)
+                }
+            });
+            (ppm, max_drift, id, handle)
+        })
+        .collect();
+    for (ppm, max_drift, id, handle) in runs {
+        let (captures, ended, stats) = handle.join().unwrap();
+        assert!(ended.error.is_none(), "{ppm} ppm: {}", ended.error_text());
+        let (r, samples) = stored(srv.addr(), &id);
+        let offs = offsets(r, &samples, &captures, 0, ppm);
+        let filled = stats.get::<u64>("timeline-filled-frames").unwrap();
+        let dropped = stats.get::<u64>("timeline-dropped-frames").unwrap();
+        let worst = offs.iter().map(|(_, d)| d.abs()).max().unwrap();
+        eprintln!(
+            "{ppm} ppm, max-drift {} ms: {} buffers found of {}, worst |stored - capture| {:.3} \
+             ms, filled {filled} frames, dropped {dropped}, corrections {}",
+            max_drift / 1_000_000,
+            offs.len(),
+            captures.len(),
+            worst as f64 / 1e6,
+            stats.get::<u64>("timeline-corrections").unwrap()
+        );
+        // A buffer is missing only where a correction left out all of it.
+        assert!(
+            offs.len() as u64 + dropped / FRAMES + 1 >= seconds * 100,
+            "{ppm} ppm: only {} buffers stored, {dropped} frames dropped",
+            offs.len()
+        );
+        for (i, d) in &offs {
+            assert!(
+                d.abs() <= i128::from(max_drift) + JITTER_NS,
+                "{ppm} ppm: buffer {i} stored {:.3} ms from its capture (max-drift {} ms)",
+                *d as f64 / 1e6,
+                max_drift / 1_000_000
+            );
+        }
+        // The corrections add up to the drift, less what the bound lets stand and the start-up
+        // offset (the first sample is stored up to a buffer after its capture).
+        let drift_frames = (seconds as f64 * f64::from(RATE) * ppm.abs() / 1e6) as u64;
+        let bound_frames = max_drift * u64::from(RATE) / 1_000_000_000;
+        let corrected = if ppm > 0.0 { dropped } else { filled };
+        assert!(
+            corrected > 0 && corrected + bound_frames + 480 >= drift_frames,
+            "{ppm} ppm: corrected {corrected} frames of a drift of {drift_frames}"
+        );
+        assert!(
+            corrected <= drift_frames + bound_frames + 960,
+            "{ppm} ppm: corrected {corrected} frames, more than a drift of {drift_frames}"
+        );
+        if ppm < 0.0 {
+            // A slow source is behind: only silence, except a start-up offset left out.
+            assert!(
+                dropped <= bound_frames + 960,
+                "{ppm} ppm: dropped {dropped}"
+            );
+        } else {
+            assert_eq!(filled, 0, "{ppm} ppm: a fast source needs no silence");
+        }
+        let messages = ended.element_messages("racssink-timeline");
+        assert!(
+            !messages.is_empty(),
+            "{ppm} ppm: no racssink-timeline message"
+        );
+    }
+}
+
+impl Live {
+    fn new_at(srv: &(String, u16), id: &str, max_drift: u64) -> Live {
+        common::init();
+        let pipeline = gst::Pipeline::new();
+        let src = gst::ElementFactory::make("appsrc")
+            .property("caps", common::caps(RATE, 1, 16))
+            .property("is-live", true)
+            .property_from_str("format", "time")
+            .build()
+            .unwrap();
+        let sink = gst::ElementFactory::make("racssink")
+            .property("host", srv.0.clone())
+            .property("port", u32::from(srv.1))
+            .property("stream-id", id)
+            .property("chunk-size", 1920u32)
+            .property("max-drift", max_drift)
+            .build()
+            .unwrap();
+        pipeline.add_many([&src, &sink]).unwrap();
+        src.link(&sink).unwrap();
+        Live {
+            pipeline,
+            src,
+            sink,
+        }
+    }
+}
+
+#[test]
+fn a_restart_after_a_pause_within_max_fill_is_filled_with_silence() {
+    let srv = TestServer::start();
+    let id = unique("pause");
+    let first = Live::new(&srv, &[("stream-id", &id)]);
+    let (c1, ended) = first.run(100, 0.0, marked);
+    assert!(ended.error.is_none(), "{}", ended.error_text());
+    assert_eq!(first.stat("timeline-filled-frames"), 0);
+    // The pause is the scenario itself: the pipeline is down for ~1.5 s.
+    std::thread::sleep(Duration::from_millis(1500));
+    let second = Live::new(&srv, &[("stream-id", &id)]);
+    let (c2, ended) = second.run(100, 0.0, |i| marked(i + 100));
+    assert!(ended.error.is_none(), "{}", ended.error_text());
+    let filled = second.stat("timeline-filled-frames");
+    let pause_ns = c2[0] - (c1.last().unwrap() + 10_000_000);
+    let pause_frames = (pause_ns * i128::from(RATE) / 1_000_000_000) as u64;
+    eprintln!(
+        "pause {:.3} s, filled {filled} frames",
+        pause_ns as f64 / 1e9
+    );
+    assert!(
+        filled.abs_diff(pause_frames) <= 960 + 20 * 48,
+        "filled {filled} frames for a pause of {pause_frames}"
+    );
+    let (r, samples) = stored(srv.addr(), &id);
+    for (i, d) in offsets(r, &samples, &c1, 0, 0.0)
+        .into_iter()
+        .chain(offsets(r, &samples, &c2, 100, 0.0))
+    {
+        assert!(
+            d.abs() <= 20_000_000 + JITTER_NS,
+            "buffer {i} stored {:.3} ms from its capture",
+            d as f64 / 1e6
+        );
+    }
+    // Between the two runs: silence only.
+    let end1 = samples.iter().rposition(|v| *v == 100).unwrap();
+    let start2 = samples.iter().position(|v| *v == 101).unwrap();
+    assert!(samples[end1 + 1..start2].iter().all(|v| *v == 0));
+    assert!(start2 - end1 > 60_000, "the pause was not filled");
+}
+
+#[test]
+fn a_restart_after_a_pause_beyond_max_fill_is_an_error_naming_it() {
+    let srv = TestServer::start();
+    let id = unique("longpause");
+    let first = Live::new(&srv, &[("stream-id", &id)]);
+    let (_, ended) = first.run(50, 0.0, marked);
+    assert!(ended.error.is_none(), "{}", ended.error_text());
+    std::thread::sleep(Duration::from_millis(1200));
+    let second = Live::new(&srv, &[("stream-id", &id), ("max-fill", "500000000")]);
+    let (_, ended) = second.run(50, 0.0, marked);
+    let text = ended.error_text();
+    assert!(
+        text.contains("max-fill (0.500 s)") && text.contains(&id) && text.contains("rotate"),
+        "{text}"
+    );
+    // Nothing of the second run was stored in the old stream.
+    let size = common::info_raw(srv.addr(), &id, "size").unwrap();
+    assert_eq!(size, 50 * 960);
+}
+
+#[test]
+fn an_invalid_rotation_pattern_is_a_settings_error_at_start() {
+    common::init();
+    for (id, rotate, want) in [
+        ("air-%A", 0u32, "uses %A"),
+        ("air-%H", 0, "reuse its names"),
+        ("air-%Y%m%d%H", 60, "not both"),
+        ("air", 0, ""),
+        ("air", 1, ""),
+    ] {
+        let sink = gst::ElementFactory::make("racssink")
+            .property("stream-id", id)
+            .property("rotate", rotate)
+            .build()
+            .unwrap();
+        let r = sink.set_state(gst::State::Ready);
+        if want.is_empty() {
+            assert!(r.is_ok(), "{id}");
+        } else {
+            assert!(r.is_err(), "{id}");
+            let bus = gst::Bus::new();
+            sink.set_bus(Some(&bus));
+            let _ = sink.set_state(gst::State::Ready);
+            let msg = bus.pop_filtered(&[gst::MessageType::Error]).unwrap();
+            let gst::MessageView::Error(e) = msg.view() else {
+                unreachable!()
+            };
+            assert!(e.error().to_string().contains(want), "{id}: {}", e.error());
+        }
+        sink.set_state(gst::State::Null).unwrap();
+    }
+}
+
+/// The streams a run rotated through, from its `racssink-rotate` messages, first to last.
+fn rotated_streams(ended: &common::Ended) -> Vec<(String, i64)> {
+    let msgs = ended.element_messages("racssink-rotate");
+    let mut out = Vec::new();
+    for m in &msgs {
+        if out.is_empty() {
+            out.push((m.get::<String>("from").unwrap(), 0));
+        }
+        out.push((
+            m.get::<String>("to").unwrap(),
+            m.get::<i64>("boundary-ms").unwrap(),
+        ));
+    }
+    out
+}
+
+#[test]
+fn rotation_every_second_cuts_at_the_boundary_sample_and_loses_nothing() {
+    let srv = TestServer::start();
+    let prefix = unique("rot");
+    let pattern = format!("{prefix}-%Y%m%d%H%M%S");
+    // Clicks every 97 frames: repetitive, so a sample lost or doubled at a seam shows only by
+    // position.
+    let click = |i: u64| common::clicks(i * FRAMES, FRAMES as usize, 97, 1, 16);
+    let live = Live::new(&srv, &[("stream-id", &pattern), ("max-drift", "50000000")]);
+    let (captures, ended) = live.run(350, 0.0, click);
+    assert!(ended.error.is_none(), "{}", ended.error_text());
+    assert_eq!(live.stat("timeline-corrections"), 0);
+    let streams = rotated_streams(&ended);
+    assert!(streams.len() >= 4, "rotated through {streams:?}");
+    assert_eq!(live.stat("rotations"), streams.len() as u64 - 1);
+    let mut all = Vec::new();
+    let c0 = captures[0];
+    for (k, (name, boundary)) in streams.iter().enumerate() {
+        assert!(name.starts_with(&prefix), "{name}");
+        assert_eq!(
+            common::info_raw(srv.addr(), name, "sample_rate").unwrap(),
+            i64::from(RATE)
+        );
+        if k > 0 {
+            // The first sample of this stream is the one captured at its boundary.
+            let first = all.len() as i128 / 2;
+            let want = ((i128::from(*boundary) * 1_000_000 - c0) * i128::from(RATE))
+                .div_euclid(1_000_000_000)
+                + 1;
+            assert!(
+                (first - want).abs() <= 1,
+                "stream {name} starts at sample {first}, the boundary is at sample {want}"
+            );
+            // Its ref is within the bound of the boundary.
+            let r = common::info_raw(srv.addr(), name, "ref").unwrap();
+            assert!(
+                (r - boundary).abs() <= 50,
+                "{name}: ref {r}, boundary {boundary}"
+            );
+        }
+        let size = common::info_raw(srv.addr(), name, "size").unwrap();
+        let bytes = common::read_back(srv.addr(), name, 16, size as usize);
+        assert_eq!(bytes.len() as i64, size, "{name}");
+        all.extend(bytes);
+    }
+    let sent: Vec<u8> = (0..captures.len() as u64).flat_map(click).collect();
+    if let Some(d) = common::first_difference(&all, &sent) {
+        panic!("the rotated streams joined differ from the input: {d}");
+    }
+}
