@@ -372,7 +372,8 @@ fn a_restart_after_a_pause_beyond_max_fill_is_an_error_naming_it() {
     );
     // Nothing of the second run was stored in the old stream.
     let size = common::info_raw(srv.addr(), &id, "size").unwrap();
-    assert_eq!(size, 50 * 960);
+    assert_eq!(size as u64, first.stat("bytes-acked"));
+    assert_eq!(second.stat("bytes-acked"), 0);
 }
 
 #[test]
@@ -472,5 +473,129 @@ fn rotation_every_second_cuts_at_the_boundary_sample_and_loses_nothing() {
     let sent: Vec<u8> = (0..captures.len() as u64).flat_map(click).collect();
     if let Some(d) = common::first_difference(&all, &sent) {
         panic!("the rotated streams joined differ from the input: {d}");
+    }
+
+    // racssrc reads a range across three of them, from half a second before the first
+    // boundary to half a second after the second: one piece, sample to sample.
+    let (b1, b2) = (streams[1].1, streams[2].1);
+    let r0 = common::info_raw(srv.addr(), &streams[0].0, "ref").unwrap();
+    // (The first stream began when the run did, maybe less than half a second before b1.)
+    let (from, to) = ((b1 - 500).max(r0 + 20), b2 + 500);
+    let read = read_rotated(&srv, &pattern, from, to);
+    assert!(read.error.is_none(), "{:?}", read.error);
+    assert!(read.gaps.is_empty(), "gaps {:?}", read.gaps);
+    assert!(read.warnings.is_empty(), "{:?}", read.warnings);
+    let len0 = common::info_raw(srv.addr(), &streams[0].0, "size").unwrap() as usize / 2;
+    let first = ((from - r0) * i64::from(RATE) / 1000) as usize;
+    let want_len = ((to - from) * i64::from(RATE) / 1000) as usize;
+    let got = &read.data;
+    let at = (first.saturating_sub(2)..=first + 2)
+        .find(|&f| all.get(f * 2..f * 2 + got.len()) == Some(got.as_slice()))
+        .unwrap_or_else(|| {
+            panic!(
+                "racssrc's {} frames are not the stored frames from {first} (±2) on",
+                got.len() / 2
+            )
+        });
+    // It starts in the first stream and ends in the third.
+    assert!(at < len0 && at * 2 + got.len() > (len0 + 48_000) * 2);
+    assert!(
+        (got.len() / 2).abs_diff(want_len) <= 50 * 48,
+        "read {} frames for {} ms",
+        got.len() / 2,
+        to - from
+    );
+    // Continuous timestamps.
+    for w in read.buffers.windows(2) {
+        assert_eq!(w[0].0 + w[0].1, w[1].0, "timestamps jump between buffers");
+    }
+
+    // A range reaching past the last stream: the missing streams after it (and its early end,
+    // when it ended well before its period) are GAP events with warnings, and the range keeps
+    // its length.
+    let last = streams.last().unwrap().1;
+    let (from, to) = (last - 300, last + 2500);
+    let read = read_rotated(&srv, &pattern, from, to);
+    assert!(read.error.is_none(), "{:?}", read.error);
+    assert!(read.gaps.len() >= 2, "gaps {:?}", read.gaps);
+    assert!(
+        read.warnings
+            .iter()
+            .filter(|w| w.contains("does not exist"))
+            .count()
+            >= 2,
+        "{:?}",
+        read.warnings
+    );
+    let audio = (read.data.len() / 2) as u64;
+    let gap_ns: u64 = read.gaps.iter().map(|g| g.1).sum();
+    let total = audio * 1_000_000_000 / u64::from(RATE) + gap_ns;
+    assert!(
+        total.abs_diff(2_800_000_000) <= 5_000_000,
+        "audio {audio} frames and gaps {gap_ns} ns for 2.8 s"
+    );
+}
+
+struct Read {
+    data: Vec<u8>,
+    /// (pts, duration) of each buffer.
+    buffers: Vec<(u64, u64)>,
+    gaps: Vec<(u64, u64)>,
+    warnings: Vec<String>,
+    error: Option<String>,
+}
+
+fn iso(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap()
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}
+
+/// `racssrc stream-id=PATTERN start=.. stop=.. ! fakesink`, collecting data and GAP events.
+fn read_rotated(srv: &TestServer, pattern: &str, from_ms: i64, to_ms: i64) -> Read {
+    use std::sync::{Arc, Mutex};
+    let pipeline = gst::Pipeline::new();
+    let src = gst::ElementFactory::make("racssrc")
+        .property("host", srv.host())
+        .property("port", u32::from(srv.port()))
+        .property("stream-id", pattern)
+        .property("start", iso(from_ms))
+        .property("stop", iso(to_ms))
+        .build()
+        .unwrap();
+    let sink = gst::ElementFactory::make("fakesink")
+        .property("sync", false)
+        .build()
+        .unwrap();
+    pipeline.add_many([&src, &sink]).unwrap();
+    src.link(&sink).unwrap();
+    let data = Arc::new(Mutex::new((Vec::new(), Vec::new(), Vec::new())));
+    let d = data.clone();
+    sink.static_pad("sink").unwrap().add_probe(
+        gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
+        move |_, info| {
+            let mut d = d.lock().unwrap();
+            if let Some(buf) = info.buffer() {
+                d.0.extend_from_slice(&buf.map_readable().unwrap());
+                d.1.push((
+                    buf.pts().unwrap().nseconds(),
+                    buf.duration().unwrap().nseconds(),
+                ));
+            } else if let Some(gst::EventView::Gap(g)) = info.event().map(|e| e.view()) {
+                let (ts, dur) = g.get();
+                d.2.push((ts.nseconds(), dur.map_or(0, |x| x.nseconds())));
+            }
+            gst::PadProbeReturn::Ok
+        },
+    );
+    let ended = common::play(pipeline.upcast_ref());
+    let (data, buffers, gaps) = std::mem::take(&mut *data.lock().unwrap());
+    Read {
+        data,
+        buffers,
+        gaps,
+        warnings: ended.warnings(),
+        error: ended.error.map(|(e, d)| format!("{e} | {d}")),
     }
 }

@@ -1,9 +1,17 @@
 // SPDX-License-Identifier: MPL-2.0
 //! Streams rotated by wall-clock time: a stream id with strftime fields in UTC
 //! (`air-%Y%m%d-%H` names one stream per hour), or a fixed period. Pure arithmetic on epoch
-//! milliseconds, shared by the writer (where to cut) and the reader (which streams cover a range).
+//! milliseconds, shared by the writer (where to cut) and the reader (which streams cover a range),
+//! and [`RotatedRange`], which reads a wall-clock range across the rotated streams.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
 
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Timelike, Utc};
+
+use super::frame::StreamFormat;
+use super::pool::Pool;
+use super::reader::{Bound, Piece, RangeReader, ReadError, ReaderConfig, ReaderStats};
 
 /// The finest time field of a pattern: its streams start at each boundary of this unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -211,6 +219,330 @@ impl Rotation {
             t = end;
         }
         out
+    }
+}
+
+/// A wall-clock range read across rotated streams: each period's stream in turn, joined
+/// sample to sample at the boundaries (racssink starts each stream with the sample captured
+/// at its boundary), with a missing stream, a late start or an early end handed out as a gap.
+pub struct RotatedRange {
+    pool: Arc<Pool>,
+    base: ReaderConfig,
+    /// (stream, from ns, to ns, from is a period boundary, to is a period boundary)
+    parts: VecDeque<(String, i128, i128, bool, bool)>,
+    format: StreamFormat,
+    current: Option<(RangeReader, i128)>,
+    pending: VecDeque<Piece>,
+    ref_ms: i64,
+    stats: ReaderStats,
+    /// Stored time (ns) where the audio or gap handed out so far ends, once there is one.
+    last_end: Option<i128>,
+}
+
+/// A stream starting or ending this close to its period's boundary is joined sample to
+/// sample; farther away the difference is a gap. Above racssink's default max-drift (20 ms),
+/// well under anything a listener would call a hole.
+pub const SEAM_TOLERANCE_NS: i128 = 100_000_000;
+
+/// The reader of one stream or of a range across rotated streams.
+// One per element, moved once into its fetch task: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum AnyRange {
+    One(RangeReader),
+    Rotated(RotatedRange),
+}
+
+impl AnyRange {
+    pub fn format(&self) -> StreamFormat {
+        match self {
+            AnyRange::One(r) => r.format(),
+            AnyRange::Rotated(r) => r.format,
+        }
+    }
+
+    /// The `ref` of the stream the last piece came from.
+    pub fn ref_ms(&self) -> i64 {
+        match self {
+            AnyRange::One(r) => r.ref_ms(),
+            AnyRange::Rotated(r) => r.ref_ms,
+        }
+    }
+
+    pub fn stats(&self) -> ReaderStats {
+        match self {
+            AnyRange::One(r) => r.stats(),
+            AnyRange::Rotated(r) => r.stats(),
+        }
+    }
+
+    pub fn empty_reason(&self) -> Option<&str> {
+        match self {
+            AnyRange::One(r) => r.empty_reason(),
+            AnyRange::Rotated(_) => None,
+        }
+    }
+
+    pub async fn next_piece(&mut self) -> Result<Option<Piece>, ReadError> {
+        match self {
+            AnyRange::One(r) => r.next_piece().await,
+            AnyRange::Rotated(r) => r.next_piece().await,
+        }
+    }
+}
+
+fn frames_in(ns: i128, rate: u32) -> u64 {
+    ((ns.max(0) * i128::from(rate) + 500_000_000) / 1_000_000_000) as u64
+}
+
+impl RotatedRange {
+    /// The streams of `rotation` covering `[from_ns, to_ns)`; the format comes from the first
+    /// that exists (none existing is an error).
+    pub async fn open(
+        pool: Arc<Pool>,
+        base: ReaderConfig,
+        rotation: &Rotation,
+        from_ns: i128,
+        to_ns: i128,
+    ) -> Result<Self, ReadError> {
+        let from_ms = from_ns.div_euclid(1_000_000) as i64;
+        let to_ms = (to_ns + 999_999).div_euclid(1_000_000) as i64;
+        let covering = rotation.covering(from_ms, to_ms);
+        let n = covering.len();
+        let mut parts = VecDeque::new();
+        for (i, (name, a, b)) in covering.into_iter().enumerate() {
+            let a_ns = if i == 0 {
+                from_ns
+            } else {
+                i128::from(a) * 1_000_000
+            };
+            let b_ns = if i + 1 == n {
+                to_ns
+            } else {
+                i128::from(b) * 1_000_000
+            };
+            let a_edge = rotation.period_start(a) == a && a_ns == i128::from(a) * 1_000_000;
+            let b_edge = i + 1 < n || rotation.period_start(b) == b && b_ns % 1_000_000 == 0;
+            parts.push_back((name, a_ns, b_ns, a_edge, b_edge));
+        }
+        let mut stats = ReaderStats::default();
+        let mut format = None;
+        {
+            let mut conn = pool.checkout(base.timeout).await?;
+            for (name, ..) in &parts {
+                stats.infos += 1;
+                if let Some(info) = conn.stream_info(name).await? {
+                    format = Some(info.format().map_err(|e| {
+                        ReadError::Format(format!("stream '{name}' cannot be read: {e}"))
+                    })?);
+                    break;
+                }
+            }
+        }
+        let Some(format) = format else {
+            let names: Vec<&str> = parts.iter().map(|p| p.0.as_str()).collect();
+            return Err(ReadError::Missing(format!(
+                "none of the {} rotated streams of '{}' from {} to {} exists on the RACS server \
+                 at {} ({}{}): check stream-id, start, stop, host and port",
+                names.len(),
+                base.stream_id,
+                crate::client::reader::format_unix_ns(from_ns),
+                crate::client::reader::format_unix_ns(to_ns),
+                pool.addr(),
+                names.iter().take(3).copied().collect::<Vec<_>>().join(", "),
+                if names.len() > 3 { ", ..." } else { "" }
+            )));
+        };
+        Ok(RotatedRange {
+            pool,
+            base,
+            parts,
+            format,
+            current: None,
+            pending: VecDeque::new(),
+            ref_ms: 0,
+            stats,
+            last_end: None,
+        })
+    }
+
+    pub fn format(&self) -> StreamFormat {
+        self.format
+    }
+
+    /// Sample frames of the whole range at the stream's rate.
+    pub fn frames(&self) -> u64 {
+        self.parts
+            .iter()
+            .map(|p| frames_in(p.2 - p.1, self.format.sample_rate))
+            .sum()
+    }
+
+    pub fn stats(&self) -> ReaderStats {
+        let mut s = self.stats;
+        if let Some((r, _)) = &self.current {
+            let c = r.stats();
+            s.queries += c.queries;
+            s.infos += c.infos;
+            s.fallbacks += c.fallbacks;
+            s.retries += c.retries;
+            s.waits += c.waits;
+            s.bytes += c.bytes;
+            s.holes += c.holes;
+        }
+        s
+    }
+
+    /// Queues a gap up to `to_ns`: from `from_ns`, or from where the audio before it ended
+    /// when that is within the seam tolerance (so that a range keeps its length).
+    fn gap(&mut self, from_ns: i128, to_ns: i128, reason: String) {
+        let from_ns = self
+            .last_end
+            .filter(|e| (e - from_ns).abs() <= SEAM_TOLERANCE_NS)
+            .unwrap_or(from_ns);
+        self.last_end = Some(to_ns);
+        let frames = frames_in(to_ns - from_ns, self.format.sample_rate);
+        if frames > 0 {
+            self.stats.holes += 1;
+            self.pending.push_back(Piece::Gap {
+                frame: 0,
+                unix_ns: from_ns,
+                frames,
+                reason,
+            });
+        }
+    }
+
+    /// Opens the next period's stream, queueing a gap for what it lacks at its start.
+    async fn next_part(&mut self) -> Result<bool, ReadError> {
+        let Some((name, a, b, a_edge, b_edge)) = self.parts.pop_front() else {
+            return Ok(false);
+        };
+        let info = {
+            let mut conn = self.pool.checkout(self.base.timeout).await?;
+            self.stats.infos += 1;
+            conn.stream_info(&name).await?
+        };
+        let Some(info) = info else {
+            self.gap(
+                a,
+                b,
+                format!(
+                    "rotated stream '{name}' does not exist on the RACS server at {}: nothing is \
+                     stored from {} to {}",
+                    self.pool.addr(),
+                    crate::client::reader::format_unix_ns(a),
+                    crate::client::reader::format_unix_ns(b)
+                ),
+            );
+            return Ok(true);
+        };
+        let format = info
+            .format()
+            .map_err(|e| ReadError::Format(format!("stream '{name}' cannot be read: {e}")))?;
+        if format != self.format {
+            return Err(ReadError::Format(format!(
+                "rotated stream '{name}' stores {format}, the streams before it {}: a range \
+                 across rotated streams needs one format",
+                self.format
+            )));
+        }
+        let r = i128::from(info.ref_ms) * 1_000_000;
+        let rate = self.format.sample_rate;
+        let bpf = self.format.bytes_per_frame() as u64;
+        let end = r + i128::from(info.size / bpf) * 1_000_000_000 / i128::from(rate);
+        if info.size == 0 || info.ref_ms == 0 || end <= a || r >= b {
+            self.gap(
+                a,
+                b,
+                format!(
+                    "rotated stream '{name}' holds no audio from {} to {}",
+                    crate::client::reader::format_unix_ns(a),
+                    crate::client::reader::format_unix_ns(b)
+                ),
+            );
+            return Ok(true);
+        }
+        let mut cfg = self.base.clone();
+        cfg.stream_id = name.clone();
+        cfg.follow = false;
+        cfg.start = if r > a + SEAM_TOLERANCE_NS {
+            self.gap(
+                a,
+                r,
+                format!(
+                    "rotated stream '{name}' starts at {}, after its period began ({})",
+                    crate::client::reader::format_unix_ns(r),
+                    crate::client::reader::format_unix_ns(a)
+                ),
+            );
+            Bound::Frame(0)
+        } else if a_edge {
+            // Its first sample is the one captured at the boundary.
+            Bound::Frame(0)
+        } else {
+            Bound::UnixNs(a.max(r))
+        };
+        cfg.stop = if b_edge && end <= b + SEAM_TOLERANCE_NS {
+            Bound::Open
+        } else {
+            Bound::UnixNs(b)
+        };
+        let open_end = cfg.stop == Bound::Open;
+        let reader = RangeReader::open(self.pool.clone(), cfg).await?;
+        self.ref_ms = info.ref_ms;
+        self.last_end = Some(if open_end { end } else { b });
+        let tail = if end < b - SEAM_TOLERANCE_NS { end } else { b };
+        self.current = Some((reader, tail));
+        // Where the stream ends early, the gap follows its audio.
+        if tail < b {
+            self.parts
+                .push_front((format!("\0{name}"), tail, b, false, false));
+        }
+        Ok(true)
+    }
+
+    pub async fn next_piece(&mut self) -> Result<Option<Piece>, ReadError> {
+        loop {
+            if let Some(p) = self.pending.pop_front() {
+                return Ok(Some(p));
+            }
+            if let Some((reader, _)) = self.current.as_mut() {
+                match reader.next_piece().await? {
+                    Some(p) => return Ok(Some(p)),
+                    None => {
+                        let (reader, _) = self.current.take().expect("checked");
+                        let c = reader.stats();
+                        self.stats.queries += c.queries;
+                        self.stats.infos += c.infos;
+                        self.stats.fallbacks += c.fallbacks;
+                        self.stats.retries += c.retries;
+                        self.stats.waits += c.waits;
+                        self.stats.bytes += c.bytes;
+                        self.stats.holes += c.holes;
+                        continue;
+                    }
+                }
+            }
+            // A stream that ended early: the rest of its period is a gap.
+            if let Some((name, a, b, ..)) = self.parts.front().cloned() {
+                if let Some(name) = name.strip_prefix('\0') {
+                    self.parts.pop_front();
+                    self.gap(
+                        a,
+                        b,
+                        format!(
+                            "rotated stream '{name}' ends at {}, before its period ends ({})",
+                            crate::client::reader::format_unix_ns(a),
+                            crate::client::reader::format_unix_ns(b)
+                        ),
+                    );
+                    continue;
+                }
+            }
+            if !self.next_part().await? {
+                return Ok(None);
+            }
+        }
     }
 }
 
