@@ -16,6 +16,7 @@ use gst_base::subclass::prelude::*;
 use super::narrow::{narrow_to_s16le, narrow_to_s24le};
 use super::HolePolicy;
 use crate::client::reader::{Bound, Piece, RangeReader, ReadError, ReaderConfig, ReaderStats};
+use crate::client::rotation::{AnyRange, RotatedRange, Rotation};
 use crate::client::{block_on, runtime, validate_stream_id, Canceller, Error, Pool, StreamFormat};
 use crate::props::{DEFAULT_HOST, DEFAULT_POOL_SIZE, DEFAULT_PORT, DEFAULT_TIMEOUT_MS};
 use crate::uri;
@@ -169,7 +170,7 @@ fn add_stats(total: &mut ReaderStats, before: ReaderStats, now: ReaderStats) {
 }
 
 impl Fetcher {
-    fn spawn(mut reader: RangeReader, stats: Arc<Mutex<ReaderStats>>) -> Fetcher {
+    fn spawn(mut reader: AnyRange, stats: Arc<Mutex<ReaderStats>>) -> Fetcher {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let bytes_per_sample = usize::from(reader.format().bit_depth / 8);
         let task = runtime().spawn(async move {
@@ -324,6 +325,9 @@ impl RacsSrc {
 
     /// Opens the reader for the configured range (first use) and learns the format.
     fn ensure_open(&self) -> Result<(), gst::FlowError> {
+        if self.settings.lock().unwrap().rotated() {
+            return self.open_rotated();
+        }
         let (pool, mut cfg, relative) = {
             let state = self.state.lock().unwrap();
             if state.opened {
@@ -370,7 +374,7 @@ impl RacsSrc {
         state.range_first = reader.first_frame();
         state.range_end = reader.end_frame();
         state.fresh = true;
-        state.fetcher = Some(Fetcher::spawn(reader, self.stats.clone()));
+        state.fetcher = Some(Fetcher::spawn(AnyRange::One(reader), self.stats.clone()));
         state.opened = true;
         Ok(())
     }
@@ -402,7 +406,7 @@ impl RacsSrc {
         cfg.stop = to.map_or(Bound::Open, Bound::Frame);
         let reader = self.wait(RangeReader::open(pool, cfg))?;
         let mut state = self.state.lock().unwrap();
-        state.fetcher = Some(Fetcher::spawn(reader, self.stats.clone()));
+        state.fetcher = Some(Fetcher::spawn(AnyRange::One(reader), self.stats.clone()));
         state.fresh = start == 0 && stop.is_none();
         Ok(())
     }
@@ -708,6 +712,9 @@ impl BaseSrcImpl for RacsSrc {
         let cfg = settings
             .reader_config()
             .map_err(|msg| gst::error_msg!(gst::ResourceError::Settings, ("{}", msg)))?;
+        settings
+            .rotated_range()
+            .map_err(|msg| gst::error_msg!(gst::ResourceError::Settings, ("{}", msg)))?;
         let relative = (settings.start_offset != DEFAULT_START_OFFSET
             || settings.duration != DEFAULT_DURATION)
             .then_some((settings.start_offset, settings.duration));
@@ -751,7 +758,8 @@ impl BaseSrcImpl for RacsSrc {
     }
 
     fn is_seekable(&self) -> bool {
-        !self.settings.lock().unwrap().follow
+        let settings = self.settings.lock().unwrap();
+        !settings.follow && !settings.rotated()
     }
 
     fn caps(&self, filter: Option<&gst::Caps>) -> Option<gst::Caps> {
@@ -1005,5 +1013,87 @@ impl PushSrcImpl for RacsSrc {
                 None => return Err(gst::FlowError::Eos),
             }
         }
+    }
+}
+
+// A range across rotated streams (a stream-id with strftime fields, as racssink writes them).
+impl Settings {
+    /// Whether stream-id names rotated streams (holds strftime fields racssink rotates by).
+    fn rotated(&self) -> bool {
+        matches!(
+            self.stream_id.as_deref().map(Rotation::from_pattern),
+            Some(Ok(Some(_)))
+        )
+    }
+
+    /// The rotation and the wall-clock range (ns) to read across its streams; `None` for a
+    /// single stream. Both start and stop are needed: they decide which streams to read.
+    fn rotated_range(&self) -> Result<Option<(Rotation, i128, i128)>, String> {
+        let Some(id) = self.stream_id.as_deref() else {
+            return Ok(None);
+        };
+        let Ok(Some(rotation)) = Rotation::from_pattern(id) else {
+            return Ok(None);
+        };
+        let (Some(start), Some(stop)) = (non_empty(&self.start), non_empty(&self.stop)) else {
+            return Err(format!(
+                "stream-id '{id}' names rotated streams (strftime fields): reading them needs \
+                 both start and stop, as wall-clock times {TIME_FORM}"
+            ));
+        };
+        if self.follow {
+            return Err(format!(
+                "stream-id '{id}' names rotated streams (strftime fields), which racssrc reads \
+                 between start and stop; follow is not supported with them"
+            ));
+        }
+        Ok(Some((
+            rotation,
+            parse_time("start", start)?,
+            parse_time("stop", stop)?,
+        )))
+    }
+}
+
+impl RacsSrc {
+    /// Opens a range across rotated streams: each period's stream in turn, joined sample to
+    /// sample, a missing stream or part of one as a gap.
+    fn open_rotated(&self) -> Result<(), gst::FlowError> {
+        let settings = self.settings.lock().unwrap().clone();
+        let Ok(Some((rotation, from, to))) = settings.rotated_range() else {
+            return Err(gst::FlowError::Error);
+        };
+        let (pool, cfg) = {
+            let state = self.state.lock().unwrap();
+            if state.opened {
+                return Ok(());
+            }
+            let (Some(pool), Some(cfg)) = (state.pool.clone(), state.base.clone()) else {
+                return Err(gst::FlowError::Flushing);
+            };
+            (pool, cfg)
+        };
+        let range = self.wait(RotatedRange::open(pool, cfg, &rotation, from, to))?;
+        let format = range.format();
+        let frames = range.frames();
+        gst::info!(
+            CAT,
+            imp = self,
+            "rotated streams '{}' on {}: {format}, {} s from {} to {}",
+            settings.stream_id.as_deref().unwrap_or_default(),
+            settings.host,
+            frames as f64 / f64::from(format.sample_rate),
+            crate::client::reader::format_unix_ns(from),
+            crate::client::reader::format_unix_ns(to)
+        );
+        let mut state = self.state.lock().unwrap();
+        state.format = Some(format);
+        state.caps = Some(caps_for(&format));
+        state.range_first = 0;
+        state.range_end = Some(frames);
+        state.fresh = true;
+        state.fetcher = Some(Fetcher::spawn(AnyRange::Rotated(range), self.stats.clone()));
+        state.opened = true;
+        Ok(())
     }
 }
