@@ -110,8 +110,8 @@ fn narrow16(src: &[u8], dst: &mut Vec<u8>) {
     dst.extend(src.chunks_exact(4).flat_map(|s| [s[0], s[1]]));
 }
 
-/// The same reader pages without GStreamer: (seconds, output bytes, EXTRACTs).
-fn run_reader(host: &str, port: u16, id: &str) -> (f64, u64, u64) {
+/// The same reader pages without GStreamer: (seconds, output bytes, the reader's counters).
+fn run_reader(host: &str, port: u16, id: &str) -> (f64, u64, gstracs::client::reader::ReaderStats) {
     let pool = Pool::get(host, port, 3);
     let mut cfg = ReaderConfig::new(id);
     cfg.start = Bound::Open;
@@ -129,7 +129,7 @@ fn run_reader(host: &str, port: u16, id: &str) -> (f64, u64, u64) {
         narrow16(&page.data, &mut out);
         bytes += out.len() as u64;
     }
-    (t0.elapsed().as_secs_f64(), bytes, reader.stats().queries)
+    (t0.elapsed().as_secs_f64(), bytes, reader.stats())
 }
 
 /// Plain pages with no checks: (seconds, output bytes, EXTRACTs).
@@ -235,15 +235,15 @@ fn main() {
     // Warm the page cache and the pool once, then measure each twice and keep the best.
     let _ = run_reader(&srv.host(), srv.port(), "bench");
     let mut best = (f64::MAX, f64::MAX, f64::MAX);
-    let (mut q_reader, mut q_naive, mut naive_bytes) = (0, 0, 0);
+    let (mut q_reader, mut q_naive, mut naive_bytes) = (Default::default(), 0, 0);
     for _ in 0..2 {
         let (s, bytes) = run_racssrc(&srv.host(), srv.port(), "bench");
         assert_eq!(bytes, seconds * BYTES_PER_SECOND, "racssrc output");
         best.0 = best.0.min(s);
-        let (s, bytes, q) = run_reader(&srv.host(), srv.port(), "bench");
+        let (s, bytes, st) = run_reader(&srv.host(), srv.port(), "bench");
         assert_eq!(bytes, seconds * BYTES_PER_SECOND, "reader output");
         best.1 = best.1.min(s);
-        q_reader = q;
+        q_reader = st;
         let (s, bytes, q) = run_naive(&addr, "bench");
         best.2 = best.2.min(s);
         q_naive = q;
@@ -255,9 +255,17 @@ fn main() {
         mb(total, best.0),
         seconds as f64 / best.0
     );
+    let st: gstracs::client::reader::ReaderStats = q_reader;
     println!(
-        "bare reader pages  : {:8.1} MB/s  ({q_reader} EXTRACTs)",
-        mb(total, best.1)
+        "bare reader pages  : {:8.1} MB/s  ({} EXTRACTs, {} of them probes and checks; {} INFOs; \
+         {} pauses; {} retries; {:.2}x the audio received)",
+        mb(total, best.1),
+        st.queries,
+        st.fallbacks,
+        st.infos,
+        st.waits,
+        st.retries,
+        st.bytes as f64 / (2.0 * total as f64)
     );
     println!(
         "naive plain pages  : {:8.1} MB/s  ({q_naive} EXTRACTs, unchecked: got {:.1}% of the audio)",

@@ -205,6 +205,14 @@ impl World {
         out
     }
 
+    /// Whether the server lost blocks of the stream's current epoch.
+    pub fn has_holes(&self, stream: usize) -> bool {
+        let epoch = self.streams[stream].epochs.len().saturating_sub(1);
+        self.blocks
+            .iter()
+            .any(|b| b.stream == stream && b.epoch == epoch && b.lost)
+    }
+
     /// Whether the current epoch of a stream was written in blocks of one size (the last one
     /// of each writer's turn may be shorter only when it is the epoch's last).
     pub fn uniform(&self, stream: usize) -> bool {

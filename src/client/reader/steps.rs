@@ -191,9 +191,15 @@ impl RangeReader {
                     continue;
                 }
                 let k0 = self.smallest_hi(a, t).await?;
-                let first = self.q(a, k0).await?;
-                self.stats.fallbacks += 1;
-                (k0, first)
+                // Q(a, k0) may hold other blocks too (tables named after `a` with blocks keyed
+                // up to k0); the block itself is what Q(a + 1, k0) lacks.
+                let all = self.qlen(a, k0).await?;
+                let rest = self.qlen(a + 1, k0).await?;
+                self.stats.fallbacks += 2;
+                (
+                    k0,
+                    vec![0u8; self.tl.stream_to_wide(all.saturating_sub(rest))],
+                )
             };
             let block = self.tl.wide_to_stream(first.len());
             let Some(cur) = self.place(k0, block) else {
@@ -384,6 +390,12 @@ impl RangeReader {
         if let Some(s) = self.try_own_key(cur, kmin, kmax).await? {
             return Ok(s);
         }
+        // Blocks read one by one from the in-memory table end up, once that table is written,
+        // in a table named after the first of them: when its own key shows it again, the table's
+        // run from there may hold the block at the cursor.
+        if let Some(s) = self.try_flushed_singles(cur).await? {
+            return Ok(s);
+        }
         self.singles = false;
         // Following a live stream, a miss is most likely a table being written: look only where
         // it costs nothing (above every block already read), then wait. Otherwise look around
@@ -428,6 +440,46 @@ impl RangeReader {
             }
         }
         self.hole(cur, kmin, kmax).await
+    }
+
+    /// See `step`: the first of the blocks read one by one just before the cursor, when its
+    /// own key returns it, heads a table whose run may go on past the cursor.
+    async fn try_flushed_singles(&mut self, cur: Cursor) -> Result<Option<Step>, ReadError> {
+        let mut first = None;
+        for r in self.known.runs().rev() {
+            if r.kind != Kind::Single {
+                break;
+            }
+            first = Some(*r);
+        }
+        let Some(r) = first else {
+            return Ok(None);
+        };
+        let own = self.q(r.first_key, r.first_key).await?;
+        self.stats.fallbacks += 1;
+        if own.is_empty() || self.tl.wide_to_stream(own.len()) > r.len {
+            return Ok(None);
+        }
+        let kmax = self.cand_keys(cur).1;
+        let y = self.upper(kmax, Some(r.first_key));
+        match self.head(r.first_key, y, r.start).await? {
+            Head::Run(p) => {
+                let end = r.start + self.tl.wide_to_stream(p.len());
+                if end <= cur.off || p[..own.len()] != own[..] {
+                    return Ok(None);
+                }
+                self.singles = false;
+                Ok(Some(self.accept(
+                    Kind::Head,
+                    r.first_key,
+                    r.first_key,
+                    r.start,
+                    p,
+                    Some(y),
+                )))
+            }
+            Head::Unstable(why) => Ok(Some(Step::Retry(why))),
+        }
     }
 
     /// The block at the cursor when a request for its own key returns it (its table is named
@@ -554,15 +606,9 @@ impl RangeReader {
             last_key,
             kind,
         };
-        if self
-            .known
-            .last()
-            .is_some_and(|r| r.start == start && r.name == name)
-        {
-            self.known.replace_last(run);
-        } else {
-            self.known.push(run);
-        }
+        // A run read again from an earlier start replaces what it covers.
+        self.known.drop_from(start);
+        self.known.push(run);
         let next = Cursor {
             off: end,
             unc: cur.unc,
@@ -902,11 +948,26 @@ impl RangeReader {
                     .into(),
             ));
         }
+        // Where the next block starts: on the block grid when one is known or when that block,
+        // seen alone, gives one that fits its key (a stream written in blocks of one size);
+        // else anywhere in its key's millisecond.
+        let grid = match (self.grid(), next) {
+            (Some(b), _) => Some(b),
+            (None, Some(k)) if !self.grid_broken => {
+                let own = self.qlen(k, k).await?;
+                self.stats.fallbacks += 1;
+                (own >= self.format.min_chunk_bytes() as u64).then_some(own)
+            }
+            _ => None,
+        };
         let (gap_end, unc) = match next {
             None => (size, 0),
             Some(k) => match self.tl.offsets_of_key(self.ref_ms, k) {
-                Some((lo, hi)) => match self.grid() {
-                    Some(b) if lo.div_ceil(b) * b <= hi => (lo.div_ceil(b) * b, 0),
+                Some((lo, hi)) => match grid {
+                    Some(b) if lo.div_ceil(b) * b <= hi => {
+                        self.grid = Some(b);
+                        (lo.div_ceil(b) * b, 0)
+                    }
                     _ => (lo, hi - lo),
                 },
                 None => {
