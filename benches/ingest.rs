@@ -8,7 +8,7 @@
 //!     RACS_BENCH_ROUNDS=9 cargo bench --bench ingest   # best of 9 alternating rounds (5)
 //!     RACS_BIN=/path/to/racs cargo bench --bench ingest   # a fresh real server per run
 //!     RACS_ADDR=host:port cargo bench --bench ingest  # one running server for every round
-//!     RACS_BENCH_ONLY=1 RACS_BENCH_RSS=0 perf stat cargo bench --bench ingest  # one contender
+//!     RACS_BENCH_ONLY=1,6 RACS_BENCH_RSS=0 cargo bench --bench ingest  # some contenders
 //!
 //! Every run of every contender gets an empty server of its own: racs-lite in this process by
 //! default, a fresh real RACS process with `RACS_BIN` (its data under the benchmark's tmpfs
@@ -197,6 +197,35 @@ fn bare_client(addr: &str, id: &str, seconds: usize, pattern: &[u8]) -> u64 {
         sent += n;
     }
     bare_command(&mut sock, &format!("CLOSE '{id}'"));
+    sent as u64
+}
+
+/// The plugin's client with its I/O on the runtime's threads (a task's view of it, and how
+/// every request ran before `block_on` let the calling thread drive the socket): each reply
+/// wakes the waiting thread through a runtime worker.
+fn runtime_client(addr: &str, id: &str, seconds: usize, pattern: &[u8]) -> u64 {
+    let format = StreamFormat::new(RATE, CHANNELS, 16).unwrap();
+    let total = seconds * BYTES_PER_SECOND;
+    let rt = gstracs::client::runtime();
+    let mut conn = rt
+        .block_on(Connection::connect(addr, Duration::from_secs(5)))
+        .expect("runtime client: connect");
+    rt.block_on(async {
+        conn.create(id, &format).await?;
+        conn.open(id).await
+    })
+    .expect("runtime client: create and open");
+    let session = SessionId::random();
+    let hash = stream_hash(id.as_bytes());
+    let mut sent = 0;
+    while sent < total {
+        let n = CHUNK.min(total - sent);
+        let at = sent % BYTES_PER_SECOND;
+        rt.block_on(conn.send_frame(&session, hash, &pattern[at..at + n]))
+            .expect("runtime client: frame");
+        sent += n;
+    }
+    rt.block_on(conn.close(id)).expect("runtime client: close");
     sent as u64
 }
 
@@ -417,15 +446,16 @@ fn file_into_racssink(host: &str, port: u16, id: &str, wav: &std::path::Path) ->
 }
 
 /// The contenders, in the order they run in the first round.
-const NAMES: [&str; 6] = [
+const NAMES: [&str; 7] = [
     "bare client (blocking socket, same frames)",
     "library client (Connection under block_on)",
     "appsrc ! racssink, 4096 byte buffers",
     "appsrc ! racssink, 32768 byte buffers",
     "racssink alone, 32768 byte buffers",
     "filesrc ! wavparse ! racssink (WAV on tmpfs)",
+    "library client, I/O on the runtime's threads",
 ];
-const RUN_ORDER: [usize; 6] = [2, 3, 4, 5, 1, 0];
+const RUN_ORDER: [usize; 7] = [2, 3, 4, 5, 6, 1, 0];
 
 fn main() {
     gst::init().unwrap();
@@ -439,9 +469,9 @@ fn main() {
     let long = env("RACS_BENCH_SECONDS", 600).max(1);
     let short = (long / 10).clamp(1, 60);
     let rounds = env("RACS_BENCH_ROUNDS", 5).max(1);
-    let only = std::env::var("RACS_BENCH_ONLY")
+    let only: Option<Vec<usize>> = std::env::var("RACS_BENCH_ONLY")
         .ok()
-        .and_then(|v| v.parse::<usize>().ok());
+        .map(|v| v.split(',').filter_map(|w| w.trim().parse().ok()).collect());
     // The server's data goes to tmpfs when there is one: what is measured is the client path,
     // not the disk (racs-lite queues flushed tables for its writer thread without bound, so a
     // slow disk would also inflate this process's RSS).
@@ -499,7 +529,7 @@ fn main() {
         // fresh server (unless one is given).
         let mut best: Vec<Option<Figures>> = (0..NAMES.len()).map(|_| None).collect();
         let wav = std::path::Path::new(&data_root).join(format!("racs-bench-{tag}.wav"));
-        if only.is_none_or(|o| o == 5) {
+        if only.as_ref().is_none_or(|o| o.contains(&5)) {
             write_wav(&wav, seconds, &pattern);
         }
         for round in 0..rounds {
@@ -507,8 +537,8 @@ fn main() {
             // data is slower), and the order rotates from round to round.
             for k in 0..RUN_ORDER.len() {
                 let which = RUN_ORDER[(k + round) % RUN_ORDER.len()];
-                // RACS_BENCH_ONLY=0..5 runs one contender (for diagnosis); the others report 0.
-                if only.is_some_and(|o| o != which) {
+                // RACS_BENCH_ONLY=1,6 runs those contenders (0..6); the others report 0.
+                if only.as_ref().is_some_and(|o| !o.contains(&which)) {
                     best[which].get_or_insert(Figures::none());
                     continue;
                 }
@@ -525,7 +555,8 @@ fn main() {
                                 through_racssink(&host, port, &id, seconds, &buffer_sets[which - 2])
                             }
                             4 => into_racssink_pad(&host, port, &id, seconds, &buffer_sets[1]),
-                            _ => file_into_racssink(&host, port, &id, &wav),
+                            5 => file_into_racssink(&host, port, &id, &wav),
+                            _ => runtime_client(&addr, &id, seconds, &pattern),
                         })
                     }));
                     drop(srv);
@@ -579,6 +610,13 @@ fn main() {
                 }
             );
         }
+        println!(
+            "  ratio library client on the calling thread / on the runtime's threads: {:.3} \
+             (CPU {:.2} vs {:.2} s per audio hour)",
+            best[1].mb_per_s() / best[6].mb_per_s(),
+            best[1].cpu_per_audio_hour(),
+            best[6].cpu_per_audio_hour()
+        );
         peaks.push(seconds);
     }
     if std::env::var("RACS_BENCH_RSS").as_deref() == Ok("0") {
