@@ -1386,6 +1386,9 @@ fn stalled_run(
             ("chunk-size", chunk.as_str()),
             ("timeout", timeout_ms),
             ("retry-timeout", retry_ms),
+            // The error's byte accounting, without samples left out by the wall-clock
+            // timeline at the start (tests/sink_timeline.rs covers those).
+            ("timeline", "samples"),
         ],
     ));
     let feeder = {
@@ -1609,13 +1612,15 @@ fn keep_time_on_a_stream_with_a_timeline_keeps_its_offset_and_says_so() {
     assert!(import.error.is_none());
     // The import's second of audio ends about now; the live audio comes a second later.
     std::thread::sleep(Duration::from_millis(2000));
+    // timeline=samples: with the wall-clock timeline (the default for live sources) the
+    // pause would be filled with silence instead (tests/sink_timeline.rs).
     let live = Rig::new(
         &srv,
         id,
         F8K,
         Signal::Clicks(800),
         true,
-        &[("chunk-size", "1600")],
+        &[("chunk-size", "1600"), ("timeline", "samples")],
     );
     live.push_all(F8K.ms(1500), F8K.ms(20)).unwrap();
     let run = live.finish(true);

@@ -553,6 +553,14 @@ impl RacsSink {
         let end = format_unix_ms(start_ms + (loss.duration_ns / 1_000_000) as i64);
         let (policy, window) = *self.recovery.lock().unwrap();
         match loss.kind {
+            // Counted in stats and racssink-timeline: a drifting source is no failure.
+            LossKind::Dropped if loss.correction => gst::debug!(
+                CAT,
+                imp = self,
+                "timeline=wall-clock left out {} bytes captured at {start} to stay within \
+                 max-drift",
+                loss.bytes
+            ),
             LossKind::Lost => {
                 let why = if policy == writer::RecoveryPolicy::KeepTime {
                     "recovery-policy=keep-time re-sends nothing, as re-sent audio would be stored \
@@ -612,6 +620,7 @@ impl RacsSink {
                 .field("bytes", loss.bytes)
                 .field("input-offset", loss.input_offset)
                 .field("placed", loss.placed)
+                .field("correction", loss.correction)
                 .build(),
         );
     }
@@ -863,7 +872,8 @@ impl RacsSink {
         state.policy = Some(policy);
         state.wall_clock = match state.timeline {
             Timeline::Samples => false,
-            Timeline::Auto => live,
+            // keep-audio asked for explicitly means "store all of it": no samples left out.
+            Timeline::Auto => live && policy == writer::RecoveryPolicy::KeepTime,
             Timeline::WallClock if live => true,
             Timeline::WallClock => {
                 gst::element_imp_warning!(
@@ -1088,16 +1098,21 @@ impl RacsSink {
                 self.timeline.lock().unwrap().filled_frames += n;
             }
             Correction::Drop(n) => {
+                // The oldest audio not sent yet goes first (what is held), then the start of
+                // this buffer, so what is stored stays contiguous around the hole.
+                let rest = writer.drop_for_timeline(n * bpf) / bpf;
                 let have = pcm.len() as u64 / bpf;
-                let n = n.min(have);
+                let from_pcm = rest.min(have);
                 gst::debug!(
                     CAT,
                     imp = self,
-                    "stored timeline {drift} ns ahead of capture: leaving out {n} frames"
+                    "stored timeline {drift} ns ahead of capture: leaving out {} frames",
+                    n - rest + from_pcm
                 );
-                *pcm = &pcm[(n * bpf) as usize..];
-                *t_ns += i128::from(n) * 1_000_000_000 / i128::from(rate);
-                self.timeline.lock().unwrap().dropped_frames += n;
+                writer.skip_input(from_pcm * bpf, Some((*t_ns / 1000) as i64));
+                *pcm = &pcm[(from_pcm * bpf) as usize..];
+                *t_ns += i128::from(from_pcm) * 1_000_000_000 / i128::from(rate);
+                self.timeline.lock().unwrap().dropped_frames += n - rest + from_pcm;
             }
         }
         self.timeline.lock().unwrap().corrections += 1;

@@ -273,6 +273,9 @@ pub struct Loss {
     /// newest blocks): the count is exact, `start_us` and `input_offset` are only where the
     /// newest block still counted present lies.
     pub placed: bool,
+    /// Left out by the wall-clock timeline to keep stored times within its bound (a drifting
+    /// source), not because of a server failure.
+    pub correction: bool,
 }
 
 /// What a recovery after a server restart found and did.
@@ -1115,6 +1118,8 @@ pub struct StreamWriter {
     drops: Option<Loss>,
     /// The stream was reopened; the next acknowledgement completes the recovery.
     recovering: bool,
+    /// Drops being noted are wall-clock corrections.
+    correcting: bool,
     open: bool,
     failed: bool,
     stats: Arc<Mutex<WriterStats>>,
@@ -1174,6 +1179,7 @@ impl StreamWriter {
             lag_pending: false,
             drops: None,
             recovering: false,
+            correcting: false,
             open: false,
             failed: false,
             stats,
@@ -1252,6 +1258,32 @@ impl StreamWriter {
             self.pump(true)?;
         }
         Ok(())
+    }
+
+    /// The wall-clock timeline runs ahead: leaves out up to `bytes` of the audio not sent
+    /// yet, oldest first (queued, then held), so that what remains stays contiguous and no
+    /// block spans the hole. Returns how many bytes are still to be left out of the start of
+    /// the next write (with [`skip_input`](Self::skip_input)).
+    pub fn drop_for_timeline(&mut self, bytes: u64) -> u64 {
+        self.correcting = true;
+        let dropped = self.drop_unsent(bytes);
+        if dropped > 0 {
+            self.rechunk();
+        }
+        self.correcting = false;
+        bytes - dropped
+    }
+
+    /// Leaves out the next `bytes` of input (captured from `capture_us`) on purpose, and
+    /// reports what was left out since the last report as one dropped range marked as a
+    /// wall-clock correction (counted in `dropped-bytes`).
+    pub fn skip_input(&mut self, bytes: u64, capture_us: Option<i64>) {
+        self.correcting = true;
+        let input = self.input;
+        self.note_drop(input, capture_us, bytes);
+        self.input += bytes;
+        self.correcting = false;
+        self.flush_drops();
     }
 
     /// Bytes accepted but not yet acknowledged by the server.
@@ -1579,6 +1611,7 @@ impl StreamWriter {
             start_us: capture.unwrap_or(0),
             input_offset: input,
             placed: true,
+            correction: self.correcting,
         });
     }
 
@@ -2073,6 +2106,7 @@ impl StreamWriter {
                 start_us: at.map(|b| b.key * 1000).unwrap_or(0),
                 input_offset: at.map(|b| b.input).unwrap_or(0),
                 placed: false,
+                correction: false,
             });
         }
         {
@@ -2162,6 +2196,7 @@ fn coalesce(blocks: &[Block], bps: u64) -> Vec<Loss> {
                 start_us: b.key * 1000,
                 input_offset: b.input,
                 placed: true,
+                correction: false,
             }),
         }
         prev = Some(*b);
