@@ -79,6 +79,19 @@ impl Live {
         ppm: f64,
         content: impl Fn(u64) -> Vec<u8>,
     ) -> (Vec<i128>, common::Ended) {
+        self.run_skipping(buffers, ppm, &[], content)
+    }
+
+    /// [`Live::run`], with the buffers of `skipped` never delivered (a sound server skipping
+    /// cycles): their time passes, their audio is missing, and the next buffers' timestamps
+    /// say so. Their entries in the returned capture times are 0.
+    fn run_skipping(
+        &self,
+        buffers: u64,
+        ppm: f64,
+        skipped: &[u64],
+        content: impl Fn(u64) -> Vec<u8>,
+    ) -> (Vec<i128>, common::Ended) {
         let bus = self.pipeline.bus().unwrap();
         if self.pipeline.set_state(gst::State::Playing).is_err() {
             let ended = common::wait_end(&bus, common::WAIT);
@@ -104,6 +117,10 @@ impl Live {
             let _ = id.wait();
             let now = clock.time().nseconds() as i128;
             let capture = wall_ns() - (now - i128::from(base.nseconds() + pts));
+            if skipped.contains(&i) {
+                captures.push(0);
+                continue;
+            }
             captures.push(capture);
             let mut buffer = gst::Buffer::from_slice(content(i));
             {
@@ -182,7 +199,9 @@ fn offsets(
     for (k, c) in captures.iter().enumerate() {
         let i = first_buffer + k as u64;
         let v = (i % 30_000 + 1) as i16;
-        let Some(&p) = last.get(&v) else { continue };
+        let Some(&p) = last.get(&v).filter(|_| *c != 0) else {
+            continue;
+        };
         let stored = i128::from(r) * 1_000_000 + p as i128 * 1_000_000_000 / i128::from(RATE);
         let captured = c + ((FRAMES - 1) as f64 / true_rate * 1e9) as i128;
         out.push((i, stored - captured));
@@ -678,4 +697,47 @@ fn rotate_with_the_samples_timeline_cuts_by_sample_count() {
     if let Some(d) = common::first_difference(&all, &data) {
         panic!("the rotated streams joined differ from the input: {d}");
     }
+}
+
+#[test]
+fn skipped_cycles_are_filled_with_silence_and_later_audio_stays_on_time() {
+    // Three 10 ms cycles lost upstream, twice: 30 ms each time, past the 20 ms bound. (With
+    // gap-policy alone a buffer's running time would say so too; here the capture times do.)
+    let srv = TestServer::start();
+    let id = unique("skips");
+    let live = Live::new(&srv, &[("stream-id", &id)]);
+    let skipped = [100, 101, 102, 200, 201, 202];
+    let (captures, ended) = live.run_skipping(300, 0.0, &skipped, marked);
+    assert!(ended.error.is_none(), "{}", ended.error_text());
+    let filled = live.stat("timeline-filled-frames");
+    // A fill also takes up the standing offset, up to the bound (the stream's first sample
+    // is stored after its capture), and the first skip may stay within the bound.
+    assert!(
+        (2 * 1440 - 2 * 960..=2 * 1440 + 96).contains(&filled),
+        "filled {filled} frames for 2 x 30 ms"
+    );
+    let (r, samples) = stored(srv.addr(), &id);
+    let offs = offsets(r, &samples, &captures, 0, 0.0);
+    assert!(
+        offs.len() + skipped.len() + 1 >= 300,
+        "{} buffers",
+        offs.len()
+    );
+    for (i, d) in offs {
+        assert!(
+            d.abs() <= 20_000_000 + JITTER_NS,
+            "buffer {i} stored {:.3} ms from its capture",
+            d as f64 / 1e6
+        );
+    }
+    // Where the second three cycles were lost (buffers 200-202, marked 201-203): silence, as
+    // long as they were give or take the bound (where each buffer lies is checked above).
+    let end = samples.iter().rposition(|v| *v == 200).unwrap();
+    let next = samples.iter().position(|v| *v == 204).unwrap();
+    assert!(samples[end + 1..next].iter().all(|v| *v == 0));
+    assert!(
+        (next - end - 1).abs_diff(1440) <= 960 + 48,
+        "{} frames",
+        next - end - 1
+    );
 }
