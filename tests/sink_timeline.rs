@@ -741,3 +741,51 @@ fn skipped_cycles_are_filled_with_silence_and_later_audio_stays_on_time() {
         next - end - 1
     );
 }
+
+#[test]
+fn timeline_and_rotation_settings_round_trip_through_the_uri() {
+    common::init();
+    let sink = gst::ElementFactory::make("racssink").build().unwrap();
+    let handler = sink.dynamic_cast_ref::<gst::URIHandler>().unwrap();
+    handler
+        .set_uri(
+            "racs://h:7/air-%25Y%25m%25d-%25H?timeline=wall-clock&max-drift=5000000\
+             &max-fill=1000000000",
+        )
+        .unwrap();
+    assert_eq!(sink.property::<String>("stream-id"), "air-%Y%m%d-%H");
+    assert_eq!(sink.property::<u64>("max-drift"), 5_000_000);
+    assert_eq!(sink.property::<u64>("max-fill"), 1_000_000_000);
+    let uri = handler.uri().unwrap();
+    assert!(uri.contains("timeline=wall-clock"), "{uri}");
+    assert!(uri.contains("max-drift=5000000"), "{uri}");
+    handler.set_uri("racs://h/air?rotate=3600").unwrap();
+    assert_eq!(sink.property::<u32>("rotate"), 3600);
+    let e = handler
+        .set_uri("racs://h/air?timeline=sometimes")
+        .unwrap_err();
+    assert!(e.to_string().contains("auto, samples or wall-clock"), "{e}");
+}
+
+#[test]
+fn racssrc_needs_start_and_stop_for_rotated_streams() {
+    common::init();
+    let src = gst::ElementFactory::make("racssrc")
+        .property("stream-id", "air-%Y%m%d-%H")
+        .property("start", "2026-01-09T10:00:00.000Z")
+        .build()
+        .unwrap();
+    let bus = gst::Bus::new();
+    src.set_bus(Some(&bus));
+    assert!(src.set_state(gst::State::Paused).is_err());
+    let msg = bus.pop_filtered(&[gst::MessageType::Error]).unwrap();
+    let gst::MessageView::Error(e) = msg.view() else {
+        unreachable!()
+    };
+    let text = e.error().to_string();
+    assert!(
+        text.contains("rotated streams") && text.contains("both start and stop"),
+        "{text}"
+    );
+    src.set_state(gst::State::Null).unwrap();
+}
