@@ -72,6 +72,12 @@ mod tests {
     /// A source running `ppm` off the wall clock, written through the correction: the stored
     /// time of every sample stays within the bound, and the corrections add up to the drift.
     fn simulate(ppm: i64, rate: u32, seconds: u64) -> (i128, u64, u64) {
+        simulate_skipping(ppm, rate, seconds, 0)
+    }
+
+    /// [`simulate`] with a source that also loses two 512-frame cycles every `skip_every`
+    /// buffers (0: never), as JACK did here without a word.
+    fn simulate_skipping(ppm: i64, rate: u32, seconds: u64, skip_every: u64) -> (i128, u64, u64) {
         let w = WallClock {
             rate,
             max_drift_ns: 20_000_000,
@@ -84,7 +90,12 @@ mod tests {
         let start_ns = i128::from(REF) * 1_000_000;
         for i in 0..seconds * 100 {
             // Capture time of the buffer's first sample by the wall clock.
-            let captured = start_ns + ((i * buffer) as f64 / capture_rate * 1e9) as i128;
+            let skipped = if skip_every > 0 {
+                i / skip_every * 1024
+            } else {
+                0
+            };
+            let captured = start_ns + ((i * buffer + skipped) as f64 / capture_rate * 1e9) as i128;
             let mut frames = buffer;
             match w.correct(w.stored_ns(REF, stored_frames), captured) {
                 Correction::Keep => {}
@@ -124,6 +135,25 @@ mod tests {
             if ppm < 0 {
                 assert_eq!(dropped, 0, "a slow source never loses samples");
             }
+        }
+    }
+
+    /// Two days in accelerated time: a sound card 100 ppm off (17 s of drift) that also loses
+    /// two 512-frame cycles every ten minutes.
+    #[test]
+    fn two_days_of_drift_and_skipped_cycles_stay_within_the_bound() {
+        for ppm in [-100, 100] {
+            let (worst, filled, dropped) = simulate_skipping(ppm, 48_000, 2 * 86_400, 60_000);
+            assert!(worst <= 20_000_000, "{ppm} ppm: {worst} ns");
+            let drift = (2.0 * 86_400.0 * 48_000.0 * 100.0 / 1e6) as i64;
+            let skips = 2 * 86_400 * 100 / 60_000 * 1024;
+            // Skipped cycles need silence; a slow source needs more, a fast one drops.
+            let net = filled as i64 - dropped as i64;
+            let want = skips - ppm.signum() * drift;
+            assert!(
+                (net - want).abs() <= 48_000 / 50,
+                "{ppm} ppm: filled {filled}, dropped {dropped}, expected net {want}"
+            );
         }
     }
 }
