@@ -90,11 +90,7 @@ mod tests {
         let start_ns = i128::from(REF) * 1_000_000;
         for i in 0..seconds * 100 {
             // Capture time of the buffer's first sample by the wall clock.
-            let skipped = if skip_every > 0 {
-                i / skip_every * 1024
-            } else {
-                0
-            };
+            let skipped = i.checked_div(skip_every).unwrap_or(0) * 1024;
             let captured = start_ns + ((i * buffer + skipped) as f64 / capture_rate * 1e9) as i128;
             let mut frames = buffer;
             match w.correct(w.stored_ns(REF, stored_frames), captured) {
