@@ -1486,17 +1486,19 @@ fn a_table_replaced_under_its_name_is_named_as_the_cause_of_a_loss() {
     c.command(&format!("CREATE '{id}' 44100 1 16")).unwrap();
     c.command(&format!("OPEN '{id}'")).unwrap();
     let session = [3u8; 16];
-    // The first table holds the filler's block and 7 of these; 8 more tables follow, the
-    // first five named after the stream's first millisecond. Each table is waited for, so
-    // that the watch sees every one before the next replaces it.
+    // The first table holds the filler's block and 7 of these; 7 more tables follow (and 1
+    // block stays in memory), the first five named after the stream's first millisecond, the
+    // other two after its second. Each table is waited for, so that the watch sees every one
+    // before the next replaces it.
     for table in 0..8u64 {
         for i in 0..8u64 {
             let sample = ((table * 8 + i) as i16).to_le_bytes();
             let r = c.frame(&build_frame(&session, id.as_bytes(), &sample));
             assert_eq!(show(&r.unwrap()), r#"["null"]"#);
         }
-        // The table before this one is handed over at this table's first block.
-        watch.wait_versions(table);
+        // The last block sent handed table `table` over: all so far seen before the next
+        // one can replace it.
+        watch.wait_versions(table + 1);
     }
     let what = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         stored_in_key_order(
