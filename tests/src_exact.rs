@@ -438,3 +438,20 @@ fn the_last_seconds_of_a_finished_stream_cost_a_few_requests_and_no_waits() {
     assert!(requests <= 60, "{requests} requests: {st}");
     assert!(took < Duration::from_secs(3), "took {took:?}");
 }
+
+#[test]
+fn a_stream_read_right_after_a_fast_import_comes_back_whole() {
+    // Written faster than real time and read at once: the newest tables are hidden while they
+    // are written. The read must wait them out, never end early.
+    let mut bench = Bench::new(40, Duration::from_millis(100));
+    let f = fmt(44100, 2, 16);
+    let s = bench.create("fresh", f);
+    bench.blocks(s, 323, 8192, Content::Noise { seed: 9 });
+    let run = element(&bench, "fresh", &[]);
+    assert!(run.ended.error.is_none(), "{}", run.ended.error_text());
+    let total = bench.world.streams[s].size / 4;
+    assert_eq!(run.data.len() as u64, total * 4, "{:?}", run.stats);
+    assert!(run.data == stored(&bench, s, 0, total));
+    let out = read_checked(&bench, s, Bound::Open, Bound::Open, 10_000);
+    assert!(out.error.is_none(), "{:?}", out.error);
+}

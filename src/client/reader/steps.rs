@@ -311,6 +311,35 @@ impl RangeReader {
         Ok(hi)
     }
 
+    /// What says whether the stretch from the cursor's block on is lost: the key of the next
+    /// block the server has (the smallest hi among blocks with lo after the cursor's key), and
+    /// the bytes of blocks whose hi (`g1`) or lo (`g2`) lies in the stretch, since every block
+    /// keyed in it has one or the other there.
+    async fn gap_evidence(
+        &mut self,
+        kmin: i64,
+        kmax: i64,
+    ) -> Result<(Option<i64>, u64, u64), ReadError> {
+        let next = self.first_hi_after(kmax + 1).await?;
+        let gap_to = next.unwrap_or(FAR);
+        let g1 = {
+            let a = self.qlen(0, gap_to - 1).await?;
+            let b = self.qlen(0, kmin - 1).await?;
+            a.saturating_sub(b)
+        };
+        let g2 = {
+            let a = self.qlen(kmin, FAR).await?;
+            let b = if gap_to >= FAR {
+                0
+            } else {
+                self.qlen(gap_to, FAR).await?
+            };
+            a.saturating_sub(b)
+        };
+        self.stats.fallbacks += 4;
+        Ok((next, g1, g2))
+    }
+
     /// The smallest `c >= a` for which `Q(a, c)` holds anything, if any does.
     async fn first_hi_after(&mut self, a: i64) -> Result<Option<i64>, ReadError> {
         let mut empty = a - 1;
@@ -915,27 +944,20 @@ impl RangeReader {
     /// Nothing found for the block at the cursor: prove that the server lost it and the blocks
     /// after it up to the next one it has, and report that stretch as a gap.
     async fn hole(&mut self, cur: Cursor, kmin: i64, kmax: i64) -> Result<Step, ReadError> {
-        // The next block the server has: the smallest hi among blocks with lo after the
-        // cursor's key.
         let size = self.size;
-        let next = self.first_hi_after(kmax + 1).await?;
+        let first = self.gap_evidence(kmin, kmax).await?;
+        // Tables being written are hidden too, and a fast import leaves a backlog of them that
+        // land one after the other: the same evidence must hold after waiting that out, or the
+        // stretch is read again.
+        let d = self.cfg.retry_delay * self.cfg.retries.max(1);
+        self.pause(d).await;
+        let (next, g1, g2) = self.gap_evidence(kmin, kmax).await?;
+        if (next, g1, g2) != first {
+            return Ok(Step::Retry(
+                "blocks appeared while the reader checked whether the server lost them".into(),
+            ));
+        }
         let gap_to = next.unwrap_or(FAR);
-        // Every block keyed in [kmin, gap_to - 1] has hi or lo in that window: count both.
-        let g1 = {
-            let a = self.q(0, gap_to - 1).await?.len();
-            let b = self.q(0, kmin - 1).await?.len();
-            self.tl.wide_to_stream(a.saturating_sub(b))
-        };
-        let g2 = {
-            let a = self.q(kmin, FAR).await?.len();
-            let b = if gap_to >= FAR {
-                0
-            } else {
-                self.q(gap_to, FAR).await?.len()
-            };
-            self.tl.wide_to_stream(a.saturating_sub(b))
-        };
-        self.stats.fallbacks += 4;
         let known_hi = self
             .known
             .in_hi_window(0, kmin, gap_to - 1)
