@@ -991,12 +991,27 @@ fn restart_run(
     if !concurrent {
         (fault.take().unwrap())(&mut srv);
     }
+    let addr = srv.addr();
     let fault_thread = std::thread::spawn(move || {
         if let Some(fault) = fault {
             fault(&mut srv);
         }
         srv
     });
+    if concurrent {
+        // The rest goes out only once the server is down, so it really meets the fault
+        // (pushed at once, it could all be acknowledged before the fault began).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            && !fault_thread.is_finished()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the fault did not take the server down"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
     for piece in data[at..].chunks(1000) {
         feeder.push(piece).unwrap();
     }
