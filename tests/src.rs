@@ -1084,7 +1084,7 @@ fn unlock_cancels_a_follow_wait_at_once() {
 }
 
 #[test]
-fn blocks_filed_under_a_later_table_are_an_error_not_a_hole() {
+fn blocks_filed_under_later_named_tables_are_read_exactly() {
     // A 1 Hz stream: each 2000-byte block is 1000 s of "audio", so its keys run far ahead.
     let f = s16(44100, 2);
     {
