@@ -91,13 +91,7 @@ impl Outcome {
     }
 
     fn warnings(&self) -> Vec<String> {
-        self.messages
-            .iter()
-            .filter_map(|m| match m.view() {
-                gst::MessageView::Warning(w) => Some(w.error().to_string()),
-                _ => None,
-            })
-            .collect()
+        common::warning_texts(&self.messages)
     }
 
     fn stat(&self, name: &str) -> u64 {

@@ -410,16 +410,7 @@ impl Run {
     }
 
     fn structures(&self, name: &str) -> Vec<gst::Structure> {
-        self.messages
-            .iter()
-            .filter_map(|m| match m.view() {
-                gst::MessageView::Element(e) => e
-                    .structure()
-                    .filter(|s| s.name() == name)
-                    .map(|s| s.to_owned()),
-                _ => None,
-            })
-            .collect()
+        common::element_structures(&self.messages, name)
     }
 
     fn losses(&self) -> Vec<Reported> {
@@ -447,13 +438,7 @@ impl Run {
     }
 
     fn warnings(&self) -> Vec<String> {
-        self.messages
-            .iter()
-            .filter_map(|m| match m.view() {
-                gst::MessageView::Warning(w) => Some(w.error().to_string()),
-                _ => None,
-            })
-            .collect()
+        common::warning_texts(&self.messages)
     }
 
     /// The input ranges kept: what was fed minus every reported loss and drop.

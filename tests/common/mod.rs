@@ -66,17 +66,33 @@ impl Ended {
 
     /// The element messages of the given structure name.
     pub fn element_messages(&self, name: &str) -> Vec<gst::Structure> {
-        self.messages
-            .iter()
-            .filter_map(|m| match m.view() {
-                gst::MessageView::Element(e) => e
-                    .structure()
-                    .filter(|s| s.name() == name)
-                    .map(|s| s.to_owned()),
-                _ => None,
-            })
-            .collect()
+        element_structures(&self.messages, name)
     }
+}
+
+/// The structures of the element messages named `name` among `messages`.
+pub fn element_structures(messages: &[gst::Message], name: &str) -> Vec<gst::Structure> {
+    messages
+        .iter()
+        .filter_map(|m| match m.view() {
+            gst::MessageView::Element(e) => e
+                .structure()
+                .filter(|s| s.name() == name)
+                .map(|s| s.to_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The texts of the warnings among `messages`.
+pub fn warning_texts(messages: &[gst::Message]) -> Vec<String> {
+    messages
+        .iter()
+        .filter_map(|m| match m.view() {
+            gst::MessageView::Warning(w) => Some(w.error().to_string()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Panics when a message a user reads has the marks of careless text: doubled spaces, a
