@@ -1014,6 +1014,29 @@ impl RangeReader {
                 ),
             ));
         }
+        // A cursor known only to within `cur.unc` bytes cannot say where the lost stretch
+        // starts: the stretch proven lost is the one from its latest possible start. Up to the
+        // stream's end that is the gap, and the range ends up to `cur.unc` bytes early (as a run
+        // read there would); before a next block it would move that block's position by more than
+        // the cursor's own uncertainty, so that is an error rather than a guess.
+        let gap_end = if cur.unc == 0 {
+            gap_end
+        } else if next.is_none() {
+            let len = (gap_end - cur.off).saturating_sub(cur.unc) / self.tl.bpf * self.tl.bpf;
+            if len == 0 {
+                return Ok(Step::End);
+            }
+            cur.off + len
+        } else {
+            return Err(self.missing(
+                cur.off,
+                format!(
+                    "blocks are lost there, but where they start is known only to within {}                      bytes (an earlier loss in a stream of mixed block sizes), so the length of                      the loss cannot be proven; read from the next block the server has,                      stamped {}",
+                    cur.unc,
+                    super::format_unix_ms(next.unwrap_or(kmax))
+                ),
+            ));
+        };
         let _ = kmax;
         let reason = format!(
             "{}: the server lost {:.3} s of audio from {} ({} bytes)",
