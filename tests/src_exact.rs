@@ -115,12 +115,7 @@ fn read_checked(bench: &Bench, s: usize, start: Bound, stop: Bound, page_ms: u64
     let frames = m.size / m.format.bytes_per_frame() as u64;
     let out = read(bench.addr(), &m.id, start, stop, page_ms);
     let (first, end) = srckit::range_frames(start, stop, frames);
-    let slack = if bench.world.uniform(s) {
-        0
-    } else {
-        srckit::ms_slack(&m.format)
-    };
-    if let Err(e) = check(&bench.world.timeline(s), &m.format, first, end, &out, slack) {
+    if let Err(e) = check(&bench.world.timeline(s), &m.format, first, end, &out, 0) {
         panic!("{} [{first}, {end}) / {page_ms} ms: {e}", m.id);
     }
     out

@@ -8,9 +8,9 @@
 //! (`srckit`): every sample exact and every gap really lost, or an error before anything wrong.
 //!
 //! `RACS_MODEL_CASES=N` runs N cases (default 120), drawn from a fixed seed unless
-//! `RACS_MODEL_SEED=N` (or `random`) says otherwise; `RACS_MODEL_MIXED=1` adds streams of mixed
-//! block sizes, on which the reader has a known bug (docs/racssrc.md, limits). Failing cases are shrunk by proptest and
-//! kept in `src_model.proptest-regressions`; the interesting ones also become named tests in
+//! `RACS_MODEL_SEED=N` (or `random`) says otherwise. Every position must be exact to the
+//! sample, on streams of one block size and of mixed sizes alike. Failing cases are shrunk by
+//! proptest and kept in `src_model.proptest-regressions`; the interesting ones also become named tests in
 //! `src_exact.rs`.
 
 mod srckit;
@@ -20,7 +20,7 @@ use std::time::Duration;
 use gstracs::client::reader::Bound;
 use gstracs::client::StreamFormat;
 use proptest::prelude::*;
-use srckit::{check, ms_slack, range_frames, read, Bench, Content};
+use srckit::{check, range_frames, read, Bench, Content};
 
 #[derive(Debug, Clone)]
 struct StreamSpec {
@@ -97,9 +97,7 @@ fn stream_spec() -> impl Strategy<Value = StreamSpec> {
         ],
         prop_oneof![4 => Just(1u16), 4 => Just(2), 1 => Just(6)],
         prop_oneof![Just(16u16), Just(24)],
-        // Mixed block sizes only with RACS_MODEL_MIXED=1: the reader is known to return wrong
-        // audio on some such streams (docs/racssrc.md, limits), so they stay out of CI.
-        any::<bool>().prop_map(|m| m && std::env::var_os("RACS_MODEL_MIXED").is_some()),
+        any::<bool>(),
         prop::collection::vec(0u32..1000, 1..4),
     )
         .prop_map(|(rate, channels, bits, mixed, picks)| {
@@ -232,13 +230,8 @@ fn run_inner(h: &History) -> Result<(), String> {
         let stop_b = stop.map_or(Bound::Open, Bound::Frame);
         let out = read(bench.addr(), &m.id, start_b, stop_b, r.page_ms);
         let (first, end) = range_frames(start_b, stop_b, frames);
-        // Exact where the stream is written in blocks of one size, unless a hole left the
-        // reader only a block's key to go by (it then says so).
-        let slack = if bench.world.uniform(s) && (out.exact || !bench.world.has_holes(s)) {
-            0
-        } else {
-            ms_slack(&f)
-        };
+        // Exact to the sample everywhere: a position the reader cannot prove is an error.
+        let slack = 0;
         if let Some(e) = &out.error {
             eprintln!("read {} [{first}, {end}) of {frames}: error: {e}", m.id);
             if std::env::var_os("RACS_MODEL_VERBOSE").is_some() {

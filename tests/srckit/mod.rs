@@ -204,20 +204,6 @@ impl World {
         }
         out
     }
-
-    /// Whether the server lost blocks of the stream's current epoch.
-    pub fn has_holes(&self, stream: usize) -> bool {
-        let epoch = self.streams[stream].epochs.len().saturating_sub(1);
-        self.blocks
-            .iter()
-            .any(|b| b.stream == stream && b.epoch == epoch && b.lost)
-    }
-
-    /// Whether the current epoch of a stream was written in blocks of one size (the last one
-    /// of each writer's turn may be shorter only when it is the epoch's last).
-    pub fn uniform(&self, stream: usize) -> bool {
-        self.streams[stream].sizes.len() <= 1
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -489,12 +475,6 @@ pub fn range_frames(start: Bound, stop: Bound, frames: u64) -> (u64, u64) {
         _ => frames,
     };
     (first, end)
-}
-
-/// Frames in a millisecond, rounded up, plus one: the most a position located by a block's
-/// key can be off.
-pub fn ms_slack(f: &StreamFormat) -> u64 {
-    u64::from(f.sample_rate).div_ceil(1000) + 1
 }
 
 /// Follows a stream from its start (follow mode) until `frames` frames came out.

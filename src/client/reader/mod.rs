@@ -31,10 +31,12 @@
 //!    tried at every place both answers allow, and accepted only when all places give the same
 //!    samples.
 //!
-//! Offsets follow from the stream's `ref` and byte counts; where a range starts far from the
-//! stream's first byte, the reader starts from a *keyframe* (the last table start before the
-//! range) and places it by the block grid (exact when the stream is written in blocks of one
-//! size) or, failing that, by its key (to within one millisecond). Near the newest blocks,
+//! Offsets follow from the stream's `ref` and byte counts only. A block's key puts it within one
+//! millisecond, never to the sample; so where a range starts far from the stream's first byte,
+//! the reader finds a *keyframe* (the last table start before the range) and proves its offset
+//! by counting: the bytes from it to the stream's end, subtracted from the stream's size, when
+//! that stretch is shorter than the one before it; else it counts from the stream's first byte.
+//! A lost stretch's end is proven the same way. Near the newest blocks,
 //! answers are asked twice around the main one, so a table that is hidden or flushed meanwhile
 //! cannot make them disagree unnoticed. Whatever cannot be proven stops the read with an error
 //! naming the stream, the position and the cause.
@@ -247,10 +249,9 @@ pub struct RangeReader {
     cursor: Option<Cursor>,
     known: known::Known,
     open_table: Option<OpenTable>,
-    /// Block size of a stream written in blocks of one size, as far as the blocks seen alone
-    /// (at known positions) show; `None` once one of them did not fit.
-    grid: Option<u64>,
-    grid_broken: bool,
+    /// A counting pass is under way (see `steps::count_to_end`): positions are relative, and
+    /// a lost stretch ends the pass instead of being reported.
+    counting: bool,
     /// The last run was one block that its own key returned, and reading it as a table gave
     /// nothing more: the in-memory table, read one block per request.
     singles: bool,
@@ -308,8 +309,7 @@ impl RangeReader {
             cursor: None,
             known: known::Known::new(i64::MIN),
             open_table: None,
-            grid: None,
-            grid_broken: false,
+            counting: false,
             singles: false,
             table_ms: 0,
             misses: 0,

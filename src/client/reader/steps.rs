@@ -98,31 +98,6 @@ impl RangeReader {
         ))
     }
 
-    /// A block seen alone at the cursor: `len` bytes. Keeps the block grid (a stream written in
-    /// blocks of one size) while every such block fits it.
-    fn saw_block(&mut self, len: u64) {
-        let Some(cur) = self.cursor else { return };
-        if cur.unc != 0 || len == 0 || self.grid_broken {
-            return;
-        }
-        match self.grid {
-            None if cur.off.is_multiple_of(len) => self.grid = Some(len),
-            None => self.grid_broken = true,
-            Some(b) => {
-                let last = cur.off + len == self.size;
-                if !cur.off.is_multiple_of(b) || (len != b && !last) {
-                    self.grid = None;
-                    self.grid_broken = true;
-                }
-            }
-        }
-    }
-
-    /// The block grid, where the blocks seen so far keep it.
-    fn grid(&self) -> Option<u64> {
-        self.grid.filter(|_| !self.grid_broken)
-    }
-
     /// Narrows the cursor once the key of its block is known exactly.
     fn learn_key(&mut self, key: i64) {
         let Some(cur) = self.cursor else { return };
@@ -174,51 +149,54 @@ impl RangeReader {
             t = t1;
             // The blocks of `Q(a, t)` all have lo = a: the table named `a` (from its first block
             // with a key at or after `a`), or a block whose key is `a` filed under a later name.
-            let own = self.q(a, a).await?;
+            let own = self.qlen(a, a).await?;
             self.stats.fallbacks += 1;
-            let (k0, first) = if !own.is_empty() {
-                (a, own)
+            let k0 = if own > 0 {
+                a
             } else {
                 // The table was named by another stream's block: its first block of ours has
                 // the smallest key c with Q(a, c) non-empty. That is only sure when no block
-                // of ours has the key `a` itself.
+                // of ours has the key `a` itself (under a later name): else try an older table.
                 if !self.no_block_keyed(a) && self.tl.offsets_of_key(self.ref_ms, a).is_some() {
-                    let probe = self.q(a, a + 1).await?;
-                    self.stats.fallbacks += 1;
-                    // A block keyed `a` under a later name is not ruled out: try an older table.
-                    let _ = probe;
                     t = a - 1;
                     continue;
                 }
-                let k0 = self.smallest_hi(a, t).await?;
-                // Q(a, k0) may hold other blocks too (tables named after `a` with blocks keyed
-                // up to k0); the block itself is what Q(a + 1, k0) lacks.
-                let all = self.qlen(a, k0).await?;
-                let rest = self.qlen(a + 1, k0).await?;
-                self.stats.fallbacks += 2;
-                (
-                    k0,
-                    vec![0u8; self.tl.stream_to_wide(all.saturating_sub(rest))],
-                )
+                self.smallest_hi(a, t).await?
             };
-            let block = self.tl.wide_to_stream(first.len());
-            let Some(cur) = self.place(k0, block) else {
+            let Some((lo, hi)) = self.tl.offsets_of_key(self.ref_ms, k0) else {
                 t = k0 - 1;
                 continue;
             };
-            if cur.off > target {
+            // Every offset the key allows must lie at or before the first wanted byte.
+            if hi > target {
                 t = k0 - 1;
                 continue;
             }
-            self.cursor = Some(cur);
-            self.known = Known::new(k0);
-            self.open_table = Some(OpenTable {
-                name: a,
-                start: cur.off,
-                first_key: k0,
-                kind: Kind::Head,
-            });
-            return Ok(());
+            let keyframe = |off| (Cursor { off, unc: 0 }, a, k0);
+            if lo == hi {
+                self.keyframe_at(keyframe(lo));
+                return Ok(());
+            }
+            // The key puts the block within a millisecond; counting to the stream's end says
+            // where exactly, when that is less to read than the stretch before it.
+            if !self.cfg.follow && self.size - lo < target {
+                self.cursor = Some(Cursor {
+                    off: lo,
+                    unc: hi - lo,
+                });
+                self.known = Known::new(k0);
+                self.open_table = Some(OpenTable {
+                    name: a,
+                    start: lo,
+                    first_key: k0,
+                    kind: Kind::Head,
+                });
+                if let Some(off) = self.count_to_end().await? {
+                    self.keyframe_at(keyframe(off));
+                    return Ok(());
+                }
+            }
+            break;
         }
         // No table start found close enough: count from the stream's first byte.
         self.start_at(0, 0);
@@ -231,34 +209,76 @@ impl RangeReader {
         self.cursor = Some(Cursor { off, unc: 0 });
         self.known = Known::new(if off == 0 { self.ref_ms } else { floor });
         self.open_table = None;
+        self.singles = false;
+        self.misses = 0;
     }
 
-    /// Where the block stamped `key`, `block` bytes long, starts: on the grid of blocks of that
-    /// size when one of its points has that key (exact for streams written in blocks of one
-    /// size), else anywhere in the millisecond.
-    fn place(&mut self, key: i64, block: u64) -> Option<Cursor> {
-        let (lo, hi) = self.tl.offsets_of_key(self.ref_ms, key)?;
-        // The stream's last block ends at its size; a block that can end there is the last one
-        // (any block after it would hold at least a millisecond).
-        if let Some(o) = self.size.checked_sub(block) {
-            if o % self.tl.bpf == 0 && lo <= o && o <= hi {
-                return Some(Cursor { off: o, unc: 0 });
+    /// A pass from the first block of ours in the table named `name`, keyed `key`, whose
+    /// offset is proven.
+    fn keyframe_at(&mut self, (cur, name, key): (Cursor, i64, i64)) {
+        self.start_at(cur.off, key);
+        self.open_table = Some(OpenTable {
+            name,
+            start: cur.off,
+            first_key: key,
+            kind: Kind::Head,
+        });
+    }
+
+    /// Where the block at the cursor really starts, when the cursor is known only to within
+    /// `unc` bytes: the stream's size less every byte read from there to its end. `None` when
+    /// that cannot be shown: a lost stretch on the way, a stream that grew meanwhile, answers
+    /// that stayed ambiguous or kept changing. Leaves the reader's pass state undefined: the
+    /// caller starts a new pass.
+    async fn count_to_end(&mut self) -> Result<Option<u64>, ReadError> {
+        let base = self.cursor.expect("located");
+        let size = self.size;
+        self.counting = true;
+        self.misses = 0;
+        let end = self.count_loop().await;
+        self.counting = false;
+        let Some(end) = end? else {
+            return Ok(None);
+        };
+        if self.size != size {
+            return Ok(None);
+        }
+        self.refresh_size().await?;
+        let delta = size.checked_sub(end);
+        trace!("count from {} (+{}) to {end} of {size}", base.off, base.unc);
+        Ok(delta
+            .filter(|d| *d <= base.unc && d.is_multiple_of(self.tl.bpf) && self.size == size)
+            .map(|d| base.off + d))
+    }
+
+    /// The steps of a counting pass; the cursor's offset at the end, relative to its start.
+    async fn count_loop(&mut self) -> Result<Option<u64>, ReadError> {
+        loop {
+            let cur = self.cursor.expect("located");
+            if cur.off >= self.size {
+                return Ok(Some(cur.off));
+            }
+            match self.step().await {
+                Ok(Step::Run { .. }) => self.misses = 0,
+                Ok(Step::Gap { .. }) => return Ok(None),
+                Ok(Step::End) => return Ok(Some(cur.off)),
+                Ok(Step::Retry(_)) => {
+                    self.misses += 1;
+                    self.stats.retries += 1;
+                    if self.misses > self.cfg.retries {
+                        return Ok(None);
+                    }
+                    let d = self.cfg.retry_delay;
+                    self.pause(d).await;
+                    self.refresh_size().await?;
+                }
+                Err(ReadError::Missing(why)) => {
+                    trace!("count stopped: {why}");
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
             }
         }
-        if block >= self.format.min_chunk_bytes() as u64 && !self.grid_broken {
-            let j = lo.div_ceil(block);
-            if j * block <= hi {
-                self.grid = Some(block);
-                return Some(Cursor {
-                    off: j * block,
-                    unc: 0,
-                });
-            }
-        }
-        Some(Cursor {
-            off: lo,
-            unc: hi - lo,
-        })
     }
 
     /// A table start at or before `t`, near it: the largest `a` in the last window
@@ -546,7 +566,6 @@ impl RangeReader {
             return Ok(None);
         };
         self.learn_key(k);
-        self.saw_block(self.tl.wide_to_stream(block.len()));
         let cur = self.cursor.expect("located");
         self.open_table = None;
         if self.singles {
@@ -697,7 +716,6 @@ impl RangeReader {
                     )));
                 }
                 if let Some(own) = own.filter(|_| start == cur.off) {
-                    self.saw_block(self.tl.wide_to_stream(own.len()));
                     if p.len() < own.len() || p[..own.len()] != own[..] {
                         return Ok(Step::Retry(
                             "a table's blocks changed between two requests".into(),
@@ -775,9 +793,8 @@ impl RangeReader {
         };
         // The piece is that table's run only if no block of ours keyed `n` itself sits in
         // another table (it would be part of the difference too, elsewhere in the answer).
-        let len = self.tl.wide_to_stream(piece.len());
-        self.saw_block(block);
-        if !self.no_block_keyed(n) && !self.off_grid(cur, block, len, n) {
+        let _ = block;
+        if !self.no_block_keyed(n) {
             return Err(self.missing(
                 cur.off,
                 format!(
@@ -789,20 +806,6 @@ impl RangeReader {
             ));
         }
         Ok(self.accept(Kind::Tail, n, kmin, cur.off, piece, None))
-    }
-
-    /// Whether, for blocks of `block` bytes from the cursor on (the run of `len` bytes being
-    /// a whole number of them), no block starts at a key of `n`.
-    fn off_grid(&self, cur: Cursor, block: u64, len: u64, n: i64) -> bool {
-        if block < self.format.min_chunk_bytes() as u64 || !len.is_multiple_of(block) {
-            return false;
-        }
-        let Some((lo, hi)) = self.tl.offsets_of_key(self.ref_ms, n) else {
-            return true;
-        };
-        // The first grid point whose latest position reaches `lo`.
-        let j = lo.saturating_sub(cur.off + cur.unc).div_ceil(block);
-        cur.off + j * block > hi
     }
 
     /// The name of the table holding the block at the cursor, when it lies before the block's
@@ -944,6 +947,14 @@ impl RangeReader {
     /// Nothing found for the block at the cursor: prove that the server lost it and the blocks
     /// after it up to the next one it has, and report that stretch as a gap.
     async fn hole(&mut self, cur: Cursor, kmin: i64, kmax: i64) -> Result<Step, ReadError> {
+        if self.counting || cur.unc != 0 {
+            // A counting pass cannot tell how much was lost: it ends here.
+            return Ok(Step::Gap {
+                start: cur.off,
+                len: 0,
+                reason: String::new(),
+            });
+        }
         let size = self.size;
         let first = self.gap_evidence(kmin, kmax).await?;
         // Tables being written are hidden too, and a fast import leaves a backlog of them that
@@ -970,29 +981,12 @@ impl RangeReader {
                     .into(),
             ));
         }
-        // Where the next block starts: on the block grid when one is known or when that block,
-        // seen alone, gives one that fits its key (a stream written in blocks of one size);
-        // else anywhere in its key's millisecond.
-        let grid = match (self.grid(), next) {
-            (Some(b), _) => Some(b),
-            (None, Some(k)) if !self.grid_broken => {
-                let own = self.qlen(k, k).await?;
-                self.stats.fallbacks += 1;
-                (own >= self.format.min_chunk_bytes() as u64).then_some(own)
-            }
-            _ => None,
-        };
-        let (gap_end, unc) = match next {
-            None => (size, 0),
-            Some(k) => match self.tl.offsets_of_key(self.ref_ms, k) {
-                Some((lo, hi)) => match grid {
-                    Some(b) if lo.div_ceil(b) * b <= hi => {
-                        self.grid = Some(b);
-                        (lo.div_ceil(b) * b, 0)
-                    }
-                    _ => (lo, hi - lo),
-                },
-                None => {
+        // Where the next block starts: its key puts it within a millisecond; counting from it
+        // to the stream's end says where exactly.
+        let gap_end = match next {
+            None => size,
+            Some(k) => {
+                let Some((lo, hi)) = self.tl.offsets_of_key(self.ref_ms, k) else {
                     return Err(self.missing(
                         cur.off,
                         format!(
@@ -1000,9 +994,47 @@ impl RangeReader {
                              this stream can have",
                             super::format_unix_ms(k)
                         ),
-                    ))
+                    ));
+                };
+                if lo == hi {
+                    lo
+                } else if self.cfg.follow {
+                    return Err(self.missing(
+                        cur.off,
+                        format!(
+                            "blocks are lost there, and the next block the server has, stamped \
+                             {}, is placed only to within a millisecond by its time, while the \
+                             stream is still being written; read the range again once it is \
+                             finished",
+                            super::format_unix_ms(k)
+                        ),
+                    ));
+                } else {
+                    self.cursor = Some(Cursor {
+                        off: lo,
+                        unc: hi - lo,
+                    });
+                    self.known = Known::new(k);
+                    self.open_table = None;
+                    self.singles = false;
+                    let counted = Box::pin(self.count_to_end()).await?;
+                    self.cursor = Some(cur);
+                    match counted {
+                        Some(off) => off,
+                        None => {
+                            return Err(self.missing(
+                                cur.off,
+                                format!(
+                                    "blocks are lost there, and where the next block the server \
+                                     has (stamped {}) starts cannot be proven by counting from \
+                                     it to the stream's end",
+                                    super::format_unix_ms(k)
+                                ),
+                            ))
+                        }
+                    }
                 }
-            },
+            }
         };
         if gap_end <= cur.off || gap_end > size {
             return Err(self.missing(
@@ -1014,30 +1046,6 @@ impl RangeReader {
                 ),
             ));
         }
-        // A cursor known only to within `cur.unc` bytes cannot say where the lost stretch
-        // starts: the stretch proven lost is the one from its latest possible start. Up to the
-        // stream's end that is the gap, and the range ends up to `cur.unc` bytes early (as a run
-        // read there would); before a next block it would move that block's position by more than
-        // the cursor's own uncertainty, so that is an error rather than a guess.
-        let gap_end = if cur.unc == 0 {
-            gap_end
-        } else if next.is_none() {
-            let len = (gap_end - cur.off).saturating_sub(cur.unc) / self.tl.bpf * self.tl.bpf;
-            if len == 0 {
-                return Ok(Step::End);
-            }
-            cur.off + len
-        } else {
-            return Err(self.missing(
-                cur.off,
-                format!(
-                    "blocks are lost there, but where they start is known only to within {}                      bytes (an earlier loss in a stream of mixed block sizes), so the length of                      the loss cannot be proven; read from the next block the server has,                      stamped {}",
-                    cur.unc,
-                    super::format_unix_ms(next.unwrap_or(kmax))
-                ),
-            ));
-        };
-        let _ = kmax;
         let reason = format!(
             "{}: the server lost {:.3} s of audio from {} ({} bytes)",
             self.who(),
@@ -1047,7 +1055,7 @@ impl RangeReader {
         );
         self.cursor = Some(Cursor {
             off: gap_end,
-            unc: cur.unc.max(unc),
+            unc: 0,
         });
         self.known = Known::new(next.unwrap_or(FAR));
         self.open_table = None;
