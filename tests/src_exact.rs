@@ -114,8 +114,13 @@ fn read_checked(bench: &Bench, s: usize, start: Bound, stop: Bound, page_ms: u64
     let m = &bench.world.streams[s];
     let frames = m.size / m.format.bytes_per_frame() as u64;
     let out = read(bench.addr(), &m.id, start, stop, page_ms);
+    let whole = bench
+        .world
+        .stream_timeline(s)
+        .expect("recordings that do not overlap");
+    let frames = frames.max(whole.len() as u64);
     let (first, end) = srckit::range_frames(start, stop, frames);
-    if let Err(e) = check(&bench.world.timeline(s), &m.format, first, end, &out, 0) {
+    if let Err(e) = check(&whole, &m.format, first, end, &out, 0) {
         panic!("{} [{first}, {end}) / {page_ms} ms: {e}", m.id);
     }
     out
@@ -269,11 +274,11 @@ fn streams_written_at_once_with_different_start_delays_never_come_back_swapped()
 }
 
 #[test]
-fn a_crash_mid_stream_is_an_error_naming_the_earlier_recording_not_a_silent_cut() {
+fn a_crash_mid_stream_reads_back_whole_each_recording_at_its_own_times() {
     // Killed and restarted mid-stream: the stream has two recordings, the old blocks at their
-    // old times and the new ones from a new ref (INFO describes only the new part). Reading it
-    // whole must not leave part out silently: it is an error that says what is there; reading
-    // from the new ref on is exact.
+    // old times and the new ones from a new ref (INFO describes only the new part). Read whole,
+    // it comes back in time order: the old recording, a gap up to the new ref, the new one, each
+    // sample exact. The old reader left the old part out silently, then refused it.
     let mut bench = Bench::new(8, Duration::from_millis(60));
     let f = fmt(16000, 1, 16);
     let s = bench.create("crashy", f);
@@ -284,15 +289,59 @@ fn a_crash_mid_stream_is_an_error_naming_the_earlier_recording_not_a_silent_cut(
     }
     bench.kill_restart();
     bench.blocks(s, 30, 800, Content::Silence);
-    let out = read(bench.addr(), "crashy", Bound::Open, Bound::Open, 10_000);
-    let text = out.error.map(|e| e.to_string()).expect("an error");
-    assert!(
-        text.contains("'crashy'") && text.contains("earlier recording"),
-        "{text}"
-    );
-    assert!(out.pieces.is_empty());
-    let out = read_checked(&bench, s, Bound::Frame(0), Bound::Open, 10_000);
-    assert!(out.error.is_none(), "{:?}", out.error);
+    let whole = bench.world.stream_timeline(s).expect("two recordings");
+    let (old_end, new_start) = {
+        let last_old = whole.iter().position(|f| f.is_none()).expect("a gap");
+        let first_new = whole[last_old..].iter().position(|f| f.is_some()).unwrap() + last_old;
+        (last_old as u64, first_new as u64)
+    };
+    assert!(old_end > 0 && new_start > old_end);
+    for page_ms in [10_000, 120] {
+        let out = read_checked(&bench, s, Bound::Open, Bound::Open, page_ms);
+        assert!(out.error.is_none(), "{:?}", out.error);
+        let gaps: Vec<_> = out
+            .pieces
+            .iter()
+            .filter_map(|p| match p {
+                Piece::Gap {
+                    frame,
+                    frames,
+                    reason,
+                    ..
+                } => Some((*frame, *frames, reason.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(gaps.len(), 1, "{gaps:?}");
+        assert_eq!((gaps[0].0, gaps[0].0 + gaps[0].1), (old_end, new_start));
+        assert!(gaps[0].2.contains("restarted"), "{}", gaps[0].2);
+    }
+    // By wall-clock time: a range inside the old recording, and one across the restart.
+    let r0 = bench.world.streams[s].epochs[0];
+    let r1 = bench.world.streams[s].epochs[1];
+    for (a, b) in [(r0 + 100, r0 + 400), (r0 + 300, r1 + 500)] {
+        let ns = |t: i64| i128::from(t) * 1_000_000;
+        let out = read(
+            bench.addr(),
+            "crashy",
+            Bound::UnixNs(ns(a)),
+            Bound::UnixNs(ns(b)),
+            10_000,
+        );
+        assert!(out.error.is_none(), "{:?}", out.error);
+        // Frames on the stream's timeline: from the old recording's ref, 16 per ms; the new
+        // recording starts at the frame of its own ref.
+        let frame = |t: i64| {
+            if t >= r1 {
+                new_start + (t - r1) as u64 * 16
+            } else {
+                (t - r0) as u64 * 16
+            }
+        };
+        check(&whole, &f, frame(a), frame(b), &out, 0).unwrap();
+    }
+    // And from the new ref on, by frame on the stream's timeline.
+    read_checked(&bench, s, Bound::Frame(new_start), Bound::Open, 10_000);
 }
 
 #[test]

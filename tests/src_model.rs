@@ -54,6 +54,9 @@ enum Op {
         ms: u64,
     },
     Shutdown,
+    /// kill -9 and start again: a stream whose metadata was never persisted starts over at a
+    /// new `ref` (a second recording).
+    Kill,
 }
 
 #[derive(Debug, Clone)]
@@ -136,6 +139,7 @@ fn history() -> impl Strategy<Value = History> {
                 4 => (1usize..20, content()).prop_map(|(rounds, content)| Op::Rounds { rounds, content }),
                 1 => (0u64..60).prop_map(|ms| Op::Pause { ms }),
                 1 => Just(Op::Shutdown),
+                1 => Just(Op::Kill),
             ];
             let read = (
                 0..n,
@@ -211,13 +215,17 @@ fn run_inner(h: &History) -> Result<(), String> {
             }
             Op::Pause { ms } => std::thread::sleep(Duration::from_millis(*ms)),
             Op::Shutdown => bench.shutdown_restart(),
+            Op::Kill => bench.kill_restart(),
         }
     }
     for r in &h.reads {
         let s = ids[r.stream];
         let m = &bench.world.streams[s];
         let f = m.format;
-        let frames = m.size / f.bytes_per_frame() as u64;
+        let whole = bench.world.stream_timeline(s);
+        let frames = whole
+            .as_ref()
+            .map_or(m.size / f.bytes_per_frame() as u64, |t| t.len() as u64);
         if frames == 0 {
             continue;
         }
@@ -246,13 +254,26 @@ fn run_inner(h: &History) -> Result<(), String> {
         }
         // A stream written alone, with no crash or SHUTDOWN, has nothing the reader may find
         // ambiguous: it must come back, not stop with an error.
-        let plain = h.streams.len() == 1 && !h.ops.iter().any(|o| matches!(o, Op::Shutdown));
+        let plain =
+            h.streams.len() == 1 && !h.ops.iter().any(|o| matches!(o, Op::Shutdown | Op::Kill));
         if plain {
             if let Some(e) = &out.error {
                 return Err(format!("{} alone on the server, yet: {e}", m.id));
             }
         }
-        check(&bench.world.timeline(s), &f, first, end, &out, slack).map_err(|e| {
+        let Some(timeline) = whole else {
+            // Recordings that overlap in time: nothing may come out.
+            if out.error.is_none() || !out.pieces.is_empty() {
+                return Err(format!(
+                    "{}: recordings overlap in time, yet the read gave {} pieces and {:?}",
+                    m.id,
+                    out.pieces.len(),
+                    out.error
+                ));
+            }
+            continue;
+        };
+        check(&timeline, &f, first, end, &out, slack).map_err(|e| {
             format!(
                 "stream {} ({f}, sizes {:?}), frames [{first}, {end}) of {frames}, page {} ms: {e}",
                 m.id, h.streams[r.stream].sizes, r.page_ms

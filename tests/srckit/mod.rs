@@ -186,11 +186,71 @@ impl World {
         }
     }
 
+    /// The whole stream on its timeline, as the reader should give it: its recordings (epochs
+    /// with stored blocks) in order, each from the frame nearest its `ref` counted from the
+    /// first one's, `None` between them; `None` when two recordings overlap in time (the
+    /// reader must then stop with an error).
+    pub fn stream_timeline(&self, stream: usize) -> Option<Vec<Option<Vec<u8>>>> {
+        let s = &self.streams[stream];
+        let bpf = s.format.bytes_per_frame() as u64;
+        if s.ref_ms == 0 {
+            // Killed before its metadata was ever persisted, and not written since: the server
+            // no longer knows the stream.
+            return Some(Vec::new());
+        }
+        let cur = s.epochs.len() - 1;
+        let stored = |e: usize| {
+            self.blocks
+                .iter()
+                .any(|b| b.stream == stream && b.epoch == e && !b.lost)
+        };
+        let old: Vec<usize> = (0..cur).filter(|&e| stored(e)).collect();
+        if old.is_empty() {
+            return Some(self.timeline(stream));
+        }
+        let tl = Timeline::new(&s.format);
+        let origin = s.epochs[old[0]];
+        let mut out: Vec<Option<Vec<u8>>> = Vec::new();
+        for e in old.into_iter().chain([cur]) {
+            let base = tl.frame_of(origin, i128::from(s.epochs[e]) * 1_000_000);
+            if base < out.len() as i128 {
+                return None;
+            }
+            let base = base as usize;
+            let blocks = self
+                .blocks
+                .iter()
+                .filter(|b| b.stream == stream && b.epoch == e);
+            let len = if e == cur {
+                (s.size / bpf) as usize
+            } else {
+                blocks
+                    .clone()
+                    .filter(|b| !b.lost)
+                    .map(|b| ((b.off + b.data.len() as u64) / bpf) as usize)
+                    .max()
+                    .unwrap_or(0)
+            };
+            out.resize(base + len, None);
+            for b in blocks.filter(|b| !b.lost) {
+                for (i, fr) in b.data.chunks_exact(bpf as usize).enumerate() {
+                    if let Some(slot) = out.get_mut(base + (b.off / bpf) as usize + i) {
+                        *slot = Some(fr.to_vec());
+                    }
+                }
+            }
+        }
+        Some(out)
+    }
+
     /// The current epoch of a stream as the reader sees it: per frame, its stored bytes or
     /// `None` where the server lost it.
     pub fn timeline(&self, stream: usize) -> Vec<Option<Vec<u8>>> {
         let s = &self.streams[stream];
         let bpf = s.format.bytes_per_frame() as u64;
+        if s.ref_ms == 0 {
+            return Vec::new();
+        }
         let epoch = s.epochs.len() - 1;
         let mut out = vec![None; (s.size / bpf) as usize];
         for b in self
@@ -199,7 +259,9 @@ impl World {
             .filter(|b| b.stream == stream && b.epoch == epoch && !b.lost)
         {
             for (i, fr) in b.data.chunks_exact(bpf as usize).enumerate() {
-                out[(b.off / bpf) as usize + i] = Some(fr.to_vec());
+                if let Some(slot) = out.get_mut((b.off / bpf) as usize + i) {
+                    *slot = Some(fr.to_vec());
+                }
             }
         }
         out

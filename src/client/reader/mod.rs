@@ -50,6 +50,7 @@ macro_rules! trace {
 }
 
 pub mod arith;
+mod epochs;
 pub mod known;
 pub mod split;
 pub(crate) mod steps;
@@ -249,6 +250,13 @@ pub struct RangeReader {
     cursor: Option<Cursor>,
     known: known::Known,
     open_table: Option<OpenTable>,
+    /// Recordings after the one being read (after a crash the server starts a stream over at a
+    /// new `ref`); `ref_ms` and `size` are those of the one being read.
+    later: VecDeque<epochs::Epoch>,
+    /// The first frame of the recording being read on the stream's timeline.
+    base: u64,
+    /// Wall-clock time of the stream's first sample (of its earliest recording).
+    origin_ms: i64,
     /// A counting pass is under way (see `steps::count_to_end`): positions are relative, and
     /// a lost stretch ends the pass instead of being reported.
     counting: bool,
@@ -309,6 +317,9 @@ impl RangeReader {
             cursor: None,
             known: known::Known::new(i64::MIN),
             open_table: None,
+            later: VecDeque::new(),
+            base: 0,
+            origin_ms: 0,
             counting: false,
             singles: false,
             table_ms: 0,
@@ -325,11 +336,15 @@ impl RangeReader {
         };
         reader.apply_info(&info);
         if reader.ref_ms != 0 {
+            if !reader.cfg.follow {
+                reader.find_earlier_recordings().await?;
+            }
             reader.resolve();
-            if !reader.done && !reader.cfg.follow {
+            if !reader.done && reader.cfg.follow {
                 reader.check_earlier_recordings().await?;
             }
-            if !reader.done && reader.size / reader.tl.bpf > reader.first_frame {
+            reader.skip_to_first_recording();
+            if !reader.done && reader.next_out < reader.size {
                 reader.locate().await?;
             }
         } else if !reader.cfg.follow {
@@ -343,11 +358,11 @@ impl RangeReader {
     }
 
     /// After a crash the server starts a stream over at a new `ref` (INFO describes only that
-    /// recording) while the blocks written before stay at their old times. Reading across such
-    /// a restart is not supported yet: a range that starts before `ref` stops with an error
-    /// naming the earlier audio instead of leaving it out silently, and an earlier recording
-    /// whose times run into the current one (a fast import cut short) makes every range an
-    /// error, since blocks of both would answer for the same times.
+    /// recording) while the blocks written before stay at their old times. In follow mode,
+    /// reading across such a restart is not supported: a range that starts before `ref` stops
+    /// with an error naming the earlier audio instead of leaving it out silently, and an
+    /// earlier recording whose times run into the current one (a fast import cut short) makes
+    /// every range an error, since blocks of both would answer for the same times.
     async fn check_earlier_recordings(&mut self) -> Result<(), ReadError> {
         let starts_before = match self.cfg.start {
             Bound::Open => true,
@@ -389,14 +404,20 @@ impl RangeReader {
         self.format
     }
 
-    /// Wall-clock time of the stream's first sample (ms since the epoch); 0 until known.
+    /// Wall-clock time of the stream's first sample (ms since the epoch); 0 until known. For a
+    /// stream the server started over after a crash, that of its earliest recording.
     pub fn ref_ms(&self) -> i64 {
-        self.ref_ms
+        if self.origin_ms != 0 {
+            self.origin_ms
+        } else {
+            self.ref_ms
+        }
     }
 
-    /// The stream's size in bytes when last asked.
+    /// The stream's size in bytes when last asked: on its timeline, the bytes from its first
+    /// sample to its last (the time between recordings counts).
     pub fn size(&self) -> u64 {
-        self.size
+        self.timeline_bytes()
     }
 
     /// The first sample frame of the range (from the stream's start), once known.
@@ -476,13 +497,13 @@ impl RangeReader {
     }
 
     fn describe_stream(&self) -> String {
-        let frames = self.size / self.tl.bpf;
-        let end_ms = self.ref_ms
+        let frames = self.timeline_bytes() / self.tl.bpf;
+        let end_ms = self.ref_ms()
             + (frames as f64 * 1000.0 / f64::from(self.format.sample_rate)).round() as i64;
         format!(
             "{} holds {} to {} ({:.3} s)",
             self.who(),
-            format_unix_ms(self.ref_ms),
+            format_unix_ms(self.ref_ms()),
             format_unix_ms(end_ms),
             frames as f64 / f64::from(self.format.sample_rate)
         )
@@ -491,16 +512,16 @@ impl RangeReader {
     /// Turns start and stop into frames once `ref` is known.
     fn resolve(&mut self) {
         self.resolved = true;
-        let frames = self.size / self.tl.bpf;
+        let frames = self.timeline_bytes() / self.tl.bpf;
         let start = match self.cfg.start {
             Bound::Open => 0,
             Bound::Frame(f) => i128::from(f),
-            Bound::UnixNs(t) => self.tl.frame_of(self.ref_ms, t),
+            Bound::UnixNs(t) => self.timeline_frame_of(t),
         };
         let stop = match self.cfg.stop {
             Bound::Open => None,
             Bound::Frame(f) => Some(i128::from(f)),
-            Bound::UnixNs(t) => Some(self.tl.frame_of(self.ref_ms, t)),
+            Bound::UnixNs(t) => Some(self.timeline_frame_of(t)),
         };
         if let Some(stop) = stop {
             if stop <= 0 || stop <= start {
@@ -542,7 +563,7 @@ impl RangeReader {
             }
             self.end_frame = Some(end);
         }
-        self.next_out = start * self.tl.bpf;
+        self.next_out = start.saturating_sub(self.base) * self.tl.bpf;
     }
 
     /// One EXTRACT, counted.
@@ -589,6 +610,10 @@ impl RangeReader {
     }
 
     async fn refresh_size(&mut self) -> Result<(), ReadError> {
+        if !self.later.is_empty() {
+            // An earlier recording: the server no longer writes to it.
+            return Ok(());
+        }
         let mut conn = self.pool.checkout(self.cfg.timeout).await?;
         if self.ref_ms == 0 {
             self.stats.infos += 5;
@@ -671,10 +696,18 @@ impl RangeReader {
                 self.pause(d).await;
                 continue;
             }
-            let end = self.end_frame.map(|f| f * self.tl.bpf);
+            let end = self
+                .end_frame
+                .map(|f| f.saturating_sub(self.base) * self.tl.bpf);
             if end.is_some_and(|e| self.next_out >= e) {
                 self.done = true;
                 return Ok(None);
+            }
+            if self.cursor.is_some_and(|c| c.off >= self.size) && self.next_recording() {
+                if self.next_out < self.size {
+                    self.locate().await?;
+                }
+                continue;
             }
             let cur = self.cursor.expect("located");
             if cur.off >= self.size {
@@ -699,6 +732,12 @@ impl RangeReader {
                     self.cut_gap(start, len, end, reason);
                 }
                 steps::Step::End => {
+                    if self.next_recording() {
+                        if self.next_out < self.size {
+                            self.locate().await?;
+                        }
+                        continue;
+                    }
                     if !self.cfg.follow {
                         self.done = true;
                         return Ok(None);
@@ -746,7 +785,7 @@ impl RangeReader {
         data.drain(..skip);
         self.next_out = to;
         self.pending.push_back(Piece::Audio {
-            frame: from / self.tl.bpf,
+            frame: self.base + from / self.tl.bpf,
             unix_ns: self.tl.unix_ns(self.ref_ms, from),
             data,
         });
@@ -762,7 +801,7 @@ impl RangeReader {
         self.stats.holes += 1;
         self.next_out = to;
         self.pending.push_back(Piece::Gap {
-            frame: from / self.tl.bpf,
+            frame: self.base + from / self.tl.bpf,
             unix_ns: self.tl.unix_ns(self.ref_ms, from),
             frames: (to - from) / self.tl.bpf,
             reason,

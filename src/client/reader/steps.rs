@@ -773,8 +773,8 @@ impl RangeReader {
                 }
             }
         };
-        let piece = match outcome {
-            Insertion::Unique { piece, .. } => piece,
+        let (piece, at) = match outcome {
+            Insertion::Unique { piece, at } => (piece, at),
             Insertion::Ambiguous { places } => {
                 return Err(self.missing(
                     cur.off,
@@ -791,10 +791,8 @@ impl RangeReader {
                 ))
             }
         };
-        // The piece is that table's run only if no block of ours keyed `n` itself sits in
-        // another table (it would be part of the difference too, elsewhere in the answer).
         let _ = block;
-        if !self.no_block_keyed(n) {
+        if !self.no_block_keyed(n) && !self.run_starts_the_piece(cur, n, &long, at).await? {
             return Err(self.missing(
                 cur.off,
                 format!(
@@ -806,6 +804,34 @@ impl RangeReader {
             ));
         }
         Ok(self.accept(Kind::Tail, n, kmin, cur.off, piece, None))
+    }
+
+    /// Whether the piece by which `Q(k, n)` (`long`) exceeds `Q(k, n - 1)`, found at the places
+    /// `at`, is the run of the table named `n` alone. Blocks of ours keyed `n` would be part of
+    /// it too: in the in-memory table (then `Q(n, n)` holds them) or in a table named before
+    /// `n`, whose blocks come first in the answer, so the run would start after them. The run
+    /// starts with the cursor's block, alone the difference between `Q(k, n)` and
+    /// `Q(k + 1, n)`: when that block can sit nowhere after the piece's first place, nothing
+    /// precedes it in the piece. Repetitive audio that lets the block sit in several places
+    /// proves nothing.
+    async fn run_starts_the_piece(
+        &mut self,
+        cur: Cursor,
+        n: i64,
+        long: &[u8],
+        at: (usize, usize),
+    ) -> Result<bool, ReadError> {
+        if cur.unc != 0 {
+            return Ok(false);
+        }
+        let k = self.key(cur.off);
+        let keyed_n = self.qlen(n, n).await?;
+        let rest = self.q(k + 1, n).await?;
+        self.stats.fallbacks += 2;
+        if keyed_n != 0 {
+            return Ok(false);
+        }
+        Ok(split::places(long, &rest, self.w()).is_some_and(|(_, last)| last <= at.0))
     }
 
     /// The name of the table holding the block at the cursor, when it lies before the block's
