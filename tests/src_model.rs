@@ -7,7 +7,7 @@
 //! SHUTDOWN with restart), then reads random ranges and compares what comes out with the model
 //! (`srckit`): every sample exact and every gap really lost, or an error before anything wrong.
 //!
-//! `RACS_MODEL_CASES=N` runs N cases (default 120), drawn from a fixed seed unless
+//! `RACS_MODEL_CASES=N` runs N cases (default 300), drawn from a fixed seed unless
 //! `RACS_MODEL_SEED=N` (or `random`) says otherwise. Every position must be exact to the
 //! sample, on streams of one block size and of mixed sizes alike. Failing cases are shrunk by
 //! proptest and kept in `src_model.proptest-regressions`; the interesting ones also become named tests in
@@ -297,7 +297,7 @@ fn cases() -> u32 {
     std::env::var("RACS_MODEL_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(120)
+        .unwrap_or(300)
 }
 
 proptest! {
