@@ -1411,3 +1411,145 @@ fn ready_and_back_to_playing_appends_to_the_same_stream() {
     all.extend_from_slice(&b);
     assert!(extract(srv.addr(), "again", 0, 16, all.len()) == all);
 }
+
+// ---------------------------------------------------------------------------------------
+// if-exists
+
+#[test]
+fn if_exists_error_refuses_an_existing_stream_and_writes_nothing() {
+    let srv = TestServer::start();
+    let format = fmt(16000, 1, 16);
+    let a = noise(16000 * 2, 31);
+    let import = |data: &[u8]| {
+        run_appsrc(
+            make_sink(&srv, "import", &[("if-exists", "error")]),
+            &caps_for(&format),
+            &[data],
+            false,
+        )
+    };
+    // The first import creates the stream.
+    let first = import(&a);
+    assert!(first.error.is_none(), "{}", first.error_text());
+    let size = info(srv.addr(), "import").unwrap().size;
+    assert_eq!(size, a.len() as u64);
+    // Run twice, it is refused before anything is written.
+    let second = import(&a);
+    let (err, _) = second.error.clone().expect("the second import fails");
+    assert!(err.matches(gst::ResourceError::OpenWrite), "{err:?}");
+    let text = err.to_string();
+    for needle in [
+        "stream 'import' already exists on the RACS server at",
+        &srv.addr().to_string(),
+        &format!("{size} bytes from "),
+        "if-exists=error refuses to append",
+        "another stream-id",
+        "if-exists=append",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing: {text}");
+    }
+    assert_eq!(second.stat("bytes-sent"), 0);
+    assert_eq!(info(srv.addr(), "import").unwrap().size, size, "unchanged");
+    assert!(extract(srv.addr(), "import", 0, 16, a.len()) == a);
+    // Not left open: a writer appending to it afterwards opens it.
+    let mut conn = connect(srv.addr());
+    runtime().block_on(conn.open("import")).unwrap();
+    runtime().block_on(conn.close("import")).unwrap();
+
+    // A stream that exists but holds nothing (created by someone else) is refused too.
+    assert!(runtime().block_on(conn.create("empty", &format)).unwrap());
+    let out = run_appsrc(
+        make_sink(&srv, "empty", &[("if-exists", "error")]),
+        &caps_for(&format),
+        &[&a],
+        false,
+    );
+    let text = out.error_text();
+    assert!(
+        text.contains("stream 'empty' already exists") && text.contains("(empty)"),
+        "{text}"
+    );
+
+    // The default appends (what run twice would do by accident).
+    let third = run_appsrc(
+        make_sink(&srv, "import", &[]),
+        &caps_for(&format),
+        &[&a],
+        false,
+    );
+    assert!(third.error.is_none(), "{}", third.error_text());
+    assert_eq!(info(srv.addr(), "import").unwrap().size, 2 * size);
+}
+
+#[test]
+fn if_exists_error_still_appends_to_the_stream_it_created_in_the_same_run() {
+    let srv = TestServer::start();
+    let format = fmt(8000, 1, 16);
+    let (a, b) = (noise(4000, 41), noise(6000, 42));
+    let sink = make_sink(
+        &srv,
+        "own",
+        &[("if-exists", "error"), ("chunk-size", "1600")],
+    );
+    let mut feeder = Feeder::new(sink, format);
+    feeder.push(&a).unwrap();
+    assert!(feeder.eos().is_none());
+    // A flush after EOS, then more data: the stream is reopened and appended to.
+    assert!(feeder.pad.push_event(gst::event::FlushStart::new()));
+    assert!(feeder.pad.push_event(gst::event::FlushStop::new(true)));
+    let segment = gst::FormattedSegment::<gst::ClockTime>::new();
+    assert!(feeder.pad.push_event(gst::event::Segment::new(&segment)));
+    feeder.push(&b).unwrap();
+    assert!(feeder.eos().is_none(), "{:?}", feeder.error());
+    feeder.stop();
+    let mut all = a.clone();
+    all.extend_from_slice(&b);
+    assert!(extract(srv.addr(), "own", 0, 16, all.len()) == all);
+}
+
+#[test]
+fn if_exists_error_needs_create_if_missing() {
+    let srv = TestServer::start();
+    let sink = make_sink(
+        &srv,
+        "both",
+        &[("if-exists", "error"), ("create-if-missing", "false")],
+    );
+    let pipeline = gst::Pipeline::new();
+    pipeline.add(&sink).unwrap();
+    assert!(pipeline.set_state(gst::State::Playing).is_err());
+    let ended = common::wait_end(&pipeline.bus().unwrap(), WAIT);
+    pipeline.set_state(gst::State::Null).unwrap();
+    common::assert_tidy_messages(&ended.messages);
+    let (err, _) = ended.error.expect("a settings error");
+    assert!(err.matches(gst::ResourceError::Settings), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("if-exists=error and create-if-missing=false")
+            && text.contains("create-if-missing=true"),
+        "{text}"
+    );
+    assert!(info(srv.addr(), "both").is_none());
+}
+
+#[test]
+fn if_exists_is_set_and_reported_through_the_uri() {
+    common::init();
+    let sink = gst::ElementFactory::make("racssink").build().unwrap();
+    let handler = sink.dynamic_cast_ref::<gst::URIHandler>().unwrap();
+    handler.set_uri("racs://h:7/imp?if-exists=error").unwrap();
+    assert_eq!(
+        sink.property_value("if-exists")
+            .serialize()
+            .unwrap()
+            .as_str(),
+        "error"
+    );
+    assert_eq!(handler.uri().unwrap(), "racs://h:7/imp?if-exists=error");
+    let e = handler
+        .set_uri("racs://h:7/imp?if-exists=overwrite")
+        .unwrap_err();
+    assert!(e.to_string().contains("if-exists"), "{e}");
+    handler.set_uri("racs://h:7/imp?if-exists=append").unwrap();
+    assert_eq!(handler.uri().unwrap(), "racs://h:7/imp");
+}

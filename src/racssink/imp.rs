@@ -13,7 +13,7 @@ use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 use once_cell::sync::Lazy;
 
-use super::{GapPolicy, RecoveryPolicy, Timeline};
+use super::{GapPolicy, IfExists, RecoveryPolicy, Timeline};
 use crate::client::reader::format_unix_ms;
 use crate::client::rotation::Rotation;
 use crate::client::timeline::{Correction, WallClock};
@@ -60,6 +60,7 @@ struct Settings {
     pool_size: u32,
     chunk_size: u32,
     create_if_missing: bool,
+    if_exists: IfExists,
     takeover: bool,
     timeout_ms: u32,
     retry_timeout_ms: u32,
@@ -83,6 +84,7 @@ impl Default for Settings {
             pool_size: DEFAULT_POOL_SIZE,
             chunk_size: DEFAULT_CHUNK_SIZE,
             create_if_missing: DEFAULT_CREATE_IF_MISSING,
+            if_exists: IfExists::default(),
             takeover: DEFAULT_TAKEOVER,
             timeout_ms: DEFAULT_TIMEOUT_MS,
             retry_timeout_ms: DEFAULT_RETRY_TIMEOUT_MS,
@@ -151,6 +153,13 @@ impl Settings {
             "retry-timeout" => self.retry_timeout_ms = num(key, value, 0, u32::MAX)?,
             "create-if-missing" => self.create_if_missing = boolean(key, value)?,
             "takeover" => self.takeover = boolean(key, value)?,
+            "if-exists" => {
+                self.if_exists = match value {
+                    "append" => IfExists::Append,
+                    "error" => IfExists::Error,
+                    _ => return Err(format!("if-exists={value:?}: expected append or error")),
+                }
+            }
             "gap-policy" => {
                 self.gap_policy = match value {
                     "silence" => GapPolicy::Silence,
@@ -202,7 +211,7 @@ impl Settings {
             _ => {
                 return Err(format!(
                     "unknown URI parameter {key:?}; racssink takes pool-size, chunk-size, \
-                     timeout, retry-timeout, create-if-missing, takeover, gap-policy, \
+                     timeout, retry-timeout, create-if-missing, if-exists, takeover, gap-policy, \
                      replay-window, recovery-policy, timeline, max-drift, max-fill and rotate"
                 ))
             }
@@ -228,6 +237,9 @@ impl Settings {
         }
         if self.create_if_missing != d.create_if_missing {
             params.push(format!("create-if-missing={}", self.create_if_missing));
+        }
+        if self.if_exists != d.if_exists {
+            params.push("if-exists=error".to_string());
         }
         if self.takeover != d.takeover {
             params.push(format!("takeover={}", self.takeover));
@@ -387,6 +399,9 @@ impl RacsSink {
         match err {
             WriteError::InvalidSettings(_) => {
                 gst::element_imp_error!(self, gst::ResourceError::Settings, ("{}", msg))
+            }
+            WriteError::Exists { .. } => {
+                gst::element_imp_error!(self, gst::ResourceError::OpenWrite, ("{}", msg))
             }
             WriteError::NotFound { .. } => {
                 gst::element_imp_error!(self, gst::ResourceError::NotFound, ("{}", msg))
@@ -706,6 +721,14 @@ impl RacsSink {
         if let Err(e) = settings.rotation() {
             return Some(e);
         }
+        if settings.if_exists == IfExists::Error && !settings.create_if_missing {
+            return Some(format!(
+                "if-exists=error and create-if-missing=false together refuse stream '{id}' \
+                 whether it exists or not: set create-if-missing=true to have it created (and \
+                 refused if it already exists), or if-exists=append to append to an existing \
+                 stream"
+            ));
+        }
         None
     }
 
@@ -718,6 +741,10 @@ impl RacsSink {
             stream_id: id.to_string(),
             chunk_bytes: settings.chunk_size as usize,
             create_if_missing: settings.create_if_missing,
+            if_exists: match settings.if_exists {
+                IfExists::Append => writer::IfExists::Append,
+                IfExists::Error => writer::IfExists::Error,
+            },
             takeover: settings.takeover,
             timeout: settings.timeout(),
             retry_timeout: Duration::from_millis(settings.retry_timeout_ms.into()),
@@ -1273,6 +1300,15 @@ impl ObjectImpl for RacsSink {
                     .default_value(DEFAULT_CREATE_IF_MISSING)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("if-exists", IfExists::default())
+                    .nick("If exists")
+                    .blurb(
+                        "What to do when the stream already exists: append to it (its format \
+                         must match), or error: fail before writing anything, so an import run \
+                         twice cannot append a duplicate (needs create-if-missing=true)",
+                    )
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecBoolean::builder("takeover")
                     .nick("Take over")
                     .blurb(
@@ -1408,6 +1444,7 @@ impl ObjectImpl for RacsSink {
                 settings.create_if_missing = value.get().expect("type checked upstream")
             }
             "takeover" => settings.takeover = value.get().expect("type checked upstream"),
+            "if-exists" => settings.if_exists = value.get().expect("type checked upstream"),
             "timeout" => settings.timeout_ms = value.get().expect("type checked upstream"),
             "retry-timeout" => {
                 settings.retry_timeout_ms = value.get().expect("type checked upstream")
@@ -1472,6 +1509,7 @@ impl ObjectImpl for RacsSink {
             "chunk-size" => settings.chunk_size.to_value(),
             "create-if-missing" => settings.create_if_missing.to_value(),
             "takeover" => settings.takeover.to_value(),
+            "if-exists" => settings.if_exists.to_value(),
             "timeout" => settings.timeout_ms.to_value(),
             "retry-timeout" => settings.retry_timeout_ms.to_value(),
             "gap-policy" => settings.gap_policy.to_value(),

@@ -155,6 +155,18 @@ pub enum RecoveryPolicy {
     KeepTime,
 }
 
+/// What to do when the stream already exists at [`StreamWriter::prepare`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IfExists {
+    /// Append to it (after checking its format).
+    #[default]
+    Append,
+    /// Refuse it with [`WriteError::Exists`]: an import run twice cannot append a duplicate.
+    /// Only the writer's first `prepare` checks; a stream it created or opened itself is
+    /// appended to later in the same run.
+    Error,
+}
+
 /// What the writer needs to know besides the format, which arrives later (with the caps).
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
@@ -163,6 +175,7 @@ pub struct WriterConfig {
     /// raised to 1 ms of audio (see [`chunk_bytes_for`]).
     pub chunk_bytes: usize,
     pub create_if_missing: bool,
+    pub if_exists: IfExists,
     /// Close and reopen a stream that is already open instead of failing, and claim it at once.
     pub takeover: bool,
     /// Bound on each request, and on each connect.
@@ -182,6 +195,7 @@ impl WriterConfig {
             stream_id: stream_id.into(),
             chunk_bytes: DEFAULT_CHUNK_BYTES,
             create_if_missing: true,
+            if_exists: IfExists::Append,
             takeover: false,
             timeout: Duration::from_secs(5),
             retry_timeout: Duration::from_secs(10),
@@ -354,6 +368,15 @@ pub enum WriteError {
         addr: String,
         bytes: u64,
     },
+    /// The stream exists and `if-exists=error` refuses to append to it.
+    Exists {
+        stream: String,
+        addr: String,
+        /// Bytes in it (0 when it holds none).
+        size: u64,
+        /// Its reference time (epoch ms), 0 when it has none.
+        ref_ms: i64,
+    },
     /// Connection errors outlasted `retry-timeout`: what is known of the audio of this run.
     Unstored {
         stream: String,
@@ -444,6 +467,31 @@ impl std::fmt::Display for WriteError {
                 "stream '{stream}' on the RACS server at {addr} grew by {bytes} bytes that this \
                  writer did not send while it was reconnecting: another writer is appending to it"
             ),
+            WriteError::Exists {
+                stream,
+                addr,
+                size,
+                ref_ms,
+            } => {
+                write!(
+                    f,
+                    "stream '{stream}' already exists on the RACS server at {addr} ("
+                )?;
+                if *size == 0 {
+                    f.write_str("empty")?;
+                } else {
+                    write!(
+                        f,
+                        "{size} bytes from {}",
+                        super::reader::format_unix_ms(*ref_ms)
+                    )?;
+                }
+                write!(
+                    f,
+                    ") and if-exists=error refuses to append to it; write to another stream-id, \
+                     or set if-exists=append to add to it"
+                )
+            }
             WriteError::Unstored {
                 stream,
                 bytes_per_second,
@@ -689,6 +737,7 @@ impl Ctx<'_> {
         &self,
         format: &StreamFormat,
         create_if_missing: bool,
+        if_exists: IfExists,
         takeover: bool,
     ) -> Result<Prepared, WriteError> {
         let mut conn = self.pool.checkout(self.timeout).await?;
@@ -719,6 +768,14 @@ impl Ctx<'_> {
                     addr: self.addr(),
                 });
             };
+            if if_exists == IfExists::Error {
+                return Err(WriteError::Exists {
+                    stream: self.id.to_string(),
+                    addr: self.addr(),
+                    size: info.size,
+                    ref_ms: info.ref_ms,
+                });
+            }
             if info.format().ok().as_ref() != Some(format) {
                 return Err(WriteError::FormatMismatch {
                     stream: self.id.to_string(),
@@ -1398,9 +1455,16 @@ impl StreamWriter {
         let chunk = chunk_bytes_for(&format, self.config.chunk_bytes)?;
         let ctx = self.ctx();
         let prepared = run(&self.canceller, async {
-            ctx.prepare(&format, self.config.create_if_missing, self.config.takeover)
-                .await
+            ctx.prepare(
+                &format,
+                self.config.create_if_missing,
+                self.config.if_exists,
+                self.config.takeover,
+            )
+            .await
         })?;
+        // From here on the stream is this run's: opening it again (data after EOS) appends.
+        self.config.if_exists = IfExists::Append;
         self.format = Some(format);
         self.chunk = chunk;
         self.held.reserve(chunk);
