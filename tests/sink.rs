@@ -1055,12 +1055,9 @@ fn a_killed_server_that_lost_acknowledged_data_is_reported() {
     // Every frame is acknowledged before the next is sent: the 5 frames were stored, then lost.
     let lost = stats.get::<u64>("lost-acked-bytes").unwrap();
     assert_eq!(lost, 16000, "{stats}");
-    let warning = messages
-        .iter()
-        .find_map(|m| match m.view() {
-            gst::MessageView::Warning(w) => Some(w.error().to_string()),
-            _ => None,
-        })
+    let warning = common::warning_texts(&messages)
+        .into_iter()
+        .find(|w| w.contains("lost"))
         .expect("a warning about lost data");
     let secs = lost as f64 / 32000.0;
     assert!(
@@ -1552,4 +1549,75 @@ fn if_exists_is_set_and_reported_through_the_uri() {
     assert!(e.to_string().contains("if-exists"), "{e}");
     handler.set_uri("racs://h:7/imp?if-exists=append").unwrap();
     assert_eq!(handler.uri().unwrap(), "racs://h:7/imp");
+}
+
+// ---------------------------------------------------------------------------------------
+// Reconnects
+
+/// The reconnect warnings and `racssink-reconnect` messages of a run.
+fn reconnects(messages: &[gst::Message]) -> (Vec<String>, Vec<gst::Structure>) {
+    let warnings = common::warning_texts(messages)
+        .into_iter()
+        .filter(|w| w.contains("Lost the connection") || w.contains("restarted while stream"))
+        .collect();
+    (
+        warnings,
+        common::element_structures(messages, "racssink-reconnect"),
+    )
+}
+
+#[test]
+fn every_reconnect_is_posted_with_the_address_and_what_happened() {
+    let data = noise(16000 * 2 * 3, 51);
+    // Killed and started again between two frames: the pooled connection is replaced without
+    // an error, and the server no longer has the stream open.
+    let srv = TestServer::start();
+    let addr = srv.addr().to_string();
+    let (srv, messages, stats) = restart_run(srv, "rc-idle", &data, 16000, false, |s| {
+        s.kill();
+        s.start_again();
+    });
+    let (warnings, posted) = reconnects(&messages);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains(&format!("The RACS server at {addr} restarted"))
+            && warnings[0].contains("'rc-idle'"),
+        "{warnings:?}"
+    );
+    assert_eq!(posted.len(), 1, "{posted:?}");
+    let m = &posted[0];
+    assert_eq!(m.get::<String>("address").unwrap(), addr);
+    assert_eq!(m.get::<String>("stream-id").unwrap(), "rc-idle");
+    assert!(m.get::<bool>("server-restarted").unwrap(), "{m}");
+    assert!(
+        m.get::<String>("reason").unwrap().contains("restarted"),
+        "{m}"
+    );
+    assert_eq!(
+        m.get::<u64>("reconnects").unwrap(),
+        stats.get::<u64>("reconnects").unwrap()
+    );
+
+    // Killed while frames keep coming, started again 300 ms later: the writer retries.
+    let (_srv, messages, stats) = restart_run(srv, "rc-down", &data, 16000, true, |s| {
+        s.kill();
+        std::thread::sleep(Duration::from_millis(300));
+        s.start_again();
+    });
+    let (warnings, posted) = reconnects(&messages);
+    assert_eq!(warnings.len(), 1, "one warning per outage: {warnings:?}");
+    assert!(
+        warnings[0].contains(&format!(
+            "Lost the connection to the RACS server at {addr} while writing stream 'rc-down'"
+        )) && warnings[0].contains("reconnecting for up to 10000 ms"),
+        "{warnings:?}"
+    );
+    assert_eq!(posted.len(), 1, "{posted:?}");
+    let m = &posted[0];
+    assert_eq!(m.get::<String>("address").unwrap(), addr);
+    assert!(m.get::<bool>("server-restarted").unwrap(), "{m}");
+    let outage = m.get::<u64>("outage").unwrap();
+    assert!(outage >= 200_000_000, "{m}");
+    assert!(m.get::<String>("reason").unwrap().contains(&addr), "{m}");
+    assert_eq!(stats.get::<u64>("reconnects").unwrap(), 1, "{stats}");
 }

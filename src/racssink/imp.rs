@@ -4,7 +4,7 @@
 //! and the reconnect logic live in `client::writer`.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gst::glib;
 use gst::prelude::*;
@@ -347,8 +347,18 @@ struct TimelineStats {
     rotations: u64,
 }
 
+/// A reconnect under way: from the first sign of it until the writer is writing again.
+#[derive(Debug)]
+struct Outage {
+    since: Instant,
+    /// What happened, as first seen.
+    reason: String,
+    server_restarted: bool,
+}
+
 pub struct RacsSink {
     settings: Mutex<Settings>,
+    outage: Mutex<Option<Outage>>,
     timeline: Mutex<TimelineStats>,
     /// The stream being written (the name of the current period when rotating).
     current_id: Mutex<Option<String>>,
@@ -365,6 +375,7 @@ impl Default for RacsSink {
     fn default() -> Self {
         RacsSink {
             settings: Mutex::new(Settings::default()),
+            outage: Mutex::new(None),
             timeline: Mutex::new(TimelineStats::default()),
             current_id: Mutex::new(None),
             state: Mutex::new(State::default()),
@@ -421,14 +432,75 @@ impl RacsSink {
 
     fn on_writer_event(&self, event: WriterEvent) {
         match event {
-            WriterEvent::Retrying { error, retry_for } => gst::warning!(
-                CAT,
-                imp = self,
-                "{error}; reconnecting for up to {} ms",
-                retry_for.as_millis()
-            ),
-            WriterEvent::Recovered => gst::info!(CAT, imp = self, "writing again"),
-            WriterEvent::Restarted(r) => self.on_restart(r),
+            WriterEvent::Retrying { error, retry_for } => {
+                gst::warning!(
+                    CAT,
+                    imp = self,
+                    "{error}; reconnecting for up to {} ms",
+                    retry_for.as_millis()
+                );
+                if self.outage.lock().unwrap().is_some() {
+                    return;
+                }
+                let (id, addr, _) = self.describe_bytes(0);
+                gst::element_imp_warning!(
+                    self,
+                    gst::ResourceError::Write,
+                    (
+                        "Lost the connection to the RACS server at {} while writing stream '{}' \
+                         ({}); reconnecting for up to {} ms (retry-timeout), holding the audio \
+                         meanwhile",
+                        addr,
+                        id,
+                        error,
+                        retry_for.as_millis()
+                    )
+                );
+                *self.outage.lock().unwrap() = Some(Outage {
+                    since: Instant::now(),
+                    reason: error,
+                    server_restarted: false,
+                });
+            }
+            WriterEvent::Recovered => self.on_reconnected(),
+            WriterEvent::Restarted(r) => {
+                let first = {
+                    let mut outage = self.outage.lock().unwrap();
+                    match outage.as_mut() {
+                        Some(o) => {
+                            o.server_restarted = true;
+                            false
+                        }
+                        None => {
+                            *outage = Some(Outage {
+                                since: Instant::now(),
+                                reason: "the server no longer had the stream open: it \
+                                         restarted"
+                                    .into(),
+                                server_restarted: true,
+                            });
+                            true
+                        }
+                    }
+                };
+                if first {
+                    // The connection was replaced without an error (between two frames):
+                    // nothing said so yet.
+                    let (id, addr, _) = self.describe_bytes(0);
+                    gst::element_imp_warning!(
+                        self,
+                        gst::ResourceError::Write,
+                        (
+                            "The RACS server at {} restarted while stream '{}' was being \
+                             written (it no longer had the stream open); racssink reconnected, \
+                             reopened it and checked what the server still holds",
+                            addr,
+                            id
+                        )
+                    );
+                }
+                self.on_restart(r)
+            }
             WriterEvent::Loss(loss) => self.on_loss(loss),
             WriterEvent::Lag { lag_us } => {
                 let id = self.stream_id();
@@ -520,6 +592,33 @@ impl RacsSink {
     fn post_element(&self, s: gst::Structure) {
         let obj = self.obj();
         let _ = obj.post_message(gst::message::Element::builder(s).src(&*obj).build());
+    }
+
+    /// Writing again after a reconnect: `racssink-reconnect` says what happened.
+    fn on_reconnected(&self) {
+        let outage = self.outage.lock().unwrap().take();
+        let (id, addr, _) = self.describe_bytes(0);
+        let (reason, restarted, took) = match outage {
+            Some(o) => (o.reason, o.server_restarted, o.since.elapsed()),
+            None => ("unknown".to_string(), false, Duration::ZERO),
+        };
+        gst::info!(
+            CAT,
+            imp = self,
+            "writing '{id}' to {addr} again after {} ms ({reason})",
+            took.as_millis()
+        );
+        let reconnects = self.stats.lock().unwrap().reconnects;
+        self.post_element(
+            gst::Structure::builder("racssink-reconnect")
+                .field("stream-id", id)
+                .field("address", addr)
+                .field("reason", reason)
+                .field("server-restarted", restarted)
+                .field("outage", took.as_nanos() as u64)
+                .field("reconnects", reconnects)
+                .build(),
+        );
     }
 
     fn on_restart(&self, r: Restart) {
@@ -1588,6 +1687,7 @@ impl BaseSinkImpl for RacsSink {
         let _ = Pool::get(&settings.host, settings.port, settings.pool_size as usize);
         self.canceller.reset();
         *self.stats.lock().unwrap() = WriterStats::default();
+        *self.outage.lock().unwrap() = None;
         *self.caps_cache.lock().unwrap() = None;
         *self.timeline.lock().unwrap() = TimelineStats::default();
         *self.current_id.lock().unwrap() = None;

@@ -1774,6 +1774,12 @@ impl StreamWriter {
             self.recover(&mut retrier)?;
             self.pump(retry)?;
         }
+        if self.recovering {
+            // Reopened with nothing left to send: the recovery is complete all the same.
+            self.recovering = false;
+            self.stats.lock().unwrap().reconnects += 1;
+            self.emit(WriterEvent::Recovered);
+        }
         self.flush_drops();
         self.open = false;
         Ok(())
