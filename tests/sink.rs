@@ -1237,6 +1237,21 @@ fn progress_ref_messages_and_stats() {
     assert!(out.stat("rtt-avg-us") > 0);
     assert!(out.stat("rtt-max-us") >= out.stat("rtt-avg-us"));
     assert!(out.warnings().is_empty(), "{:?}", out.warnings());
+    // The final stats, as an element message before EOS: the same structure as the property.
+    let posted = common::element_structures(&out.messages, "racssink-stats");
+    assert_eq!(posted.len(), 1, "{posted:?}");
+    assert_eq!(posted[0], out.stats);
+    let stats_at = out
+        .messages
+        .iter()
+        .position(|m| m.structure().is_some_and(|s| s.name() == "racssink-stats"))
+        .unwrap();
+    let eos_at = out
+        .messages
+        .iter()
+        .position(|m| matches!(m.view(), gst::MessageView::Eos(_)))
+        .unwrap();
+    assert!(stats_at < eos_at, "posted before EOS");
 }
 
 #[test]
@@ -1620,4 +1635,7 @@ fn every_reconnect_is_posted_with_the_address_and_what_happened() {
     assert!(outage >= 200_000_000, "{m}");
     assert!(m.get::<String>("reason").unwrap().contains(&addr), "{m}");
     assert_eq!(stats.get::<u64>("reconnects").unwrap(), 1, "{stats}");
+    let last = common::element_structures(&messages, "racssink-stats");
+    assert_eq!(last.len(), 1);
+    assert_eq!(last[0].get::<u64>("reconnects").unwrap(), 1, "{}", last[0]);
 }

@@ -589,6 +589,33 @@ impl RacsSink {
             .unwrap_or_default()
     }
 
+    /// `racssink-stats`: the `stats` property, and the element message posted at EOS.
+    fn stats_structure(&self) -> gst::Structure {
+        let s = self.stats.lock().unwrap().clone();
+        let t = self.timeline.lock().unwrap().clone();
+        gst::Structure::builder("racssink-stats")
+            .field("bytes-sent", s.bytes_sent)
+            .field("bytes-acked", s.bytes_acked)
+            .field("frames-sent", s.frames_sent)
+            .field("frames-acked", s.frames_acked)
+            .field("reconnects", s.reconnects)
+            .field("silence-bytes", s.silence_bytes)
+            .field("silence-duration", s.silence_ns())
+            .field("rtt-avg-us", s.rtt_avg_us())
+            .field("rtt-max-us", s.rtt_max_us)
+            .field("lost-acked-bytes", s.lost_acked_bytes)
+            .field("server-lost-bytes", s.server_lost_bytes)
+            .field("replayed-bytes", s.replayed_bytes)
+            .field("dropped-bytes", s.dropped_bytes)
+            .field("dropped-duration", s.ns_of(s.dropped_bytes))
+            .field("timeline-filled-frames", t.filled_frames)
+            .field("timeline-dropped-frames", t.dropped_frames)
+            .field("timeline-corrections", t.corrections)
+            .field("timeline-drift", t.drift_ns)
+            .field("rotations", t.rotations)
+            .build()
+    }
+
     fn post_element(&self, s: gst::Structure) {
         let obj = self.obj();
         let _ = obj.post_message(gst::message::Element::builder(s).src(&*obj).build());
@@ -1574,30 +1601,7 @@ impl ObjectImpl for RacsSink {
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         if pspec.name() == "stats" {
-            let s = self.stats.lock().unwrap().clone();
-            let t = self.timeline.lock().unwrap().clone();
-            return gst::Structure::builder("racssink-stats")
-                .field("bytes-sent", s.bytes_sent)
-                .field("bytes-acked", s.bytes_acked)
-                .field("frames-sent", s.frames_sent)
-                .field("frames-acked", s.frames_acked)
-                .field("reconnects", s.reconnects)
-                .field("silence-bytes", s.silence_bytes)
-                .field("silence-duration", s.silence_ns())
-                .field("rtt-avg-us", s.rtt_avg_us())
-                .field("rtt-max-us", s.rtt_max_us)
-                .field("lost-acked-bytes", s.lost_acked_bytes)
-                .field("server-lost-bytes", s.server_lost_bytes)
-                .field("replayed-bytes", s.replayed_bytes)
-                .field("dropped-bytes", s.dropped_bytes)
-                .field("dropped-duration", s.ns_of(s.dropped_bytes))
-                .field("timeline-filled-frames", t.filled_frames)
-                .field("timeline-dropped-frames", t.dropped_frames)
-                .field("timeline-corrections", t.corrections)
-                .field("timeline-drift", t.drift_ns)
-                .field("rotations", t.rotations)
-                .build()
-                .to_value();
+            return self.stats_structure().to_value();
         }
         let settings = self.settings.lock().unwrap();
         match pspec.name() {
@@ -1923,6 +1927,9 @@ impl BaseSinkImpl for RacsSink {
                         }
                     }
                 }
+                drop(state);
+                // The run's final figures, on the bus before EOS.
+                self.post_element(self.stats_structure());
             }
             _ => {}
         }
