@@ -691,7 +691,7 @@ fn uri_handler_sets_and_reports_the_settings() {
     let handler = sink.dynamic_cast_ref::<gst::URIHandler>().unwrap();
     assert_eq!(
         handler.uri().unwrap(),
-        "racs://127.0.0.1:7001/Beethoven%20Piano%20Sonata%20No.1?chunk-size=4096&retry-timeout=0&takeover=true&gap-policy=none"
+        "racs://127.0.0.1:7001/Beethoven%20Piano%20Sonata%20No.1?chunk-size=4096&takeover=true&retry-timeout=0&gap-policy=none"
     );
     // The default port, and IPv6.
     handler.set_uri("racs://[::1]/x").unwrap();

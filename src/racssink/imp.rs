@@ -21,10 +21,10 @@ use crate::client::writer::{
     self, Loss, LossKind, ReplayWindow, Restart, StreamWriter, WriteError, WriterConfig,
     WriterEvent, WriterStats, DEFAULT_CHUNK_BYTES, DEFAULT_SETTLE,
 };
-use crate::client::{block_on, validate_stream_id, Canceller, Error, Pool, StreamFormat};
-use crate::props::{
-    DEFAULT_HOST, DEFAULT_POOL_SIZE, DEFAULT_PORT, DEFAULT_TIMEOUT_MS, MAX_POOL_SIZE,
+use crate::client::{
+    block_on, host_port, validate_stream_id, Canceller, Error, Pool, StreamFormat,
 };
+use crate::props::{DEFAULT_HOST, DEFAULT_POOL_SIZE, DEFAULT_PORT, DEFAULT_TIMEOUT_MS};
 use crate::uri;
 
 static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
@@ -73,6 +73,8 @@ struct Settings {
     max_fill_ns: u64,
     /// Seconds per rotated stream; 0: no fixed period.
     rotate_s: u32,
+    /// Why the last URI set through the `uri` property was refused (starting fails with it).
+    uri_error: Option<String>,
 }
 
 impl Default for Settings {
@@ -95,6 +97,7 @@ impl Default for Settings {
             max_drift_ns: DEFAULT_MAX_DRIFT_NS,
             max_fill_ns: DEFAULT_MAX_FILL_NS,
             rotate_s: 0,
+            uri_error: None,
         }
     }
 }
@@ -123,167 +126,7 @@ impl Settings {
     }
 
     fn addr(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
-    }
-
-    /// Applies one `key=value` from a URI's query part.
-    fn apply_param(&mut self, key: &str, value: &str) -> Result<(), String> {
-        fn num(key: &str, value: &str, min: u32, max: u32) -> Result<u32, String> {
-            value
-                .parse::<u32>()
-                .ok()
-                .filter(|v| (min..=max).contains(v))
-                .ok_or_else(|| format!("{key}={value:?}: expected a number in {min}..={max}"))
-        }
-        fn boolean(key: &str, value: &str) -> Result<bool, String> {
-            match value.to_ascii_lowercase().as_str() {
-                "true" | "1" | "yes" => Ok(true),
-                "false" | "0" | "no" => Ok(false),
-                _ => Err(format!("{key}={value:?}: expected true or false")),
-            }
-        }
-        match key {
-            "pool-size" => self.pool_size = num(key, value, 1, MAX_POOL_SIZE)?,
-            "chunk-size" => self.chunk_size = num(key, value, 1, 65535)?,
-            "timeout" => self.timeout_ms = num(key, value, 1, u32::MAX)?,
-            "retry-timeout" => self.retry_timeout_ms = num(key, value, 0, u32::MAX)?,
-            "create-if-missing" => self.create_if_missing = boolean(key, value)?,
-            "takeover" => self.takeover = boolean(key, value)?,
-            "if-exists" => {
-                self.if_exists = match value {
-                    "append" => IfExists::Append,
-                    "error" => IfExists::Error,
-                    _ => return Err(format!("if-exists={value:?}: expected append or error")),
-                }
-            }
-            "gap-policy" => {
-                self.gap_policy = match value {
-                    "silence" => GapPolicy::Silence,
-                    "none" => GapPolicy::None,
-                    _ => return Err(format!("gap-policy={value:?}: expected silence or none")),
-                }
-            }
-            "replay-window" => {
-                ReplayWindow::parse(value)?;
-                self.replay_window = value.to_string();
-            }
-            "recovery-policy" => {
-                self.recovery_policy = match value {
-                    "auto" => RecoveryPolicy::Auto,
-                    "keep-audio" => RecoveryPolicy::KeepAudio,
-                    "keep-time" => RecoveryPolicy::KeepTime,
-                    _ => {
-                        return Err(format!(
-                            "recovery-policy={value:?}: expected auto, keep-audio or keep-time"
-                        ))
-                    }
-                }
-            }
-            "timeline" => {
-                self.timeline = match value {
-                    "auto" => Timeline::Auto,
-                    "samples" => Timeline::Samples,
-                    "wall-clock" => Timeline::WallClock,
-                    _ => {
-                        return Err(format!(
-                            "timeline={value:?}: expected auto, samples or wall-clock"
-                        ))
-                    }
-                }
-            }
-            "max-drift" | "max-fill" => {
-                let v = value
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|v| *v >= 1_000_000 || key == "max-fill")
-                    .ok_or_else(|| format!("{key}={value:?}: expected nanoseconds"))?;
-                if key == "max-drift" {
-                    self.max_drift_ns = v;
-                } else {
-                    self.max_fill_ns = v;
-                }
-            }
-            "rotate" => self.rotate_s = num(key, value, 0, u32::MAX)?,
-            _ => {
-                return Err(format!(
-                    "unknown URI parameter {key:?}; racssink takes pool-size, chunk-size, \
-                     timeout, retry-timeout, create-if-missing, if-exists, takeover, gap-policy, \
-                     replay-window, recovery-policy, timeline, max-drift, max-fill and rotate"
-                ))
-            }
-        }
-        Ok(())
-    }
-
-    fn to_uri(&self) -> Option<String> {
-        let id = self.stream_id.as_ref()?;
-        let d = Settings::default();
-        let mut params = Vec::new();
-        if self.pool_size != d.pool_size {
-            params.push(format!("pool-size={}", self.pool_size));
-        }
-        if self.chunk_size != d.chunk_size {
-            params.push(format!("chunk-size={}", self.chunk_size));
-        }
-        if self.timeout_ms != d.timeout_ms {
-            params.push(format!("timeout={}", self.timeout_ms));
-        }
-        if self.retry_timeout_ms != d.retry_timeout_ms {
-            params.push(format!("retry-timeout={}", self.retry_timeout_ms));
-        }
-        if self.create_if_missing != d.create_if_missing {
-            params.push(format!("create-if-missing={}", self.create_if_missing));
-        }
-        if self.if_exists != d.if_exists {
-            params.push("if-exists=error".to_string());
-        }
-        if self.takeover != d.takeover {
-            params.push(format!("takeover={}", self.takeover));
-        }
-        if self.gap_policy != d.gap_policy {
-            params.push("gap-policy=none".to_string());
-        }
-        if self.replay_window != d.replay_window {
-            params.push(format!(
-                "replay-window={}",
-                uri::percent_encode(&self.replay_window)
-            ));
-        }
-        if self.recovery_policy != d.recovery_policy {
-            let nick = match self.recovery_policy {
-                RecoveryPolicy::Auto => "auto",
-                RecoveryPolicy::KeepAudio => "keep-audio",
-                RecoveryPolicy::KeepTime => "keep-time",
-            };
-            params.push(format!("recovery-policy={nick}"));
-        }
-        if self.timeline != d.timeline {
-            let nick = match self.timeline {
-                Timeline::Auto => "auto",
-                Timeline::Samples => "samples",
-                Timeline::WallClock => "wall-clock",
-            };
-            params.push(format!("timeline={nick}"));
-        }
-        if self.max_drift_ns != d.max_drift_ns {
-            params.push(format!("max-drift={}", self.max_drift_ns));
-        }
-        if self.max_fill_ns != d.max_fill_ns {
-            params.push(format!("max-fill={}", self.max_fill_ns));
-        }
-        if self.rotate_s != d.rotate_s {
-            params.push(format!("rotate={}", self.rotate_s));
-        }
-        let mut uri = format!("racs://{}/{}", self.addr(), uri::percent_encode(id));
-        if !params.is_empty() {
-            uri.push('?');
-            uri.push_str(&params.join("&"));
-        }
-        Some(uri)
+        host_port(&self.host, self.port)
     }
 }
 
@@ -828,6 +671,9 @@ impl RacsSink {
     }
 
     fn settings_error(&self, settings: &Settings) -> Option<String> {
+        if let Some(e) = &settings.uri_error {
+            return Some(format!("Invalid uri: {e}"));
+        }
         let Some(id) = settings.stream_id.as_ref() else {
             return Some(
                 "No stream-id set: racssink needs the name of the RACS stream to write \
@@ -1405,6 +1251,15 @@ impl ObjectImpl for RacsSink {
                     )
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecString::builder("uri")
+                    .nick("URI")
+                    .blurb(
+                        "racs://host:port/stream-id?key=value&...: the server, the stream and any \
+                         other property in one; read back, it holds every property that differs \
+                         from its default",
+                    )
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecUInt::builder("chunk-size")
                     .nick("Chunk size")
                     .blurb(
@@ -1545,6 +1400,20 @@ impl ObjectImpl for RacsSink {
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        if pspec.name() == "uri" {
+            // Through the URI handler, which sets the other properties (and takes the lock).
+            let text = value
+                .get::<Option<String>>()
+                .expect("type checked upstream");
+            if let Some(text) = text {
+                if let Err(e) = URIHandlerImpl::set_uri(self, &text) {
+                    gst::error!(CAT, imp = self, "{e}");
+                    // Kept so that starting fails with a clear message.
+                    self.settings.lock().unwrap().uri_error = Some(e.to_string());
+                }
+            }
+            return;
+        }
         let mut settings = self.settings.lock().unwrap();
         match pspec.name() {
             "host" => {
@@ -1602,6 +1471,9 @@ impl ObjectImpl for RacsSink {
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         if pspec.name() == "stats" {
             return self.stats_structure().to_value();
+        }
+        if pspec.name() == "uri" {
+            return URIHandlerImpl::uri(self).to_value();
         }
         let settings = self.settings.lock().unwrap();
         match pspec.name() {
@@ -1945,7 +1817,7 @@ impl URIHandlerImpl for RacsSink {
     }
 
     fn uri(&self) -> Option<String> {
-        self.settings.lock().unwrap().to_uri()
+        uri::format(&*self.obj())
     }
 
     fn set_uri(&self, uri: &str) -> Result<(), glib::Error> {
@@ -1959,20 +1831,20 @@ impl URIHandlerImpl for RacsSink {
         if uri.eq_ignore_ascii_case("racs://") {
             return Ok(());
         }
-        let bad = |msg: String| glib::Error::new(gst::URIError::BadUri, &msg);
-        let parsed = uri::parse(uri).map_err(bad)?;
-        validate_stream_id(&parsed.stream_id).map_err(|e| bad(format!("{uri}: {e}")))?;
-        let mut settings = self.settings.lock().unwrap();
-        let mut new = settings.clone();
-        new.host = parsed.host;
-        new.port = parsed.port.unwrap_or(DEFAULT_PORT as u16);
-        new.stream_id = Some(parsed.stream_id);
-        for (key, value) in &parsed.params {
-            new.apply_param(key, value)
-                .map_err(|e| bad(format!("{uri}: {e}")))?;
-        }
-        gst::info!(CAT, imp = self, "URI {uri} sets {new:?}");
-        *settings = new;
+        uri::apply(
+            &*self.obj(),
+            uri,
+            "racssink",
+            DEFAULT_PORT as u16,
+            |key, text| match key {
+                "stream-id" => validate_stream_id(text).map_err(|e| e.to_string()),
+                "replay-window" => ReplayWindow::parse(text).map(|_| ()),
+                _ => Ok(()),
+            },
+        )
+        .map_err(|msg| glib::Error::new(gst::URIError::BadUri, &msg))?;
+        self.settings.lock().unwrap().uri_error = None;
+        gst::info!(CAT, imp = self, "URI {uri} applied");
         Ok(())
     }
 }
