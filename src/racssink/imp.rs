@@ -155,6 +155,9 @@ struct State {
     wall_clock: bool,
     /// Where the current rotated stream ends (epoch ms).
     next_boundary_ms: Option<i64>,
+    /// The stream id of the period being written (the stream id when not rotating). The
+    /// writer's own stream is a continuation of it after a pause beyond max-fill.
+    period: Option<String>,
     /// samples timeline: the wall-clock time (ns) of the run's first sample and the sample
     /// frames stored since, which give every later sample's time.
     anchor_ns: Option<i128>,
@@ -170,6 +173,17 @@ impl State {
         self.base
             .map(|base| base + gst::ClockTime::from_nseconds(offset))
     }
+}
+
+/// What [`RacsSink::correct`] did before a buffer is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Corrected {
+    /// Within max-drift: nothing.
+    Kept,
+    /// Silence inserted or sample frames left out.
+    Done,
+    /// A rotated stream's pause is longer than max-fill: continue in a new stream.
+    NewStream { pause_ns: u128 },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -989,18 +1003,22 @@ impl RacsSink {
                 .clone()
                 .unwrap_or_default(),
         };
-        let current = state.writer.as_ref().map(|w| w.stream_id().to_string());
-        if current.as_deref() == Some(want.as_str())
-            && state.writer.as_ref().is_some_and(|w| w.is_open())
-        {
+        let open = state.writer.as_ref().is_some_and(|w| w.is_open());
+        // A writer opened at the caps (no rotation) serves its own stream.
+        let period = state
+            .period
+            .clone()
+            .or_else(|| state.writer.as_ref().map(|w| w.stream_id().to_string()));
+        if period.as_deref() == Some(want.as_str()) && open {
             return Ok(false);
         }
-        let old = if current.is_some() && current.as_deref() != Some(want.as_str()) {
+        let old = if state.writer.is_some() && period.as_deref() != Some(want.as_str()) {
             state.writer.take()
         } else {
             None
         };
         self.open(state, format, &want)?;
+        state.period = Some(want.clone());
         if let Some(r) = &state.rotation {
             state.next_boundary_ms = Some(r.next_boundary(t_ms));
         }
@@ -1026,10 +1044,71 @@ impl RacsSink {
                     .field("to", want.clone())
                     .field("boundary-ms", t_ms)
                     .field("boundary", format_unix_ms(t_ms))
+                    .field("reason", "period")
                     .build(),
             );
         }
         Ok(true)
+    }
+
+    /// Rotation after a pause longer than max-fill inside a period: the rest of the period
+    /// goes to a new stream named after the period's and this first sample's time (`t_ns`),
+    /// which racssrc joins after the period's stream.
+    fn continue_in_new_stream(
+        &self,
+        state: &mut State,
+        format: StreamFormat,
+        t_ns: i128,
+        pause_ns: u128,
+    ) -> Result<(), WriteError> {
+        let t_ms = t_ns.div_euclid(1_000_000) as i64;
+        let period = state.period.clone().unwrap_or_default();
+        let name = Rotation::continuation_name(&period, t_ms);
+        let mut old = state.writer.take();
+        let from = old.as_ref().map(|w| w.stream_id().to_string());
+        let stored_to = old
+            .as_ref()
+            .and_then(|w| w.next_stored_us())
+            .map(|us| format_unix_ms(us.div_euclid(1000)));
+        self.open(state, format, &name)?;
+        if state.wall_clock {
+            state
+                .writer
+                .as_mut()
+                .expect("opened above")
+                .bind_timeline()?;
+        }
+        if let Some(old) = old.as_mut() {
+            old.finish(true)?;
+        }
+        let from = from.unwrap_or_default();
+        self.timeline.lock().unwrap().rotations += 1;
+        let (_, addr, _) = self.describe_bytes(0);
+        gst::element_imp_info!(
+            self,
+            gst::ResourceError::Write,
+            (
+                "Stream '{}' on the RACS server at {} is stored up to {}, {:.3} s before this \
+                 audio was captured ({}): more than max-fill, so the rest of its period goes to \
+                 the new stream '{}' (racssrc reads the two as one)",
+                from,
+                addr,
+                stored_to.as_deref().unwrap_or("its end"),
+                pause_ns as f64 / 1e9,
+                format_unix_ms(t_ms),
+                name
+            )
+        );
+        self.post_element(
+            gst::Structure::builder("racssink-rotate")
+                .field("from", from)
+                .field("to", name)
+                .field("boundary-ms", t_ms)
+                .field("boundary", format_unix_ms(t_ms))
+                .field("reason", "pause")
+                .build(),
+        );
+        Ok(())
     }
 
     /// wall-clock timeline: before `pcm`, whose first sample was captured at `*t_ns`, is
@@ -1041,7 +1120,7 @@ impl RacsSink {
         format: StreamFormat,
         t_ns: &mut i128,
         pcm: &mut &[u8],
-    ) -> Result<(), WriteError> {
+    ) -> Result<Corrected, WriteError> {
         let bpf = format.bytes_per_frame() as u64;
         let rate = format.sample_rate;
         let (max_drift_ns, max_fill_ns) = (state.max_drift_ns, state.max_fill_ns);
@@ -1049,7 +1128,7 @@ impl RacsSink {
         let writer = state.writer.as_mut().expect("open");
         writer.bind_timeline()?;
         let Some(stored_us) = writer.next_stored_us() else {
-            return Ok(());
+            return Ok(Corrected::Kept);
         };
         let stored_ns = i128::from(stored_us) * 1000;
         let wc = WallClock { rate, max_drift_ns };
@@ -1063,27 +1142,27 @@ impl RacsSink {
                 .max(drift.unsigned_abs().min(u64::MAX.into()) as u64);
         }
         match correction {
-            Correction::Keep => return Ok(()),
+            Correction::Keep => return Ok(Corrected::Kept),
             Correction::Fill(n) => {
                 let ns = u128::from(n) * 1_000_000_000 / u128::from(rate);
+                if ns > u128::from(max_fill_ns) && rotating {
+                    return Ok(Corrected::NewStream { pause_ns: ns });
+                }
                 if ns > u128::from(max_fill_ns) {
                     let stored_ms = stored_us.div_euclid(1000);
                     let capture_ms = t_ns.div_euclid(1_000_000) as i64;
                     return Err(WriteError::InvalidSettings(format!(
                         "stream '{}' on the RACS server at {} is stored up to {}, {:.3} s before \
                          this audio was captured ({}): filling that pause with silence would \
-                         exceed max-fill ({:.3} s); raise max-fill, write to another stream-id{}",
+                         exceed max-fill ({:.3} s); raise max-fill, write to another stream-id, \
+                         or rotate streams (strftime fields in stream-id, or rotate), which \
+                         starts a new stream after such a pause",
                         writer.stream_id(),
                         writer.addr(),
                         format_unix_ms(stored_ms),
                         ns as f64 / 1e9,
                         format_unix_ms(capture_ms),
                         max_fill_ns as f64 / 1e9,
-                        if rotating {
-                            " (the pause ends inside the period of this rotated stream)"
-                        } else {
-                            ", or rotate streams (strftime fields in stream-id, or rotate)"
-                        }
                     )));
                 }
                 gst::debug!(
@@ -1116,7 +1195,7 @@ impl RacsSink {
         }
         self.timeline.lock().unwrap().corrections += 1;
         state.last_report = None;
-        Ok(())
+        Ok(Corrected::Done)
     }
 
     /// Posts `racssink-timeline` after a correction and every 10 s.
@@ -1164,7 +1243,13 @@ impl RacsSink {
             // sample; the next buffer corrects what remains.
             if state.wall_clock && capture.is_some() && !fresh_cut {
                 let before = pcm.len();
-                self.correct(state, format, &mut t_ns, &mut pcm)?;
+                match self.correct(state, format, &mut t_ns, &mut pcm)? {
+                    Corrected::NewStream { pause_ns } => {
+                        self.continue_in_new_stream(state, format, t_ns, pause_ns)?;
+                        continue;
+                    }
+                    Corrected::Kept | Corrected::Done => {}
+                }
                 if pcm.len() != before {
                     capture = Some((t_ns / 1000) as i64);
                 }
@@ -1365,8 +1450,8 @@ impl ObjectImpl for RacsSink {
                     .nick("Maximum fill")
                     .blurb(
                         "wall-clock timeline: the longest pause (ns) filled with silence, e.g. \
-                         when appending to a stream after a restart; a longer one is an error \
-                         (rotated streams start a new stream at the next period instead)",
+                         when appending to a stream after a restart; a longer one is an error, \
+                         or with rotation starts a new stream for the rest of the period",
                     )
                     .default_value(DEFAULT_MAX_FILL_NS)
                     .mutable_ready()
