@@ -46,8 +46,33 @@ pub const KEEP_TIME_MAX_LAG: Duration = Duration::from_millis(30);
 /// this long.
 pub const DEFAULT_SETTLE: Duration = Duration::from_millis(1200);
 
-const STREAM_IN_USE: &str = "Stream is closed or currently in use.";
-const ALREADY_OPEN: &str = "Stream is already open";
+/// The server's refusals the writer acts on. The server has no error codes (contract section
+/// 3), so its exact reply texts are told apart here, once; everything else matches the type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// OPEN of a stream that is open (for this writer or another).
+    AlreadyOpen,
+    /// CLOSE of a stream that is not open.
+    NotOpen,
+    /// A frame for a stream that is not open, or open for another session.
+    InUse,
+}
+
+impl Refusal {
+    fn of(e: &Error) -> Option<Refusal> {
+        match e.server_message()? {
+            "Stream is already open" => Some(Refusal::AlreadyOpen),
+            "Stream is not open" => Some(Refusal::NotOpen),
+            "Stream is closed or currently in use." => Some(Refusal::InUse),
+            _ => None,
+        }
+    }
+}
+
+/// Whether `e` is the server's refusal `r`.
+fn refused(e: &Error, r: Refusal) -> bool {
+    Refusal::of(e) == Some(r)
+}
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
@@ -696,14 +721,12 @@ impl Ctx<'_> {
             }
             match reopened?.into_value() {
                 Ok(Value::Null) => {}
-                Err(Error::Server(msg)) if msg == "Stream is not open" => {
-                    match conn.open(self.id).await {
-                        Err(Error::Server(msg)) if msg == ALREADY_OPEN => continue,
-                        other => other?,
-                    }
-                }
+                Err(e) if refused(&e, Refusal::NotOpen) => match conn.open(self.id).await {
+                    Err(e) if refused(&e, Refusal::AlreadyOpen) => continue,
+                    other => other?,
+                },
                 // The other writer reopened between this CLOSE and OPEN: again.
-                Err(Error::Server(msg)) if msg == ALREADY_OPEN => continue,
+                Err(e) if refused(&e, Refusal::AlreadyOpen) => continue,
                 Err(e) => return Err(e.into()),
                 Ok(other) => {
                     return Err(Error::Protocol {
@@ -715,7 +738,7 @@ impl Ctx<'_> {
             }
             match conn.send_frame(self.session, self.hash, &[]).await {
                 Ok(()) => return Ok(()),
-                Err(Error::Server(msg)) if msg == STREAM_IN_USE => {}
+                Err(e) if refused(&e, Refusal::InUse) => {}
                 Err(e) => return Err(e.into()),
             }
             // The other writer's frame came first: on a server that serves one message at a
@@ -795,7 +818,7 @@ impl Ctx<'_> {
         }
         match conn.open(self.id).await {
             Ok(()) => {}
-            Err(Error::Server(msg)) if msg == ALREADY_OPEN => {
+            Err(e) if refused(&e, Refusal::AlreadyOpen) => {
                 if !takeover {
                     return Err(WriteError::AlreadyOpen {
                         stream: self.id.to_string(),
@@ -817,11 +840,11 @@ impl Ctx<'_> {
     async fn reopen(&self, conn: &mut PooledConnection) -> Result<Delivery, WriteError> {
         match conn.open(self.id).await {
             Ok(()) => Ok(Delivery::Reopened),
-            Err(Error::Server(msg)) if msg == ALREADY_OPEN => {
+            Err(e) if refused(&e, Refusal::AlreadyOpen) => {
                 // Open, but for whom? A zero-length frame passes only for this session.
                 match conn.send_frame(self.session, self.hash, &[]).await {
                     Ok(()) => Ok(Delivery::Reopened),
-                    Err(Error::Server(msg)) if msg == STREAM_IN_USE => Err(self.taken_over()),
+                    Err(e) if refused(&e, Refusal::InUse) => Err(self.taken_over()),
                     Err(e) => Err(e.into()),
                 }
             }
@@ -864,13 +887,13 @@ impl Ctx<'_> {
         sent.set(true);
         match conn.send_frame(self.session, self.hash, frame).await {
             Ok(()) => {}
-            Err(Error::Server(msg)) if msg == STREAM_IN_USE => {
+            Err(e) if refused(&e, Refusal::InUse) => {
                 // Refused: certainly not stored. Not open (a restart, or a CLOSE from
                 // elsewhere) or bound to another session; OPEN tells the two apart.
                 sent.set(false);
                 return match conn.open(self.id).await {
                     Ok(()) => Ok(Delivery::Reopened),
-                    Err(Error::Server(msg)) if msg == ALREADY_OPEN => Err(self.taken_over()),
+                    Err(e) if refused(&e, Refusal::AlreadyOpen) => Err(self.taken_over()),
                     Err(e) => Err(e.into()),
                 };
             }
@@ -1100,6 +1123,18 @@ impl Probe<'_, '_> {
     }
 }
 
+/// Where a writer is in its run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Not prepared yet, or finished.
+    Closed,
+    /// Prepared: the stream is open for this writer.
+    Open,
+    /// An error ended the run; only `finish` (which does nothing then) or a new `prepare`
+    /// is left.
+    Failed,
+}
+
 /// A frame ready to go; the queue holds them in order.
 #[derive(Debug)]
 struct OutFrame {
@@ -1177,8 +1212,7 @@ pub struct StreamWriter {
     recovering: bool,
     /// Drops being noted are wall-clock corrections.
     correcting: bool,
-    open: bool,
-    failed: bool,
+    phase: Phase,
     stats: Arc<Mutex<WriterStats>>,
     observer: Option<Box<dyn FnMut(WriterEvent) + Send>>,
 }
@@ -1194,8 +1228,7 @@ impl std::fmt::Debug for StreamWriter {
             .field("queued", &self.queue.len())
             .field("server_size", &self.server_size)
             .field("kept_bytes", &self.kept_bytes)
-            .field("open", &self.open)
-            .field("failed", &self.failed)
+            .field("phase", &self.phase)
             .finish()
     }
 }
@@ -1237,8 +1270,7 @@ impl StreamWriter {
             drops: None,
             recovering: false,
             correcting: false,
-            open: false,
-            failed: false,
+            phase: Phase::Closed,
             stats,
             observer: None,
         })
@@ -1285,9 +1317,10 @@ impl StreamWriter {
         self.window
     }
 
-    /// Whether the stream is open for this writer (after `prepare`, before `finish`).
+    /// Whether the writer is prepared and not finished: the stream is open for it, or it
+    /// failed (and refuses to write) and is still to be finished.
     pub fn is_open(&self) -> bool {
-        self.open
+        self.phase != Phase::Closed
     }
 
     /// The stored time (µs since the Unix epoch) the server gives the next byte written, once
@@ -1437,7 +1470,7 @@ impl StreamWriter {
     /// opens it (claiming it at once with `takeover`). One try, bounded by `timeout` per
     /// request: a server that is down is reported at once, not retried.
     pub fn prepare(&mut self, format: StreamFormat) -> Result<Prepared, WriteError> {
-        if self.open {
+        if self.phase == Phase::Open {
             if self.format == Some(format) {
                 return Ok(Prepared {
                     created: false,
@@ -1449,7 +1482,8 @@ impl StreamWriter {
             return Err(WriteError::InvalidSettings(format!(
                 "the format changed from {} to {format} in the middle of the stream; a RACS \
                  stream has one fixed format",
-                self.format.expect("set when open")
+                self.format
+                    .map_or_else(|| "none".to_string(), |f| f.to_string())
             )));
         }
         let chunk = chunk_bytes_for(&format, self.config.chunk_bytes)?;
@@ -1481,25 +1515,22 @@ impl StreamWriter {
             self.recycle(k.data);
         }
         self.kept_bytes = 0;
-        self.open = true;
-        self.failed = false;
+        self.phase = Phase::Open;
         self.stats.lock().unwrap().bytes_per_second = format.bytes_per_second();
         self.update_window();
         Ok(prepared)
     }
 
     fn ensure_writable(&self) -> Result<(), WriteError> {
-        if self.failed {
-            return Err(WriteError::InvalidSettings(
+        match self.phase {
+            Phase::Open => Ok(()),
+            Phase::Failed => Err(WriteError::InvalidSettings(
                 "the writer failed earlier and cannot continue".into(),
-            ));
-        }
-        if !self.open {
-            return Err(WriteError::InvalidSettings(
+            )),
+            Phase::Closed => Err(WriteError::InvalidSettings(
                 "the stream is not open (no format yet)".into(),
-            ));
+            )),
         }
-        Ok(())
     }
 
     /// Appends PCM that continues the previous write; every full chunk is sent and
@@ -1739,8 +1770,8 @@ impl StreamWriter {
     /// stream. With `retry`, connection errors are retried within `retry_timeout`; without,
     /// the first one ends it (for stopping, which must not wait long).
     pub fn finish(&mut self, retry: bool) -> Result<(), WriteError> {
-        if !self.open || self.failed {
-            self.open = false;
+        if self.phase != Phase::Open {
+            self.phase = Phase::Closed;
             return Ok(());
         }
         self.flush_drops();
@@ -1781,7 +1812,7 @@ impl StreamWriter {
             self.emit(WriterEvent::Recovered);
         }
         self.flush_drops();
-        self.open = false;
+        self.phase = Phase::Closed;
         Ok(())
     }
 
@@ -1802,7 +1833,7 @@ impl StreamWriter {
                 payload.push(0);
                 match conn.request(&payload).await?.into_value() {
                     Ok(_) => Ok(true),
-                    Err(Error::Server(msg)) if msg == "Stream is not open" => Ok(false),
+                    Err(e) if refused(&e, Refusal::NotOpen) => Ok(false),
                     Err(e) => Err(e),
                 }
             });
@@ -1873,7 +1904,7 @@ impl StreamWriter {
             WriteError::Cancelled => Err(WriteError::Cancelled),
             e if e.is_retryable() => {
                 if retrier.failed() {
-                    self.failed = true;
+                    self.phase = Phase::Failed;
                     let WriteError::Client(last) = e else {
                         unreachable!("retryable errors are client errors")
                     };
@@ -1889,7 +1920,7 @@ impl StreamWriter {
                 self.pause(&mut retrier.backoff, deadline)
             }
             e => {
-                self.failed = true;
+                self.phase = Phase::Failed;
                 Err(e)
             }
         }
@@ -2106,7 +2137,7 @@ impl StreamWriter {
             // The same timeline grew by bytes this writer never sent: another writer closed,
             // reopened and wrote it meanwhile (a restart never adds bytes; a kill may bring
             // back older metadata, but with it another timeline).
-            self.failed = true;
+            self.phase = Phase::Failed;
             return Err(self.ctx().taken_over());
         }
         self.apply_truth(truth);
@@ -2323,6 +2354,30 @@ fn run<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_are_told_apart_once_by_their_contract_texts() {
+        let server = |m: &str| Error::Server(m.to_string());
+        assert_eq!(
+            Refusal::of(&server("Stream is already open")),
+            Some(Refusal::AlreadyOpen)
+        );
+        assert_eq!(
+            Refusal::of(&server("Stream is not open")),
+            Some(Refusal::NotOpen)
+        );
+        assert_eq!(
+            Refusal::of(&server("Stream is closed or currently in use.")),
+            Some(Refusal::InUse)
+        );
+        assert_eq!(Refusal::of(&server("Failed to create stream")), None);
+        let io = Error::Io {
+            addr: "h:1".into(),
+            reason: "Stream is already open".into(),
+        };
+        assert_eq!(Refusal::of(&io), None, "only server replies are refusals");
+        assert!(refused(&server("Stream is not open"), Refusal::NotOpen));
+    }
 
     #[test]
     fn reconcile_decides_from_the_servers_size() {
