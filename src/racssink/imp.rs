@@ -130,9 +130,32 @@ impl Settings {
     }
 }
 
-/// One run, from the first caps to stop.
+/// The element's state: nothing between runs, a [`Run`] from start to stop.
 #[derive(Debug, Default)]
-struct State {
+enum State {
+    #[default]
+    Stopped,
+    Started(Box<Run>),
+}
+
+/// What upstream is, settled at the first data (it must be linked to be asked).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Upstream {
+    #[default]
+    Unknown,
+    Settled {
+        /// Upstream is live: buffers carry capture times.
+        live: bool,
+        /// The writers' recovery policy.
+        policy: writer::RecoveryPolicy,
+        /// The wall-clock timeline is in force.
+        wall_clock: bool,
+    },
+}
+
+/// One run, from start to stop.
+#[derive(Debug, Default)]
+struct Run {
     /// Created at the first caps with the settings of that moment.
     writer: Option<StreamWriter>,
     format: Option<StreamFormat>,
@@ -141,18 +164,13 @@ struct State {
     /// Running time of the first byte counted in `bytes_since_base`.
     base: Option<gst::ClockTime>,
     bytes_since_base: u64,
-    /// Upstream is live (asked at the first buffer): buffers carry capture times.
-    live: Option<bool>,
+    upstream: Upstream,
     recovery_policy: RecoveryPolicy,
-    /// The writers' recovery policy, once settled at the first data.
-    policy: Option<writer::RecoveryPolicy>,
     /// Copied at start.
     timeline: Timeline,
     max_drift_ns: u64,
     max_fill_ns: u64,
     rotation: Option<Rotation>,
-    /// Wall-clock timeline in force (settled at the first data).
-    wall_clock: bool,
     /// Where the current rotated stream ends (epoch ms).
     next_boundary_ms: Option<i64>,
     /// The stream id of the period being written (the stream id when not rotating). The
@@ -165,7 +183,23 @@ struct State {
     last_report: Option<std::time::Instant>,
 }
 
-impl State {
+impl Run {
+    /// Upstream is live (known from the first data on).
+    fn live(&self) -> bool {
+        matches!(self.upstream, Upstream::Settled { live: true, .. })
+    }
+
+    /// The wall-clock timeline is in force (known from the first data on).
+    fn wall_clock(&self) -> bool {
+        matches!(
+            self.upstream,
+            Upstream::Settled {
+                wall_clock: true,
+                ..
+            }
+        )
+    }
+
     /// The running time the next sample should have.
     fn expected(&self, format: &StreamFormat) -> Option<gst::ClockTime> {
         let frames = self.bytes_since_base / format.bytes_per_frame() as u64;
@@ -242,6 +276,12 @@ impl Default for RacsSink {
             recovery: Mutex::new((writer::RecoveryPolicy::KeepAudio, 0)),
         }
     }
+}
+
+/// A write with no stream open: [`RacsSink::ensure_stream`] opens one first, so this is a bug
+/// reported as an error rather than a panic.
+fn not_open() -> WriteError {
+    WriteError::InvalidSettings("racssink has no stream open to write to (a bug)".into())
 }
 
 fn bit_depth_of(format: gst_audio::AudioFormat) -> Option<u16> {
@@ -755,19 +795,22 @@ impl RacsSink {
     }
 
     /// Opens stream `id` for `format` (creating its writer when there is none).
-    fn open(&self, state: &mut State, format: StreamFormat, id: &str) -> Result<(), WriteError> {
-        if state.writer.is_none() {
-            let settings = self.settings.lock().unwrap().clone();
-            state.gap_policy = settings.gap_policy;
-            state.recovery_policy = settings.recovery_policy;
-            let mut w = self.new_writer(&settings, id)?;
-            if let Some(policy) = state.policy {
-                w.set_policy(policy);
+    fn open(&self, state: &mut Run, format: StreamFormat, id: &str) -> Result<(), WriteError> {
+        let writer = match state.writer.take() {
+            Some(w) => w,
+            None => {
+                let settings = self.settings.lock().unwrap().clone();
+                state.gap_policy = settings.gap_policy;
+                state.recovery_policy = settings.recovery_policy;
+                let mut w = self.new_writer(&settings, id)?;
+                if let Upstream::Settled { policy, .. } = state.upstream {
+                    w.set_policy(policy);
+                }
+                *self.current_id.lock().unwrap() = Some(id.to_string());
+                w
             }
-            state.writer = Some(w);
-            *self.current_id.lock().unwrap() = Some(id.to_string());
-        }
-        let writer = state.writer.as_mut().expect("just set");
+        };
+        let writer = state.writer.insert(writer);
         if writer.is_open() {
             writer.prepare(format)?;
             state.format = Some(format);
@@ -828,7 +871,10 @@ impl RacsSink {
     /// Stopping without EOS: sends what is held and CLOSEs, trying once (bounded by the
     /// timeout); a failure is a warning saying how much audio was not stored.
     fn store_held_and_close(&self) {
-        let mut state = self.state.lock().unwrap();
+        let mut guard = self.state.lock().unwrap();
+        let State::Started(state) = &mut *guard else {
+            return;
+        };
         state.base = None;
         let Some(writer) = state.writer.as_mut().filter(|w| w.is_open()) else {
             return;
@@ -869,21 +915,19 @@ impl RacsSink {
 
     /// Settles `recovery-policy=auto` at the first data: keep-time when upstream is live (its
     /// buffers carry capture times), keep-audio otherwise.
-    fn settle_policy(&self, state: &mut State) {
-        if state.live.is_some() {
+    fn settle_policy(&self, state: &mut Run) {
+        if state.upstream != Upstream::Unknown {
             return;
         }
         let mut q = gst::query::Latency::new();
         let live = self.obj().sink_pad().peer_query(&mut q) && q.result().0;
-        state.live = Some(live);
         let policy = match state.recovery_policy {
             RecoveryPolicy::KeepTime => writer::RecoveryPolicy::KeepTime,
             RecoveryPolicy::KeepAudio => writer::RecoveryPolicy::KeepAudio,
             RecoveryPolicy::Auto if live => writer::RecoveryPolicy::KeepTime,
             RecoveryPolicy::Auto => writer::RecoveryPolicy::KeepAudio,
         };
-        state.policy = Some(policy);
-        state.wall_clock = match state.timeline {
+        let wall_clock = match state.timeline {
             Timeline::Samples => false,
             // keep-audio asked for explicitly means "store all of it": no samples left out.
             Timeline::Auto => live && policy == writer::RecoveryPolicy::KeepTime,
@@ -898,15 +942,16 @@ impl RacsSink {
                 false
             }
         };
+        state.upstream = Upstream::Settled {
+            live,
+            policy,
+            wall_clock,
+        };
         gst::info!(
             CAT,
             imp = self,
             "timeline: {}",
-            if state.wall_clock {
-                "wall-clock"
-            } else {
-                "samples"
-            }
+            if wall_clock { "wall-clock" } else { "samples" }
         );
         if let Some(w) = state.writer.as_mut() {
             w.set_policy(policy);
@@ -937,7 +982,7 @@ impl RacsSink {
     }
 
     /// Fills the timeline up to running time `until` with silence (gap-policy=silence).
-    fn fill_until(&self, state: &mut State, until: gst::ClockTime) -> Result<(), WriteError> {
+    fn fill_until(&self, state: &mut Run, until: gst::ClockTime) -> Result<(), WriteError> {
         let Some(format) = state.format else {
             return Ok(());
         };
@@ -968,7 +1013,7 @@ impl RacsSink {
         } else {
             format.bytes_per_frame() as u64 - misaligned
         };
-        let capture = if state.live == Some(true) {
+        let capture = if state.live() {
             self.capture_us(expected)
         } else {
             None
@@ -976,7 +1021,7 @@ impl RacsSink {
         state
             .writer
             .as_mut()
-            .expect("a format implies a writer")
+            .ok_or_else(not_open)?
             .write_silence_at(bytes + pad, capture)?;
         state.bytes_since_base += bytes + pad;
         state.frames_total += (bytes + pad) / format.bytes_per_frame() as u64;
@@ -988,7 +1033,7 @@ impl RacsSink {
     /// stream is opened (and its timeline started) before the old one is closed.
     fn ensure_stream(
         &self,
-        state: &mut State,
+        state: &mut Run,
         format: StreamFormat,
         t_ns: i128,
     ) -> Result<bool, WriteError> {
@@ -1022,12 +1067,9 @@ impl RacsSink {
         if let Some(r) = &state.rotation {
             state.next_boundary_ms = Some(r.next_boundary(t_ms));
         }
-        if state.wall_clock {
-            state
-                .writer
-                .as_mut()
-                .expect("opened above")
-                .bind_timeline()?;
+        let wall_clock = state.wall_clock();
+        if let Some(w) = state.writer.as_mut().filter(|_| wall_clock) {
+            w.bind_timeline()?;
         }
         if let Some(mut old) = old {
             let from = old.stream_id().to_string();
@@ -1056,7 +1098,7 @@ impl RacsSink {
     /// which racssrc joins after the period's stream.
     fn continue_in_new_stream(
         &self,
-        state: &mut State,
+        state: &mut Run,
         format: StreamFormat,
         t_ns: i128,
         pause_ns: u128,
@@ -1071,12 +1113,9 @@ impl RacsSink {
             .and_then(|w| w.next_stored_us())
             .map(|us| format_unix_ms(us.div_euclid(1000)));
         self.open(state, format, &name)?;
-        if state.wall_clock {
-            state
-                .writer
-                .as_mut()
-                .expect("opened above")
-                .bind_timeline()?;
+        let wall_clock = state.wall_clock();
+        if let Some(w) = state.writer.as_mut().filter(|_| wall_clock) {
+            w.bind_timeline()?;
         }
         if let Some(old) = old.as_mut() {
             old.finish(true)?;
@@ -1116,7 +1155,7 @@ impl RacsSink {
     /// where the stored timeline is behind, sample frames left out of `pcm` where it is ahead.
     fn correct(
         &self,
-        state: &mut State,
+        state: &mut Run,
         format: StreamFormat,
         t_ns: &mut i128,
         pcm: &mut &[u8],
@@ -1125,7 +1164,7 @@ impl RacsSink {
         let rate = format.sample_rate;
         let (max_drift_ns, max_fill_ns) = (state.max_drift_ns, state.max_fill_ns);
         let rotating = state.rotation.is_some();
-        let writer = state.writer.as_mut().expect("open");
+        let writer = state.writer.as_mut().ok_or_else(not_open)?;
         writer.bind_timeline()?;
         let Some(stored_us) = writer.next_stored_us() else {
             return Ok(Corrected::Kept);
@@ -1199,7 +1238,7 @@ impl RacsSink {
     }
 
     /// Posts `racssink-timeline` after a correction and every 10 s.
-    fn report_timeline(&self, state: &mut State) {
+    fn report_timeline(&self, state: &mut Run) {
         if state
             .last_report
             .is_some_and(|t| t.elapsed() < TIMELINE_REPORT_EVERY)
@@ -1227,7 +1266,7 @@ impl RacsSink {
     /// next stream.
     fn write_timed(
         &self,
-        state: &mut State,
+        state: &mut Run,
         format: StreamFormat,
         mut t_ns: i128,
         capture_us: Option<i64>,
@@ -1241,7 +1280,7 @@ impl RacsSink {
             let fresh_cut = rotated && state.frames_total > 0;
             // Right after a cut into a new stream nothing is left out, so the seam keeps every
             // sample; the next buffer corrects what remains.
-            if state.wall_clock && capture.is_some() && !fresh_cut {
+            if state.wall_clock() && capture.is_some() && !fresh_cut {
                 let before = pcm.len();
                 match self.correct(state, format, &mut t_ns, &mut pcm)? {
                     Corrected::NewStream { pause_ns } => {
@@ -1270,7 +1309,7 @@ impl RacsSink {
             } else {
                 (head * bpf) as usize
             };
-            let writer = state.writer.as_mut().expect("open");
+            let writer = state.writer.as_mut().ok_or_else(not_open)?;
             writer.write_at(&pcm[..bytes], capture)?;
             state.frames_total += head;
             if bytes == pcm.len() {
@@ -1287,7 +1326,7 @@ impl RacsSink {
     }
 
     /// Checks a buffer's running time against the samples written so far.
-    fn track(&self, state: &mut State, running_time: gst::ClockTime) -> Result<(), WriteError> {
+    fn track(&self, state: &mut Run, running_time: gst::ClockTime) -> Result<(), WriteError> {
         let Some(format) = state.format else {
             return Ok(());
         };
@@ -1652,13 +1691,13 @@ impl BaseSinkImpl for RacsSink {
         *self.caps_cache.lock().unwrap() = None;
         *self.timeline.lock().unwrap() = TimelineStats::default();
         *self.current_id.lock().unwrap() = None;
-        *self.state.lock().unwrap() = State {
+        *self.state.lock().unwrap() = State::Started(Box::new(Run {
             timeline: settings.timeline,
             max_drift_ns: settings.max_drift_ns,
             max_fill_ns: settings.max_fill_ns,
             rotation: settings.rotation().ok().flatten(),
-            ..State::default()
-        };
+            ..Run::default()
+        }));
         gst::info!(
             CAT,
             imp = self,
@@ -1672,7 +1711,7 @@ impl BaseSinkImpl for RacsSink {
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
         // Normally done at PAUSED->READY already (see change_state).
         self.store_held_and_close();
-        *self.state.lock().unwrap() = State::default();
+        *self.state.lock().unwrap() = State::Stopped;
         Ok(())
     }
 
@@ -1751,7 +1790,10 @@ impl BaseSinkImpl for RacsSink {
                 return Err(gst::loggable_error!(CAT, "{e}"));
             }
         };
-        let mut state = self.state.lock().unwrap();
+        let mut guard = self.state.lock().unwrap();
+        let State::Started(state) = &mut *guard else {
+            return Err(gst::loggable_error!(CAT, "caps before start"));
+        };
         if state.rotation.is_some() {
             // Each period's stream is opened when its first sample arrives.
             if let Some(w) = state.writer.as_mut() {
@@ -1764,7 +1806,7 @@ impl BaseSinkImpl for RacsSink {
             return Ok(());
         }
         let id = self.stream_id();
-        match self.open(&mut state, format, &id) {
+        match self.open(state, format, &id) {
             Ok(()) => Ok(()),
             Err(WriteError::Cancelled) => Err(gst::loggable_error!(CAT, "cancelled")),
             Err(e) => {
@@ -1775,7 +1817,10 @@ impl BaseSinkImpl for RacsSink {
     }
 
     fn render(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let mut state = self.state.lock().unwrap();
+        let mut guard = self.state.lock().unwrap();
+        let State::Started(state) = &mut *guard else {
+            return Err(gst::FlowError::Flushing);
+        };
         let Some(format) = state.format else {
             gst::element_imp_error!(
                 self,
@@ -1784,25 +1829,25 @@ impl BaseSinkImpl for RacsSink {
             );
             return Err(gst::FlowError::NotNegotiated);
         };
-        self.settle_policy(&mut state);
+        self.settle_policy(state);
         let running_time = match (buffer.pts(), state.segment.as_ref()) {
             (Some(pts), Some(segment)) => segment.to_running_time(pts),
             _ => None,
         };
         let capture = running_time
-            .filter(|_| state.live == Some(true))
+            .filter(|_| state.live())
             .and_then(|rt| self.capture_us(rt));
-        let wall = state.wall_clock && capture.is_some();
+        let wall = state.wall_clock() && capture.is_some();
         if state.rotation.is_none() && !state.writer.as_ref().is_some_and(|w| w.is_open()) {
             // Data after EOS (after a flushing seek, say): open the stream again to append.
             let id = self.stream_id();
-            self.open(&mut state, format, &id)
+            self.open(state, format, &id)
                 .map_err(|e| self.flow_error(e, true))?;
         }
         // With the wall-clock timeline, gaps show in the capture times and are corrected there.
         if state.gap_policy == GapPolicy::Silence && !wall && state.writer.is_some() {
             if let Some(running_time) = running_time {
-                self.track(&mut state, running_time)
+                self.track(state, running_time)
                     .map_err(|e| self.flow_error(e, false))?;
             }
         }
@@ -1825,11 +1870,11 @@ impl BaseSinkImpl for RacsSink {
         })?;
         gst::trace!(CAT, imp = self, "rendering {} bytes", map.len());
         let opening = state.writer.is_none();
-        self.write_timed(&mut state, format, t_ns, capture, &map)
+        self.write_timed(state, format, t_ns, capture, &map)
             .map_err(|e| self.flow_error(e, opening))?;
         state.bytes_since_base += map.len() as u64;
         if wall {
-            self.report_timeline(&mut state);
+            self.report_timeline(state);
         }
         Ok(gst::FlowSuccess::Ok)
     }
@@ -1838,14 +1883,21 @@ impl BaseSinkImpl for RacsSink {
         match event.view() {
             gst::EventView::Segment(e) => {
                 let segment = e.segment().downcast_ref::<gst::ClockTime>().cloned();
-                self.state.lock().unwrap().segment = segment;
+                if let State::Started(state) = &mut *self.state.lock().unwrap() {
+                    state.segment = segment;
+                }
             }
             gst::EventView::FlushStop(_) => {
                 // Running times may restart: take the next buffer as the new base.
-                self.state.lock().unwrap().base = None;
+                if let State::Started(state) = &mut *self.state.lock().unwrap() {
+                    state.base = None;
+                }
             }
             gst::EventView::Gap(e) => {
-                let mut state = self.state.lock().unwrap();
+                let mut guard = self.state.lock().unwrap();
+                let State::Started(state) = &mut *guard else {
+                    return false;
+                };
                 let (ts, duration) = e.get();
                 let end = state
                     .segment
@@ -1855,7 +1907,7 @@ impl BaseSinkImpl for RacsSink {
                     .map(|(rt, d)| (rt, rt + d));
                 let open = state.writer.as_ref().is_some_and(|w| w.is_open());
                 if open {
-                    self.settle_policy(&mut state);
+                    self.settle_policy(state);
                 }
                 if let (Some((start, end)), true, GapPolicy::Silence) =
                     (end, open, state.gap_policy)
@@ -1864,7 +1916,7 @@ impl BaseSinkImpl for RacsSink {
                         state.base = Some(start);
                         state.bytes_since_base = 0;
                     }
-                    if let Err(e) = self.fill_until(&mut state, end) {
+                    if let Err(e) = self.fill_until(state, end) {
                         if e != WriteError::Cancelled {
                             self.post_write_error(&e, false);
                         }
@@ -1873,8 +1925,12 @@ impl BaseSinkImpl for RacsSink {
                 }
             }
             gst::EventView::Eos(_) => {
-                let mut state = self.state.lock().unwrap();
-                if let Some(writer) = state.writer.as_mut() {
+                let mut guard = self.state.lock().unwrap();
+                let writer = match &mut *guard {
+                    State::Started(state) => state.writer.as_mut(),
+                    State::Stopped => None,
+                };
+                if let Some(writer) = writer {
                     match writer.finish(true) {
                         Ok(()) => gst::info!(CAT, imp = self, "EOS: all data stored, closed"),
                         Err(WriteError::Cancelled) => return false,
@@ -1884,7 +1940,7 @@ impl BaseSinkImpl for RacsSink {
                         }
                     }
                 }
-                drop(state);
+                drop(guard);
                 // The run's final figures, on the bus before EOS.
                 self.post_element(self.stats_structure());
             }
@@ -1906,7 +1962,7 @@ impl URIHandlerImpl for RacsSink {
     }
 
     fn set_uri(&self, uri: &str) -> Result<(), glib::Error> {
-        if self.state.lock().unwrap().writer.is_some() {
+        if matches!(&*self.state.lock().unwrap(), State::Started(run) if run.writer.is_some()) {
             return Err(glib::Error::new(
                 gst::URIError::BadState,
                 "Changing the URI of racssink while it is writing is not supported",
