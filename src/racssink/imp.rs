@@ -1637,9 +1637,9 @@ impl ElementImpl for RacsSink {
             gst::subclass::ElementMetadata::new(
                 "RACS sink",
                 "Sink/Audio/Network",
-                "Stores raw S16LE/S24LE audio in a stream of a RACS (Remote Audio Caching \
-                 Server) server",
-                "gst-plugin-racs developers",
+                "Stores raw S16LE/S24LE audio in a stream on a RACS (Remote Audio Caching \
+                 Server)",
+                "gst-plugin-racs contributors",
             )
         });
         Some(&*METADATA)
