@@ -1143,12 +1143,20 @@ struct OutFrame {
     capture_us: Option<i64>,
     /// Bytes of the writer's input before it.
     input: u64,
-    /// Acknowledged once, lost by the server, re-sent from the replay window.
-    replay: bool,
-    /// A zero-length frame that starts the server's new timeline now (keep-time).
-    bind: bool,
+    kind: FrameKind,
     /// A try may have reached the server without an answer: its fate is unknown.
     maybe_sent: bool,
+}
+
+/// What a queued frame carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FrameKind {
+    /// Audio sent for the first time.
+    Audio,
+    /// Audio acknowledged once, lost by the server, re-sent from the replay window.
+    Replay,
+    /// A zero-length frame that starts the server's new timeline now (keep-time).
+    Bind,
 }
 
 /// An acknowledged frame kept in the replay window.
@@ -1598,8 +1606,7 @@ impl StreamWriter {
             data,
             capture_us: self.held_capture,
             input: self.held_input,
-            replay: false,
-            bind: false,
+            kind: FrameKind::Audio,
             maybe_sent: false,
         });
     }
@@ -1609,8 +1616,7 @@ impl StreamWriter {
             data: Vec::new(),
             capture_us: None,
             input: self.input,
-            replay: false,
-            bind: true,
+            kind: FrameKind::Bind,
             maybe_sent: false,
         });
     }
@@ -1619,7 +1625,7 @@ impl StreamWriter {
     /// bytes of the current write) that are too late to be stored near their capture time.
     fn late_bytes(&mut self, incoming: u64) -> u64 {
         let queued: u64 = self.queue.iter().map(|f| f.data.len() as u64).sum();
-        let capture = match self.queue.iter().find(|f| !f.bind) {
+        let capture = match self.queue.iter().find(|f| f.kind != FrameKind::Bind) {
             Some(f) => f.capture_us,
             None if !self.held.is_empty() => self.held_capture,
             None => self.capture_of(self.input),
@@ -1656,7 +1662,7 @@ impl StreamWriter {
         let mut left = n;
         let bps = self.bps();
         while left > 0 {
-            let Some(i) = self.queue.iter().position(|f| !f.bind && !f.replay) else {
+            let Some(i) = self.queue.iter().position(|f| f.kind == FrameKind::Audio) else {
                 break;
             };
             let f = &mut self.queue[i];
@@ -1866,7 +1872,7 @@ impl StreamWriter {
         });
         while let Some(front) = self.queue.front() {
             let want_ref = !self.ref_reported;
-            let check = front.maybe_sent && !front.bind;
+            let check = front.maybe_sent && front.kind != FrameKind::Bind;
             let sent = Cell::new(front.maybe_sent);
             if let Some(ledger) = self.ledger.as_mut() {
                 ledger.note_sent(now_ms());
@@ -1878,7 +1884,7 @@ impl StreamWriter {
                     .await
             });
             if let Some(front) = self.queue.front_mut() {
-                front.maybe_sent = sent.get() && !front.bind;
+                front.maybe_sent = sent.get() && front.kind != FrameKind::Bind;
             }
             match result {
                 Ok(Delivery::Acked { rtt, ref_ms }) => {
@@ -1938,7 +1944,7 @@ impl StreamWriter {
             } else {
                 bytes += f.data.len() as u64;
             }
-            if f.replay {
+            if f.kind == FrameKind::Replay {
                 replays += f.data.len() as u64;
             }
         }
@@ -1968,7 +1974,7 @@ impl StreamWriter {
             let mut stats = self.stats.lock().unwrap();
             if len > 0 {
                 stats.frames_acked += 1;
-                if f.replay {
+                if f.kind == FrameKind::Replay {
                     stats.replayed_bytes += len;
                 } else {
                     stats.bytes_acked += len;
@@ -2006,7 +2012,7 @@ impl StreamWriter {
             let ledger = self.ledger.as_mut().expect("open");
             ledger.push(offset, f.input, len as u32);
             let epoch = ledger.current();
-            if self.lag_pending && !f.replay {
+            if self.lag_pending && f.kind != FrameKind::Replay {
                 self.lag_pending = false;
                 if let (Some(stored), Some(capture)) = (self.stored_us(offset), f.capture_us) {
                     self.emit(WriterEvent::Lag {
@@ -2015,7 +2021,7 @@ impl StreamWriter {
                 }
             }
             self.keep(f.data, f.capture_us, f.input, epoch);
-        } else if f.bind && self.keep_time() {
+        } else if f.kind == FrameKind::Bind && self.keep_time() {
             self.realign();
         }
     }
@@ -2065,7 +2071,7 @@ impl StreamWriter {
         let mut fresh: VecDeque<OutFrame> = VecDeque::new();
         let mut keep = VecDeque::new();
         for f in self.queue.drain(..) {
-            if f.bind || f.replay {
+            if f.kind != FrameKind::Audio {
                 keep.push_back(f);
             } else {
                 fresh.push_back(f);
@@ -2093,8 +2099,7 @@ impl StreamWriter {
                 data,
                 capture_us: capture.map(|c| c + (at as u64 * 1_000_000 / bps) as i64),
                 input: input + at as u64,
-                replay: false,
-                bind: false,
+                kind: FrameKind::Audio,
                 maybe_sent: false,
             });
             at += self.chunk;
@@ -2242,8 +2247,7 @@ impl StreamWriter {
                 data: k.data,
                 capture_us: k.capture_us,
                 input: k.input,
-                replay: true,
-                bind: false,
+                kind: FrameKind::Replay,
                 maybe_sent: false,
             });
         }
@@ -2644,8 +2648,7 @@ mod tests {
             data: first.clone(),
             capture_us: None,
             input: 0,
-            replay: false,
-            bind: false,
+            kind: FrameKind::Audio,
             maybe_sent: true,
         });
         f.writer.server_size = 0;
