@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: MPL-2.0
 //! Streams rotated by wall-clock time: a stream id with strftime fields in UTC
 //! (`air-%Y%m%d-%H` names one stream per hour), or a fixed period. Pure arithmetic on epoch
-//! milliseconds, shared by the writer (where to cut) and the reader (which streams cover a range),
-//! and [`RotatedRange`], which reads a wall-clock range across the rotated streams.
+//! milliseconds, shared by the writer (where to cut) and the reader (which streams cover a range:
+//! [`plan`], with the continuation streams a writer starts after a long pause and, for patterns
+//! that change every second, the streams of any fixed period, both found by SEARCH), and
+//! [`RotatedRange`], which reads a wall-clock range across the rotated streams.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
