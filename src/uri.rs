@@ -1,5 +1,9 @@
 // SPDX-License-Identifier: MPL-2.0
-//! The `racs://host:port/stream-id?key=value&...` form of both elements' settings.
+//! The `racs://host:port/stream-id?key=value&...` form of both elements' settings: parsed with
+//! GLib's URI parser, applied through the elements' property definitions ([`apply`]) and written
+//! back from them ([`format`]), so the URI, the properties and their checks are one layer.
+
+use glib::prelude::*;
 
 /// What a URI sets: the address, the stream, and `key=value` pairs named like properties.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +125,181 @@ pub fn parse(uri: &str) -> Result<RacsUri, String> {
         stream_id,
         params,
     })
+}
+
+/// Properties the URI does not carry as query keys: the authority and path, and itself.
+const IN_PLACE: [&str; 4] = ["host", "port", "stream-id", "uri"];
+
+/// The properties a URI carries as query keys: the element's own (not a base class's) that are
+/// readable and writable, in the order the element lists them.
+fn query_properties(obj: &glib::Object) -> Vec<glib::ParamSpec> {
+    obj.list_properties()
+        .iter()
+        .filter(|p| {
+            p.owner_type() == obj.type_()
+                && p.flags().contains(glib::ParamFlags::READWRITE)
+                && !IN_PLACE.contains(&p.name())
+        })
+        .cloned()
+        .collect()
+}
+
+/// A property value as a URI writes it (before percent-encoding): numbers and booleans as
+/// `gst-launch-1.0` takes them, enums by nick, strings as they are; `None` for an unset string.
+fn value_text(v: &glib::Value) -> Option<String> {
+    use gst::prelude::*;
+    if let Ok(b) = v.get::<bool>() {
+        return Some(b.to_string());
+    }
+    if let Ok(n) = v.get::<u32>() {
+        return Some(n.to_string());
+    }
+    if let Ok(n) = v.get::<u64>() {
+        return Some(n.to_string());
+    }
+    if let Ok(n) = v.get::<i32>() {
+        return Some(n.to_string());
+    }
+    if let Ok(n) = v.get::<i64>() {
+        return Some(n.to_string());
+    }
+    if let Some((_, e)) = glib::EnumValue::from_value(v) {
+        return Some(e.nick().to_string());
+    }
+    if let Ok(s) = v.get::<Option<String>>() {
+        return s;
+    }
+    v.serialize().ok().map(|s| s.to_string())
+}
+
+/// Reads the URI value `text` of property `key` the way its definition says: booleans as
+/// `true`/`false` (or `1`/`0`, `yes`/`no`), numbers within the property's range, enums by nick,
+/// strings as they are, anything else as `gst-launch-1.0` would.
+fn parse_value(pspec: &glib::ParamSpec, key: &str, text: &str) -> Result<glib::Value, String> {
+    use gst::prelude::*;
+    fn ranged<T: std::str::FromStr + PartialOrd + Copy + std::fmt::Display + ToValue>(
+        key: &str,
+        text: &str,
+        min: T,
+        max: T,
+    ) -> Result<glib::Value, String> {
+        text.parse::<T>()
+            .ok()
+            .filter(|v| *v >= min && *v <= max)
+            .map(|v| v.to_value())
+            .ok_or_else(|| format!("{key}={text:?}: expected a number in {min}..={max}"))
+    }
+    if pspec.downcast_ref::<glib::ParamSpecBoolean>().is_some() {
+        return match text.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" => Ok(true.to_value()),
+            "false" | "0" | "no" => Ok(false.to_value()),
+            _ => Err(format!("{key}={text:?}: expected true or false")),
+        };
+    }
+    if let Some(p) = pspec.downcast_ref::<glib::ParamSpecUInt>() {
+        return ranged(key, text, p.minimum(), p.maximum());
+    }
+    if let Some(p) = pspec.downcast_ref::<glib::ParamSpecUInt64>() {
+        return ranged(key, text, p.minimum(), p.maximum());
+    }
+    if let Some(p) = pspec.downcast_ref::<glib::ParamSpecInt>() {
+        return ranged(key, text, p.minimum(), p.maximum());
+    }
+    if let Some(p) = pspec.downcast_ref::<glib::ParamSpecInt64>() {
+        return ranged(key, text, p.minimum(), p.maximum());
+    }
+    if let Some(p) = pspec.downcast_ref::<glib::ParamSpecEnum>() {
+        let class = p.enum_class();
+        if let Some(v) = class.to_value_by_nick(text) {
+            return Ok(v);
+        }
+        let nicks: Vec<&str> = class.values().iter().map(|v| v.nick()).collect();
+        return Err(format!("{key}={text:?}: expected {}", one_of(&nicks, "or")));
+    }
+    if pspec.value_type() == glib::Type::STRING {
+        return Ok(Some(text).to_value());
+    }
+    glib::Value::deserialize(text, pspec.value_type())
+        .map_err(|_| format!("{key}={text:?}: not a valid {}", pspec.value_type().name()))
+}
+
+/// `a, b and c`.
+fn one_of(items: &[&str], last: &str) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [rest @ .., end] => format!("{} {last} {end}", rest.join(", ")),
+    }
+}
+
+/// Applies `uri` to `obj` through its property definitions: `host`, `port` (`default_port`
+/// when the URI has none) and `stream-id` from the URI's authority and path, and each query key
+/// as the property of that name. `check` validates a property's text beyond its type (a stream
+/// id's characters, a size's syntax) and gives the reason when it fails. Everything is checked
+/// before anything is set, so a URI that fails changes nothing.
+pub fn apply(
+    obj: &impl IsA<glib::Object>,
+    uri: &str,
+    element: &str,
+    default_port: u16,
+    check: impl Fn(&str, &str) -> Result<(), String>,
+) -> Result<(), String> {
+    let obj = obj.upcast_ref::<glib::Object>();
+    let parsed = parse(uri)?;
+    check("stream-id", &parsed.stream_id).map_err(|e| format!("{uri}: {e}"))?;
+    let mut values: Vec<(String, glib::Value)> = vec![
+        ("host".into(), parsed.host.to_value()),
+        (
+            "port".into(),
+            u32::from(parsed.port.unwrap_or(default_port)).to_value(),
+        ),
+        ("stream-id".into(), Some(parsed.stream_id).to_value()),
+    ];
+    let carried = query_properties(obj);
+    for (key, text) in parsed.params {
+        let Some(pspec) = carried.iter().find(|p| p.name() == key) else {
+            let names: Vec<&str> = carried.iter().map(|p| p.name()).collect();
+            return Err(format!(
+                "{uri}: unknown URI parameter {key:?}; {element} takes {}",
+                one_of(&names, "and")
+            ));
+        };
+        let value = parse_value(pspec, &key, &text).map_err(|e| format!("{uri}: {e}"))?;
+        check(&key, &text).map_err(|e| format!("{uri}: {e}"))?;
+        values.push((key, value));
+    }
+    for (key, value) in values {
+        obj.set_property_from_value(&key, &value);
+    }
+    Ok(())
+}
+
+/// The URI of `obj`'s settings: `racs://host:port/stream-id`, with every property a URI
+/// carries that differs from its default as a query key, so that [`apply`] on the result gives
+/// the same settings. `None` without a stream id.
+pub fn format(obj: &impl IsA<glib::Object>) -> Option<String> {
+    let obj = obj.upcast_ref::<glib::Object>();
+    let id = obj.property::<Option<String>>("stream-id")?;
+    let host = obj.property::<String>("host");
+    let port = obj.property::<u32>("port");
+    let mut uri = format!(
+        "racs://{}/{}",
+        crate::client::host_port(&host, port),
+        percent_encode(&id)
+    );
+    let params: Vec<String> = query_properties(obj)
+        .iter()
+        .filter_map(|p| {
+            let text = value_text(&obj.property_value(p.name()))?;
+            (Some(&text) != value_text(p.default_value()).as_ref())
+                .then(|| format!("{}={}", p.name(), percent_encode(&text)))
+        })
+        .collect();
+    if !params.is_empty() {
+        uri.push('?');
+        uri.push_str(&params.join("&"));
+    }
+    Some(uri)
 }
 
 #[cfg(test)]

@@ -691,7 +691,7 @@ fn uri_handler_sets_and_reports_the_settings() {
     let handler = sink.dynamic_cast_ref::<gst::URIHandler>().unwrap();
     assert_eq!(
         handler.uri().unwrap(),
-        "racs://127.0.0.1:7001/Beethoven%20Piano%20Sonata%20No.1?chunk-size=4096&retry-timeout=0&takeover=true&gap-policy=none"
+        "racs://127.0.0.1:7001/Beethoven%20Piano%20Sonata%20No.1?chunk-size=4096&takeover=true&retry-timeout=0&gap-policy=none"
     );
     // The default port, and IPv6.
     handler.set_uri("racs://[::1]/x").unwrap();
@@ -1055,12 +1055,9 @@ fn a_killed_server_that_lost_acknowledged_data_is_reported() {
     // Every frame is acknowledged before the next is sent: the 5 frames were stored, then lost.
     let lost = stats.get::<u64>("lost-acked-bytes").unwrap();
     assert_eq!(lost, 16000, "{stats}");
-    let warning = messages
-        .iter()
-        .find_map(|m| match m.view() {
-            gst::MessageView::Warning(w) => Some(w.error().to_string()),
-            _ => None,
-        })
+    let warning = common::warning_texts(&messages)
+        .into_iter()
+        .find(|w| w.contains("lost"))
         .expect("a warning about lost data");
     let secs = lost as f64 / 32000.0;
     assert!(
@@ -1240,6 +1237,21 @@ fn progress_ref_messages_and_stats() {
     assert!(out.stat("rtt-avg-us") > 0);
     assert!(out.stat("rtt-max-us") >= out.stat("rtt-avg-us"));
     assert!(out.warnings().is_empty(), "{:?}", out.warnings());
+    // The final stats, as an element message before EOS: the same structure as the property.
+    let posted = common::element_structures(&out.messages, "racssink-stats");
+    assert_eq!(posted.len(), 1, "{posted:?}");
+    assert_eq!(posted[0], out.stats);
+    let stats_at = out
+        .messages
+        .iter()
+        .position(|m| m.structure().is_some_and(|s| s.name() == "racssink-stats"))
+        .unwrap();
+    let eos_at = out
+        .messages
+        .iter()
+        .position(|m| matches!(m.view(), gst::MessageView::Eos(_)))
+        .unwrap();
+    assert!(stats_at < eos_at, "posted before EOS");
 }
 
 #[test]
@@ -1410,4 +1422,220 @@ fn ready_and_back_to_playing_appends_to_the_same_stream() {
     let mut all = a.clone();
     all.extend_from_slice(&b);
     assert!(extract(srv.addr(), "again", 0, 16, all.len()) == all);
+}
+
+// ---------------------------------------------------------------------------------------
+// if-exists
+
+#[test]
+fn if_exists_error_refuses_an_existing_stream_and_writes_nothing() {
+    let srv = TestServer::start();
+    let format = fmt(16000, 1, 16);
+    let a = noise(16000 * 2, 31);
+    let import = |data: &[u8]| {
+        run_appsrc(
+            make_sink(&srv, "import", &[("if-exists", "error")]),
+            &caps_for(&format),
+            &[data],
+            false,
+        )
+    };
+    // The first import creates the stream.
+    let first = import(&a);
+    assert!(first.error.is_none(), "{}", first.error_text());
+    let size = info(srv.addr(), "import").unwrap().size;
+    assert_eq!(size, a.len() as u64);
+    // Run twice, it is refused before anything is written.
+    let second = import(&a);
+    let (err, _) = second.error.clone().expect("the second import fails");
+    assert!(err.matches(gst::ResourceError::OpenWrite), "{err:?}");
+    let text = err.to_string();
+    for needle in [
+        "stream 'import' already exists on the RACS server at",
+        &srv.addr().to_string(),
+        &format!("{size} bytes from "),
+        "if-exists=error refuses to append",
+        "another stream-id",
+        "if-exists=append",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing: {text}");
+    }
+    assert_eq!(second.stat("bytes-sent"), 0);
+    assert_eq!(info(srv.addr(), "import").unwrap().size, size, "unchanged");
+    assert!(extract(srv.addr(), "import", 0, 16, a.len()) == a);
+    // Not left open: a writer appending to it afterwards opens it.
+    let mut conn = connect(srv.addr());
+    runtime().block_on(conn.open("import")).unwrap();
+    runtime().block_on(conn.close("import")).unwrap();
+
+    // A stream that exists but holds nothing (created by someone else) is refused too.
+    assert!(runtime().block_on(conn.create("empty", &format)).unwrap());
+    let out = run_appsrc(
+        make_sink(&srv, "empty", &[("if-exists", "error")]),
+        &caps_for(&format),
+        &[&a],
+        false,
+    );
+    let text = out.error_text();
+    assert!(
+        text.contains("stream 'empty' already exists") && text.contains("(empty)"),
+        "{text}"
+    );
+
+    // The default appends (what run twice would do by accident).
+    let third = run_appsrc(
+        make_sink(&srv, "import", &[]),
+        &caps_for(&format),
+        &[&a],
+        false,
+    );
+    assert!(third.error.is_none(), "{}", third.error_text());
+    assert_eq!(info(srv.addr(), "import").unwrap().size, 2 * size);
+}
+
+#[test]
+fn if_exists_error_still_appends_to_the_stream_it_created_in_the_same_run() {
+    let srv = TestServer::start();
+    let format = fmt(8000, 1, 16);
+    let (a, b) = (noise(4000, 41), noise(6000, 42));
+    let sink = make_sink(
+        &srv,
+        "own",
+        &[("if-exists", "error"), ("chunk-size", "1600")],
+    );
+    let mut feeder = Feeder::new(sink, format);
+    feeder.push(&a).unwrap();
+    assert!(feeder.eos().is_none());
+    // A flush after EOS, then more data: the stream is reopened and appended to.
+    assert!(feeder.pad.push_event(gst::event::FlushStart::new()));
+    assert!(feeder.pad.push_event(gst::event::FlushStop::new(true)));
+    let segment = gst::FormattedSegment::<gst::ClockTime>::new();
+    assert!(feeder.pad.push_event(gst::event::Segment::new(&segment)));
+    feeder.push(&b).unwrap();
+    assert!(feeder.eos().is_none(), "{:?}", feeder.error());
+    feeder.stop();
+    let mut all = a.clone();
+    all.extend_from_slice(&b);
+    assert!(extract(srv.addr(), "own", 0, 16, all.len()) == all);
+}
+
+#[test]
+fn if_exists_error_needs_create_if_missing() {
+    let srv = TestServer::start();
+    let sink = make_sink(
+        &srv,
+        "both",
+        &[("if-exists", "error"), ("create-if-missing", "false")],
+    );
+    let pipeline = gst::Pipeline::new();
+    pipeline.add(&sink).unwrap();
+    assert!(pipeline.set_state(gst::State::Playing).is_err());
+    let ended = common::wait_end(&pipeline.bus().unwrap(), WAIT);
+    pipeline.set_state(gst::State::Null).unwrap();
+    common::assert_tidy_messages(&ended.messages);
+    let (err, _) = ended.error.expect("a settings error");
+    assert!(err.matches(gst::ResourceError::Settings), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("if-exists=error and create-if-missing=false")
+            && text.contains("create-if-missing=true"),
+        "{text}"
+    );
+    assert!(info(srv.addr(), "both").is_none());
+}
+
+#[test]
+fn if_exists_is_set_and_reported_through_the_uri() {
+    common::init();
+    let sink = gst::ElementFactory::make("racssink").build().unwrap();
+    let handler = sink.dynamic_cast_ref::<gst::URIHandler>().unwrap();
+    handler.set_uri("racs://h:7/imp?if-exists=error").unwrap();
+    assert_eq!(
+        sink.property_value("if-exists")
+            .serialize()
+            .unwrap()
+            .as_str(),
+        "error"
+    );
+    assert_eq!(handler.uri().unwrap(), "racs://h:7/imp?if-exists=error");
+    let e = handler
+        .set_uri("racs://h:7/imp?if-exists=overwrite")
+        .unwrap_err();
+    assert!(e.to_string().contains("if-exists"), "{e}");
+    handler.set_uri("racs://h:7/imp?if-exists=append").unwrap();
+    assert_eq!(handler.uri().unwrap(), "racs://h:7/imp");
+}
+
+// ---------------------------------------------------------------------------------------
+// Reconnects
+
+/// The reconnect warnings and `racssink-reconnect` messages of a run.
+fn reconnects(messages: &[gst::Message]) -> (Vec<String>, Vec<gst::Structure>) {
+    let warnings = common::warning_texts(messages)
+        .into_iter()
+        .filter(|w| w.contains("Lost the connection") || w.contains("restarted while stream"))
+        .collect();
+    (
+        warnings,
+        common::element_structures(messages, "racssink-reconnect"),
+    )
+}
+
+#[test]
+fn every_reconnect_is_posted_with_the_address_and_what_happened() {
+    let data = noise(16000 * 2 * 3, 51);
+    // Killed and started again between two frames: the pooled connection is replaced without
+    // an error, and the server no longer has the stream open.
+    let srv = TestServer::start();
+    let addr = srv.addr().to_string();
+    let (srv, messages, stats) = restart_run(srv, "rc-idle", &data, 16000, false, |s| {
+        s.kill();
+        s.start_again();
+    });
+    let (warnings, posted) = reconnects(&messages);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains(&format!("The RACS server at {addr} restarted"))
+            && warnings[0].contains("'rc-idle'"),
+        "{warnings:?}"
+    );
+    assert_eq!(posted.len(), 1, "{posted:?}");
+    let m = &posted[0];
+    assert_eq!(m.get::<String>("address").unwrap(), addr);
+    assert_eq!(m.get::<String>("stream-id").unwrap(), "rc-idle");
+    assert!(m.get::<bool>("server-restarted").unwrap(), "{m}");
+    assert!(
+        m.get::<String>("reason").unwrap().contains("restarted"),
+        "{m}"
+    );
+    assert_eq!(
+        m.get::<u64>("reconnects").unwrap(),
+        stats.get::<u64>("reconnects").unwrap()
+    );
+
+    // Killed while frames keep coming, started again 300 ms later: the writer retries.
+    let (_srv, messages, stats) = restart_run(srv, "rc-down", &data, 16000, true, |s| {
+        s.kill();
+        std::thread::sleep(Duration::from_millis(300));
+        s.start_again();
+    });
+    let (warnings, posted) = reconnects(&messages);
+    assert_eq!(warnings.len(), 1, "one warning per outage: {warnings:?}");
+    assert!(
+        warnings[0].contains(&format!(
+            "Lost the connection to the RACS server at {addr} while writing stream 'rc-down'"
+        )) && warnings[0].contains("reconnecting for up to 10000 ms"),
+        "{warnings:?}"
+    );
+    assert_eq!(posted.len(), 1, "{posted:?}");
+    let m = &posted[0];
+    assert_eq!(m.get::<String>("address").unwrap(), addr);
+    assert!(m.get::<bool>("server-restarted").unwrap(), "{m}");
+    let outage = m.get::<u64>("outage").unwrap();
+    assert!(outage >= 200_000_000, "{m}");
+    assert!(m.get::<String>("reason").unwrap().contains(&addr), "{m}");
+    assert_eq!(stats.get::<u64>("reconnects").unwrap(), 1, "{stats}");
+    let last = common::element_structures(&messages, "racssink-stats");
+    assert_eq!(last.len(), 1);
+    assert_eq!(last[0].get::<u64>("reconnects").unwrap(), 1, "{}", last[0]);
 }

@@ -771,7 +771,9 @@ fn a_kill_mid_table_loses_nothing_acknowledged_the_window_covers() {
         assert!(
             run.warnings()
                 .iter()
-                .all(|w| w.contains("restarted the timeline")),
+                .all(|w| w.contains("restarted the timeline")
+                    || w.contains("Lost the connection")
+                    || w.contains("restarted while stream")),
             "{:?}",
             run.warnings()
         );
@@ -860,7 +862,7 @@ fn a_kill_right_after_a_table_flush_loses_more_than_a_table_and_the_window_cover
         let l = &run.losses()[0];
         assert_eq!(l.input + l.bytes + replayed, 900 * 16, "{:?}", run.losses());
         assert!(
-            run.warnings()[0].contains("replay-window"),
+            run.warnings().iter().any(|w| w.contains("replay-window")),
             "{:?}",
             run.warnings()
         );

@@ -206,3 +206,150 @@ fn a_uri_without_a_stream_id_is_refused_with_a_reason() {
         );
     }
 }
+
+/// Every property of racssink's own that a URI carries, with its value as text.
+fn own_settings(sink: &gst::Element) -> Vec<(String, String)> {
+    sink.list_properties()
+        .iter()
+        .filter(|p| {
+            p.owner_type() == sink.type_()
+                && p.flags().contains(glib::ParamFlags::READWRITE)
+                && p.name() != "uri"
+        })
+        .map(|p| {
+            let v = sink.property_value(p.name());
+            let text = match glib::EnumValue::from_value(&v) {
+                Some((_, e)) => e.nick().to_string(),
+                None => v
+                    .serialize()
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|_| "null".into()),
+            };
+            (p.name().to_string(), text)
+        })
+        .collect()
+}
+
+#[test]
+fn racssink_uri_property_round_trips_every_setting() {
+    common::init();
+    let sink = gst::ElementFactory::make("racssink").build().unwrap();
+    let defaults = own_settings(&sink);
+    // A value other than the default for every property the URI carries, chosen from its
+    // definition, so a property added later is covered too.
+    for p in sink.list_properties().iter() {
+        if p.owner_type() != sink.type_()
+            || !p.flags().contains(glib::ParamFlags::READWRITE)
+            || p.name() == "uri"
+        {
+            continue;
+        }
+        let name = p.name();
+        if let Some(b) = p.downcast_ref::<glib::ParamSpecBoolean>() {
+            sink.set_property(name, !b.default_value());
+        } else if let Some(u) = p.downcast_ref::<glib::ParamSpecUInt>() {
+            let v = if u.default_value() == u.minimum() {
+                u.minimum() + 1
+            } else {
+                u.minimum()
+            };
+            sink.set_property(name, v);
+        } else if let Some(u) = p.downcast_ref::<glib::ParamSpecUInt64>() {
+            sink.set_property(name, u.default_value() + 1_000_000);
+        } else if let Some(e) = p.downcast_ref::<glib::ParamSpecEnum>() {
+            let class = e.enum_class();
+            let other = class
+                .values()
+                .iter()
+                .find(|v| v.value() != e.default_value_as_i32())
+                .unwrap();
+            sink.set_property_from_str(name, other.nick());
+        } else if p.value_type() == glib::Type::STRING {
+            let v = match name {
+                "host" => "::1",
+                "stream-id" => "air/studio 1 %Y&x=y?",
+                "replay-window" => "10s",
+                other => panic!("no test value for the string property {other}"),
+            };
+            sink.set_property(name, v);
+        } else {
+            panic!("no test value for {name} ({})", p.value_type());
+        }
+    }
+    let changed = own_settings(&sink);
+    for ((name, d), (_, c)) in defaults.iter().zip(&changed) {
+        assert_ne!(d, c, "{name} was not changed from its default");
+    }
+    let uri: String = sink.property("uri");
+    assert!(uri.starts_with("racs://[::1]:"), "{uri}");
+    // A fresh element given that URI through the property has the same settings.
+    let copy = gst::ElementFactory::make("racssink")
+        .property("uri", &uri)
+        .build()
+        .unwrap();
+    assert_eq!(own_settings(&copy), changed, "{uri}");
+    assert_eq!(copy.property::<String>("uri"), uri);
+    // Defaults are left out.
+    let plain = gst::ElementFactory::make("racssink")
+        .property("stream-id", "air")
+        .build()
+        .unwrap();
+    assert_eq!(plain.property::<String>("uri"), "racs://localhost:6381/air");
+    plain.set_property("chunk-size", 4096u32);
+    assert_eq!(
+        plain.property::<String>("uri"),
+        "racs://localhost:6381/air?chunk-size=4096"
+    );
+}
+
+#[test]
+fn racssink_uri_property_works_from_gst_launch_and_a_bad_one_fails_at_start() {
+    common::init();
+    let srv = TestServer::start();
+    let pipeline = gst::parse::launch(&format!(
+        "audiotestsrc num-buffers=10 samplesperbuffer=4410 ! audio/x-raw,format=S16LE,rate=44100,channels=1 \
+         ! racssink name=sink uri=\"racs://127.0.0.1:{}/by%20property?chunk-size=4410&if-exists=error\"",
+        srv.port()
+    ))
+    .unwrap();
+    let sink = pipeline
+        .downcast_ref::<gst::Bin>()
+        .unwrap()
+        .by_name("sink")
+        .unwrap();
+    assert_eq!(sink.property::<u32>("chunk-size"), 4410);
+    run_to_eos(&pipeline);
+    assert_eq!(
+        tools::info(srv.addr(), "by property", "size"),
+        Some(44_100 * 2)
+    );
+
+    // A URI the property refuses leaves the settings as they were, and starting says why.
+    let sink = gst::ElementFactory::make("racssink")
+        .property("stream-id", "kept")
+        .property("uri", "racs://127.0.0.1:1/x?chunk-size=0")
+        .build()
+        .unwrap();
+    assert_eq!(
+        sink.property::<Option<String>>("stream-id").as_deref(),
+        Some("kept")
+    );
+    let bus = gst::Bus::new();
+    sink.set_bus(Some(&bus));
+    assert!(sink.set_state(gst::State::Paused).is_err());
+    let msg = bus.pop_filtered(&[gst::MessageType::Error]).unwrap();
+    let gst::MessageView::Error(e) = msg.view() else {
+        unreachable!()
+    };
+    assert!(e.error().matches(gst::ResourceError::Settings), "{e:?}");
+    let text = e.error().to_string();
+    assert!(
+        text.contains("Invalid uri")
+            && text.contains("chunk-size=\"0\": expected a number in 1..=65535"),
+        "{text}"
+    );
+    sink.set_state(gst::State::Null).unwrap();
+    // A good URI afterwards clears it.
+    sink.set_property("uri", "racs://127.0.0.1:1/x");
+    assert_eq!(sink.property::<String>("uri"), "racs://127.0.0.1:1/x");
+}

@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: MPL-2.0
 //! Streams rotated by wall-clock time: a stream id with strftime fields in UTC
 //! (`air-%Y%m%d-%H` names one stream per hour), or a fixed period. Pure arithmetic on epoch
-//! milliseconds, shared by the writer (where to cut) and the reader (which streams cover a range),
-//! and [`RotatedRange`], which reads a wall-clock range across the rotated streams.
+//! milliseconds, shared by the writer (where to cut) and the reader (which streams cover a range:
+//! [`plan`], with the continuation streams a writer starts after a long pause and, for patterns
+//! that change every second, the streams of any fixed period, both found by SEARCH), and
+//! [`RotatedRange`], which reads a wall-clock range across the rotated streams.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -142,6 +144,14 @@ impl Rotation {
         }
     }
 
+    /// The finest field of a pattern; `None` for a fixed period.
+    pub fn unit(&self) -> Option<Unit> {
+        match self {
+            Rotation::Pattern { unit, .. } => Some(*unit),
+            Rotation::Every { .. } => None,
+        }
+    }
+
     /// The first boundary after `t_ms`: where the next stream begins.
     pub fn next_boundary(&self, t_ms: i64) -> i64 {
         let start = self.period_start(t_ms);
@@ -219,6 +229,132 @@ impl Rotation {
             t = end;
         }
         out
+    }
+
+    /// The stream that continues the period stream `period_name` from `t_ms` on, when the
+    /// writer could not append to it (a pause longer than max-fill inside the period):
+    /// `period_name-YYYYMMDDTHHMMSS.mmmZ`, the time of its first sample. The reader finds it
+    /// with SEARCH and joins it after the period stream.
+    pub fn continuation_name(period_name: &str, t_ms: i64) -> String {
+        format!("{period_name}-{}", utc(t_ms).format(CONTINUATION_TIME))
+    }
+
+    /// The period name and start (epoch ms) of a continuation stream name of this rotation.
+    pub fn parse_continuation(&self, name: &str) -> Option<(String, i64)> {
+        let cut = name.len().checked_sub(CONTINUATION_LEN)?;
+        let (period, time) = (name.get(..cut)?, name.get(cut..)?);
+        let time = time.strip_prefix('-')?;
+        let t = chrono::NaiveDateTime::parse_from_str(time, CONTINUATION_TIME)
+            .ok()?
+            .and_utc()
+            .timestamp_millis();
+        // In its period; a pattern that changes every second names streams of any period
+        // (`rotate`), so there it only has to start after the stream it continues.
+        let in_period = match self.unit() {
+            Some(Unit::Second) => self.parse_name(period).is_some_and(|p| p <= t),
+            _ => self.name_at(t) == period,
+        };
+        (in_period && Self::continuation_name(period, t) == name).then(|| (period.to_string(), t))
+    }
+
+    /// The SEARCH pattern matching this rotation's period names (each field as `?`s of its
+    /// width, glob characters of the literal text escaped); `None` for a fixed period.
+    pub fn glob(&self) -> Option<String> {
+        let Rotation::Pattern { pattern, .. } = self else {
+            return None;
+        };
+        let mut out = String::with_capacity(pattern.len() + 8);
+        let mut chars = pattern.chars();
+        while let Some(c) = chars.next() {
+            let literal = if c == '%' {
+                match chars.next() {
+                    Some('%') | None => '%',
+                    Some(f) => {
+                        out.push_str(&"?".repeat(field_width(f)));
+                        continue;
+                    }
+                }
+            } else {
+                c
+            };
+            match literal {
+                '*' | '?' | '[' => {
+                    out.push('[');
+                    out.push(literal);
+                    out.push(']');
+                }
+                c => out.push(c),
+            }
+        }
+        Some(out)
+    }
+
+    /// The start (epoch ms) of the period a name of this pattern stands for; `None` when the
+    /// name is not one this rotation gives a period.
+    pub fn parse_name(&self, name: &str) -> Option<i64> {
+        let Rotation::Pattern { pattern, .. } = self else {
+            return None;
+        };
+        let (mut y, mut mo, mut d, mut j, mut h, mut mi, mut sec) =
+            (None, 1u32, 1u32, None, 0u32, 0u32, 0u32);
+        let mut rest = name;
+        let mut chars = pattern.chars();
+        while let Some(c) = chars.next() {
+            let field = if c == '%' {
+                match chars.next() {
+                    Some('%') | None => None,
+                    Some(f) => Some(f),
+                }
+            } else {
+                None
+            };
+            let Some(f) = field else {
+                let lit = if c == '%' { '%' } else { c };
+                rest = rest.strip_prefix(lit)?;
+                continue;
+            };
+            let w = field_width(f);
+            let digits = rest.get(..w)?;
+            if !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let v: u32 = digits.parse().ok()?;
+            rest = &rest[w..];
+            match f {
+                'Y' => y = Some(v as i32),
+                'y' => y = Some(2000 + v as i32),
+                'm' => mo = v,
+                'd' => d = v,
+                'j' => j = Some(v),
+                'H' => h = v,
+                'M' => mi = v,
+                'S' => sec = v,
+                _ => return None,
+            }
+        }
+        if !rest.is_empty() {
+            return None;
+        }
+        let y = y?;
+        let date = match j {
+            Some(j) => NaiveDate::from_yo_opt(y, j)?,
+            None => NaiveDate::from_ymd_opt(y, mo, d)?,
+        };
+        let t = date.and_hms_opt(h, mi, sec)?.and_utc().timestamp_millis();
+        (self.name_at(t) == name).then(|| self.period_start(t))
+    }
+}
+
+/// The time in a continuation stream's name, and that part's length with its `-`.
+const CONTINUATION_TIME: &str = "%Y%m%dT%H%M%S%.3fZ";
+const CONTINUATION_LEN: usize = 1 + 8 + 1 + 6 + 4 + 1;
+
+/// Digits a pattern field is written with.
+fn field_width(f: char) -> usize {
+    match f {
+        'Y' => 4,
+        'j' => 3,
+        _ => 2,
     }
 }
 
@@ -306,10 +442,24 @@ impl RotatedRange {
     ) -> Result<Self, ReadError> {
         let from_ms = from_ns.div_euclid(1_000_000) as i64;
         let to_ms = (to_ns + 999_999).div_euclid(1_000_000) as i64;
-        let covering = rotation.covering(from_ms, to_ms);
-        let n = covering.len();
+        let mut stats = ReaderStats::default();
+        // The streams that exist besides the periods' own names: continuations (a writer that
+        // could not append after a long pause), and for a pattern that changes every second,
+        // all of them (streams of any fixed period are named that way).
+        let mut existing = Vec::new();
+        if let Some(glob) = rotation.glob() {
+            let mut conn = pool.checkout(base.timeout).await?;
+            stats.infos += 1;
+            existing = conn.search(&format!("{glob}-????????T??????.???Z")).await?;
+            if rotation.unit() == Some(Unit::Second) {
+                stats.infos += 1;
+                existing.extend(conn.search(&glob).await?);
+            }
+        }
+        let planned = plan(rotation, from_ms, to_ms, &existing);
+        let n = planned.len();
         let mut parts = VecDeque::new();
-        for (i, (name, a, b)) in covering.into_iter().enumerate() {
+        for (i, (name, a, b, a_edge, b_edge)) in planned.into_iter().enumerate() {
             let a_ns = if i == 0 {
                 from_ns
             } else {
@@ -320,11 +470,10 @@ impl RotatedRange {
             } else {
                 i128::from(b) * 1_000_000
             };
-            let a_edge = rotation.period_start(a) == a && a_ns == i128::from(a) * 1_000_000;
-            let b_edge = i + 1 < n || rotation.period_start(b) == b && b_ns % 1_000_000 == 0;
+            let a_edge = a_edge && a_ns == i128::from(a) * 1_000_000;
+            let b_edge = b_edge && b_ns == i128::from(b) * 1_000_000;
             parts.push_back((name, a_ns, b_ns, a_edge, b_edge));
         }
-        let mut stats = ReaderStats::default();
         let mut format = None;
         {
             let mut conn = pool.checkout(base.timeout).await?;
@@ -531,7 +680,8 @@ impl RotatedRange {
                         a,
                         b,
                         format!(
-                            "rotated stream '{name}' ends at {}, before its period ends ({})",
+                            "rotated stream '{name}' ends at {}, before the next stream or the end of \
+                             its period ({})",
                             crate::client::reader::format_unix_ns(a),
                             crate::client::reader::format_unix_ns(b)
                         ),
@@ -544,6 +694,76 @@ impl RotatedRange {
             }
         }
     }
+}
+
+/// Which stream holds which part of `[from_ms, to_ms)`, in time order: (name, from, to, `from`
+/// is where the stream starts, `to` is where the next stream starts). Each period's stream
+/// holds its period up to the first continuation of it in `existing`, each continuation up to
+/// the next one or the period's end. A pattern that changes every second says nothing of the
+/// period length (a fixed `rotate` period is named that way), so there the streams in
+/// `existing` decide: each holds from its start up to the next one's; before the first, the
+/// part goes to the name of `from` (which does not exist: a gap).
+pub fn plan(
+    rotation: &Rotation,
+    from_ms: i64,
+    to_ms: i64,
+    existing: &[String],
+) -> Vec<(String, i64, i64, bool, bool)> {
+    let continuations: Vec<(String, i64, String)> = existing
+        .iter()
+        .filter_map(|n| {
+            rotation
+                .parse_continuation(n)
+                .map(|(period, t)| (period, t, n.clone()))
+        })
+        .collect();
+    // Consecutive streams as (start, end, name), then cut to the range.
+    let mut streams: Vec<(i64, i64, String)> = Vec::new();
+    fn push_run(streams: &mut Vec<(i64, i64, String)>, run: &mut Vec<(i64, String)>, end: i64) {
+        run.sort();
+        run.dedup();
+        for k in 0..run.len() {
+            let next = run.get(k + 1).map_or(end, |r| r.0);
+            streams.push((run[k].0, next, run[k].1.clone()));
+        }
+    }
+    if rotation.unit() == Some(Unit::Second) {
+        let mut run: Vec<(i64, String)> = existing
+            .iter()
+            .filter_map(|n| rotation.parse_name(n).map(|t| (t, n.clone())))
+            .chain(continuations.iter().map(|(_, t, n)| (*t, n.clone())))
+            .collect();
+        run.sort();
+        let first = run.iter().rposition(|r| r.0 <= from_ms);
+        let missing_until = run.first().map_or(i64::MAX, |r| r.0);
+        let mut run: Vec<(i64, String)> = match first {
+            Some(k) => run.split_off(k),
+            None => {
+                streams.push((from_ms, missing_until, rotation.name_at(from_ms)));
+                run
+            }
+        };
+        push_run(&mut streams, &mut run, i64::MAX);
+    } else {
+        for (name, a, _) in rotation.covering(from_ms, to_ms) {
+            let start = rotation.period_start(a);
+            let mut run = vec![(start, name.clone())];
+            run.extend(
+                continuations
+                    .iter()
+                    .filter(|(p, t, _)| *p == name && *t > start)
+                    .map(|(_, t, n)| (*t, n.clone())),
+            );
+            push_run(&mut streams, &mut run, rotation.next_boundary(a));
+        }
+    }
+    streams
+        .into_iter()
+        .filter_map(|(s, e, name)| {
+            let (a, b) = (s.max(from_ms), e.min(to_ms));
+            (a < b).then_some((name, a, b, a == s, b == e))
+        })
+        .collect()
 }
 
 fn utc(t_ms: i64) -> DateTime<Utc> {
@@ -688,5 +908,163 @@ mod tests {
                 assert_eq!(r.period_start(e), e);
             }
         }
+    }
+
+    fn at(h: u32, m: u32, s: u32, ms: i64) -> i64 {
+        Utc.with_ymd_and_hms(2026, 1, 9, h, m, s)
+            .unwrap()
+            .timestamp_millis()
+            + ms
+    }
+
+    #[test]
+    fn names_parse_back_and_globs_match_them() {
+        let r = pattern("a*b-%Y%m%d-%H");
+        assert_eq!(r.glob().unwrap(), "a[*]b-????????-??");
+        assert_eq!(r.parse_name("a*b-20260109-10"), Some(at(10, 0, 0, 0)));
+        for bad in [
+            "a*b-20260109-1x",
+            "a*b-20260109-24",
+            "a*b-20260109-10x",
+            "ab-20260109-10",
+        ] {
+            assert_eq!(r.parse_name(bad), None, "{bad}");
+        }
+        let y = pattern("y-%y-%j");
+        assert_eq!(y.parse_name("y-26-009"), Some(at(0, 0, 0, 0)));
+        assert_eq!(
+            pattern("p%%-%Y%j%H").parse_name("p%-202600910"),
+            Some(at(10, 0, 0, 0))
+        );
+        let c = Rotation::continuation_name("a*b-20260109-10", at(10, 30, 0, 250));
+        assert_eq!(c, "a*b-20260109-10-20260109T103000.250Z");
+        assert_eq!(
+            r.parse_continuation(&c),
+            Some(("a*b-20260109-10".to_string(), at(10, 30, 0, 250)))
+        );
+        // A continuation must lie in the period it continues.
+        let wrong = Rotation::continuation_name("a*b-20260109-10", at(11, 0, 0, 0));
+        assert_eq!(r.parse_continuation(&wrong), None);
+        assert_eq!(Rotation::every("x", 3_600_000).unwrap().glob(), None);
+    }
+
+    #[test]
+    fn a_continuation_takes_over_the_rest_of_its_period() {
+        let r = pattern("a-%Y%m%d-%H");
+        let c = Rotation::continuation_name("a-20260109-10", at(10, 30, 0, 250));
+        let parts = plan(
+            &r,
+            at(10, 0, 0, 0),
+            at(12, 0, 0, 0),
+            &[c.clone(), "a-20260109-10".into(), "unrelated".into()],
+        );
+        assert_eq!(
+            parts,
+            [
+                (
+                    "a-20260109-10".to_string(),
+                    at(10, 0, 0, 0),
+                    at(10, 30, 0, 250),
+                    true,
+                    true
+                ),
+                (c.clone(), at(10, 30, 0, 250), at(11, 0, 0, 0), true, true),
+                (
+                    "a-20260109-11".to_string(),
+                    at(11, 0, 0, 0),
+                    at(12, 0, 0, 0),
+                    true,
+                    true
+                ),
+            ]
+        );
+        // From inside the continuation.
+        let parts = plan(
+            &r,
+            at(10, 40, 0, 0),
+            at(10, 50, 0, 0),
+            std::slice::from_ref(&c),
+        );
+        assert_eq!(
+            parts,
+            [(c, at(10, 40, 0, 0), at(10, 50, 0, 0), false, false)]
+        );
+    }
+
+    #[test]
+    fn streams_of_a_fixed_period_are_planned_from_those_that_exist() {
+        // rotate=3600 names its streams x-YYYYMMDDTHHMMSSZ: read as x-%Y%m%dT%H%M%SZ.
+        let r = pattern("x-%Y%m%dT%H%M%SZ");
+        let c = Rotation::continuation_name("x-20260109T100000Z", at(10, 15, 0, 0));
+        let existing: Vec<String> = [
+            "x-20260109T090000Z",
+            "x-20260109T100000Z",
+            "x-20260109T120000Z",
+            &c,
+            "x-20261399T000000Z",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let parts = plan(&r, at(9, 30, 0, 0), at(12, 30, 0, 0), &existing);
+        assert_eq!(
+            parts,
+            [
+                (
+                    "x-20260109T090000Z".to_string(),
+                    at(9, 30, 0, 0),
+                    at(10, 0, 0, 0),
+                    false,
+                    true
+                ),
+                (
+                    "x-20260109T100000Z".to_string(),
+                    at(10, 0, 0, 0),
+                    at(10, 15, 0, 0),
+                    true,
+                    true
+                ),
+                (c, at(10, 15, 0, 0), at(12, 0, 0, 0), true, true),
+                (
+                    "x-20260109T120000Z".to_string(),
+                    at(12, 0, 0, 0),
+                    at(12, 30, 0, 0),
+                    true,
+                    false
+                ),
+            ]
+        );
+        // Before the first stream: the name of the range's start, which does not exist (a gap
+        // whatever its edges say).
+        let parts = plan(&r, at(8, 0, 0, 0), at(9, 30, 0, 0), &existing);
+        assert_eq!(
+            parts,
+            [
+                (
+                    "x-20260109T080000Z".to_string(),
+                    at(8, 0, 0, 0),
+                    at(9, 0, 0, 0),
+                    true,
+                    true
+                ),
+                (
+                    "x-20260109T090000Z".to_string(),
+                    at(9, 0, 0, 0),
+                    at(9, 30, 0, 0),
+                    true,
+                    false
+                ),
+            ]
+        );
+        assert_eq!(
+            plan(&r, at(8, 0, 0, 0), at(8, 1, 0, 0), &[]),
+            [(
+                "x-20260109T080000Z".to_string(),
+                at(8, 0, 0, 0),
+                at(8, 1, 0, 0),
+                true,
+                false
+            )]
+        );
     }
 }

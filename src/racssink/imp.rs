@@ -4,7 +4,7 @@
 //! and the reconnect logic live in `client::writer`.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gst::glib;
 use gst::prelude::*;
@@ -13,7 +13,7 @@ use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 use once_cell::sync::Lazy;
 
-use super::{GapPolicy, RecoveryPolicy, Timeline};
+use super::{GapPolicy, IfExists, RecoveryPolicy, Timeline};
 use crate::client::reader::format_unix_ms;
 use crate::client::rotation::Rotation;
 use crate::client::timeline::{Correction, WallClock};
@@ -21,10 +21,10 @@ use crate::client::writer::{
     self, Loss, LossKind, ReplayWindow, Restart, StreamWriter, WriteError, WriterConfig,
     WriterEvent, WriterStats, DEFAULT_CHUNK_BYTES, DEFAULT_SETTLE,
 };
-use crate::client::{block_on, validate_stream_id, Canceller, Error, Pool, StreamFormat};
-use crate::props::{
-    DEFAULT_HOST, DEFAULT_POOL_SIZE, DEFAULT_PORT, DEFAULT_TIMEOUT_MS, MAX_POOL_SIZE,
+use crate::client::{
+    block_on, host_port, validate_stream_id, Canceller, Error, Pool, StreamFormat,
 };
+use crate::props::{DEFAULT_HOST, DEFAULT_POOL_SIZE, DEFAULT_PORT, DEFAULT_TIMEOUT_MS};
 use crate::uri;
 
 static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
@@ -60,6 +60,7 @@ struct Settings {
     pool_size: u32,
     chunk_size: u32,
     create_if_missing: bool,
+    if_exists: IfExists,
     takeover: bool,
     timeout_ms: u32,
     retry_timeout_ms: u32,
@@ -72,6 +73,8 @@ struct Settings {
     max_fill_ns: u64,
     /// Seconds per rotated stream; 0: no fixed period.
     rotate_s: u32,
+    /// Why the last URI set through the `uri` property was refused (starting fails with it).
+    uri_error: Option<String>,
 }
 
 impl Default for Settings {
@@ -83,6 +86,7 @@ impl Default for Settings {
             pool_size: DEFAULT_POOL_SIZE,
             chunk_size: DEFAULT_CHUNK_SIZE,
             create_if_missing: DEFAULT_CREATE_IF_MISSING,
+            if_exists: IfExists::default(),
             takeover: DEFAULT_TAKEOVER,
             timeout_ms: DEFAULT_TIMEOUT_MS,
             retry_timeout_ms: DEFAULT_RETRY_TIMEOUT_MS,
@@ -93,6 +97,7 @@ impl Default for Settings {
             max_drift_ns: DEFAULT_MAX_DRIFT_NS,
             max_fill_ns: DEFAULT_MAX_FILL_NS,
             rotate_s: 0,
+            uri_error: None,
         }
     }
 }
@@ -121,163 +126,36 @@ impl Settings {
     }
 
     fn addr(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
-    }
-
-    /// Applies one `key=value` from a URI's query part.
-    fn apply_param(&mut self, key: &str, value: &str) -> Result<(), String> {
-        fn num(key: &str, value: &str, min: u32, max: u32) -> Result<u32, String> {
-            value
-                .parse::<u32>()
-                .ok()
-                .filter(|v| (min..=max).contains(v))
-                .ok_or_else(|| format!("{key}={value:?}: expected a number in {min}..={max}"))
-        }
-        fn boolean(key: &str, value: &str) -> Result<bool, String> {
-            match value.to_ascii_lowercase().as_str() {
-                "true" | "1" | "yes" => Ok(true),
-                "false" | "0" | "no" => Ok(false),
-                _ => Err(format!("{key}={value:?}: expected true or false")),
-            }
-        }
-        match key {
-            "pool-size" => self.pool_size = num(key, value, 1, MAX_POOL_SIZE)?,
-            "chunk-size" => self.chunk_size = num(key, value, 1, 65535)?,
-            "timeout" => self.timeout_ms = num(key, value, 1, u32::MAX)?,
-            "retry-timeout" => self.retry_timeout_ms = num(key, value, 0, u32::MAX)?,
-            "create-if-missing" => self.create_if_missing = boolean(key, value)?,
-            "takeover" => self.takeover = boolean(key, value)?,
-            "gap-policy" => {
-                self.gap_policy = match value {
-                    "silence" => GapPolicy::Silence,
-                    "none" => GapPolicy::None,
-                    _ => return Err(format!("gap-policy={value:?}: expected silence or none")),
-                }
-            }
-            "replay-window" => {
-                ReplayWindow::parse(value)?;
-                self.replay_window = value.to_string();
-            }
-            "recovery-policy" => {
-                self.recovery_policy = match value {
-                    "auto" => RecoveryPolicy::Auto,
-                    "keep-audio" => RecoveryPolicy::KeepAudio,
-                    "keep-time" => RecoveryPolicy::KeepTime,
-                    _ => {
-                        return Err(format!(
-                            "recovery-policy={value:?}: expected auto, keep-audio or keep-time"
-                        ))
-                    }
-                }
-            }
-            "timeline" => {
-                self.timeline = match value {
-                    "auto" => Timeline::Auto,
-                    "samples" => Timeline::Samples,
-                    "wall-clock" => Timeline::WallClock,
-                    _ => {
-                        return Err(format!(
-                            "timeline={value:?}: expected auto, samples or wall-clock"
-                        ))
-                    }
-                }
-            }
-            "max-drift" | "max-fill" => {
-                let v = value
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|v| *v >= 1_000_000 || key == "max-fill")
-                    .ok_or_else(|| format!("{key}={value:?}: expected nanoseconds"))?;
-                if key == "max-drift" {
-                    self.max_drift_ns = v;
-                } else {
-                    self.max_fill_ns = v;
-                }
-            }
-            "rotate" => self.rotate_s = num(key, value, 0, u32::MAX)?,
-            _ => {
-                return Err(format!(
-                    "unknown URI parameter {key:?}; racssink takes pool-size, chunk-size, \
-                     timeout, retry-timeout, create-if-missing, takeover, gap-policy, \
-                     replay-window, recovery-policy, timeline, max-drift, max-fill and rotate"
-                ))
-            }
-        }
-        Ok(())
-    }
-
-    fn to_uri(&self) -> Option<String> {
-        let id = self.stream_id.as_ref()?;
-        let d = Settings::default();
-        let mut params = Vec::new();
-        if self.pool_size != d.pool_size {
-            params.push(format!("pool-size={}", self.pool_size));
-        }
-        if self.chunk_size != d.chunk_size {
-            params.push(format!("chunk-size={}", self.chunk_size));
-        }
-        if self.timeout_ms != d.timeout_ms {
-            params.push(format!("timeout={}", self.timeout_ms));
-        }
-        if self.retry_timeout_ms != d.retry_timeout_ms {
-            params.push(format!("retry-timeout={}", self.retry_timeout_ms));
-        }
-        if self.create_if_missing != d.create_if_missing {
-            params.push(format!("create-if-missing={}", self.create_if_missing));
-        }
-        if self.takeover != d.takeover {
-            params.push(format!("takeover={}", self.takeover));
-        }
-        if self.gap_policy != d.gap_policy {
-            params.push("gap-policy=none".to_string());
-        }
-        if self.replay_window != d.replay_window {
-            params.push(format!(
-                "replay-window={}",
-                uri::percent_encode(&self.replay_window)
-            ));
-        }
-        if self.recovery_policy != d.recovery_policy {
-            let nick = match self.recovery_policy {
-                RecoveryPolicy::Auto => "auto",
-                RecoveryPolicy::KeepAudio => "keep-audio",
-                RecoveryPolicy::KeepTime => "keep-time",
-            };
-            params.push(format!("recovery-policy={nick}"));
-        }
-        if self.timeline != d.timeline {
-            let nick = match self.timeline {
-                Timeline::Auto => "auto",
-                Timeline::Samples => "samples",
-                Timeline::WallClock => "wall-clock",
-            };
-            params.push(format!("timeline={nick}"));
-        }
-        if self.max_drift_ns != d.max_drift_ns {
-            params.push(format!("max-drift={}", self.max_drift_ns));
-        }
-        if self.max_fill_ns != d.max_fill_ns {
-            params.push(format!("max-fill={}", self.max_fill_ns));
-        }
-        if self.rotate_s != d.rotate_s {
-            params.push(format!("rotate={}", self.rotate_s));
-        }
-        let mut uri = format!("racs://{}/{}", self.addr(), uri::percent_encode(id));
-        if !params.is_empty() {
-            uri.push('?');
-            uri.push_str(&params.join("&"));
-        }
-        Some(uri)
+        host_port(&self.host, self.port)
     }
 }
 
-/// One run, from the first caps to stop.
+/// The element's state: nothing between runs, a [`Run`] from start to stop.
 #[derive(Debug, Default)]
-struct State {
+enum State {
+    #[default]
+    Stopped,
+    Started(Box<Run>),
+}
+
+/// What upstream is, settled at the first data (it must be linked to be asked).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Upstream {
+    #[default]
+    Unknown,
+    Settled {
+        /// Upstream is live: buffers carry capture times.
+        live: bool,
+        /// The writers' recovery policy.
+        policy: writer::RecoveryPolicy,
+        /// The wall-clock timeline is in force.
+        wall_clock: bool,
+    },
+}
+
+/// One run, from start to stop.
+#[derive(Debug, Default)]
+struct Run {
     /// Created at the first caps with the settings of that moment.
     writer: Option<StreamWriter>,
     format: Option<StreamFormat>,
@@ -286,20 +164,18 @@ struct State {
     /// Running time of the first byte counted in `bytes_since_base`.
     base: Option<gst::ClockTime>,
     bytes_since_base: u64,
-    /// Upstream is live (asked at the first buffer): buffers carry capture times.
-    live: Option<bool>,
+    upstream: Upstream,
     recovery_policy: RecoveryPolicy,
-    /// The writers' recovery policy, once settled at the first data.
-    policy: Option<writer::RecoveryPolicy>,
     /// Copied at start.
     timeline: Timeline,
     max_drift_ns: u64,
     max_fill_ns: u64,
     rotation: Option<Rotation>,
-    /// Wall-clock timeline in force (settled at the first data).
-    wall_clock: bool,
     /// Where the current rotated stream ends (epoch ms).
     next_boundary_ms: Option<i64>,
+    /// The stream id of the period being written (the stream id when not rotating). The
+    /// writer's own stream is a continuation of it after a pause beyond max-fill.
+    period: Option<String>,
     /// samples timeline: the wall-clock time (ns) of the run's first sample and the sample
     /// frames stored since, which give every later sample's time.
     anchor_ns: Option<i128>,
@@ -307,7 +183,23 @@ struct State {
     last_report: Option<std::time::Instant>,
 }
 
-impl State {
+impl Run {
+    /// Upstream is live (known from the first data on).
+    fn live(&self) -> bool {
+        matches!(self.upstream, Upstream::Settled { live: true, .. })
+    }
+
+    /// The wall-clock timeline is in force (known from the first data on).
+    fn wall_clock(&self) -> bool {
+        matches!(
+            self.upstream,
+            Upstream::Settled {
+                wall_clock: true,
+                ..
+            }
+        )
+    }
+
     /// The running time the next sample should have.
     fn expected(&self, format: &StreamFormat) -> Option<gst::ClockTime> {
         let frames = self.bytes_since_base / format.bytes_per_frame() as u64;
@@ -315,6 +207,17 @@ impl State {
         self.base
             .map(|base| base + gst::ClockTime::from_nseconds(offset))
     }
+}
+
+/// What [`RacsSink::correct`] did before a buffer is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Corrected {
+    /// Within max-drift: nothing.
+    Kept,
+    /// Silence inserted or sample frames left out.
+    Done,
+    /// A rotated stream's pause is longer than max-fill: continue in a new stream.
+    NewStream { pause_ns: u128 },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -335,8 +238,18 @@ struct TimelineStats {
     rotations: u64,
 }
 
+/// A reconnect under way: from the first sign of it until the writer is writing again.
+#[derive(Debug)]
+struct Outage {
+    since: Instant,
+    /// What happened, as first seen.
+    reason: String,
+    server_restarted: bool,
+}
+
 pub struct RacsSink {
     settings: Mutex<Settings>,
+    outage: Mutex<Option<Outage>>,
     timeline: Mutex<TimelineStats>,
     /// The stream being written (the name of the current period when rotating).
     current_id: Mutex<Option<String>>,
@@ -353,6 +266,7 @@ impl Default for RacsSink {
     fn default() -> Self {
         RacsSink {
             settings: Mutex::new(Settings::default()),
+            outage: Mutex::new(None),
             timeline: Mutex::new(TimelineStats::default()),
             current_id: Mutex::new(None),
             state: Mutex::new(State::default()),
@@ -362,6 +276,12 @@ impl Default for RacsSink {
             recovery: Mutex::new((writer::RecoveryPolicy::KeepAudio, 0)),
         }
     }
+}
+
+/// A write with no stream open: [`RacsSink::ensure_stream`] opens one first, so this is a bug
+/// reported as an error rather than a panic.
+fn not_open() -> WriteError {
+    WriteError::InvalidSettings("racssink has no stream open to write to (a bug)".into())
 }
 
 fn bit_depth_of(format: gst_audio::AudioFormat) -> Option<u16> {
@@ -388,6 +308,9 @@ impl RacsSink {
             WriteError::InvalidSettings(_) => {
                 gst::element_imp_error!(self, gst::ResourceError::Settings, ("{}", msg))
             }
+            WriteError::Exists { .. } => {
+                gst::element_imp_error!(self, gst::ResourceError::OpenWrite, ("{}", msg))
+            }
             WriteError::NotFound { .. } => {
                 gst::element_imp_error!(self, gst::ResourceError::NotFound, ("{}", msg))
             }
@@ -406,14 +329,75 @@ impl RacsSink {
 
     fn on_writer_event(&self, event: WriterEvent) {
         match event {
-            WriterEvent::Retrying { error, retry_for } => gst::warning!(
-                CAT,
-                imp = self,
-                "{error}; reconnecting for up to {} ms",
-                retry_for.as_millis()
-            ),
-            WriterEvent::Recovered => gst::info!(CAT, imp = self, "writing again"),
-            WriterEvent::Restarted(r) => self.on_restart(r),
+            WriterEvent::Retrying { error, retry_for } => {
+                gst::warning!(
+                    CAT,
+                    imp = self,
+                    "{error}; reconnecting for up to {} ms",
+                    retry_for.as_millis()
+                );
+                if self.outage.lock().unwrap().is_some() {
+                    return;
+                }
+                let (id, addr, _) = self.describe_bytes(0);
+                gst::element_imp_warning!(
+                    self,
+                    gst::ResourceError::Write,
+                    (
+                        "Lost the connection to the RACS server at {} while writing stream '{}' \
+                         ({}); reconnecting for up to {} ms (retry-timeout), holding the audio \
+                         meanwhile",
+                        addr,
+                        id,
+                        error,
+                        retry_for.as_millis()
+                    )
+                );
+                *self.outage.lock().unwrap() = Some(Outage {
+                    since: Instant::now(),
+                    reason: error,
+                    server_restarted: false,
+                });
+            }
+            WriterEvent::Recovered => self.on_reconnected(),
+            WriterEvent::Restarted(r) => {
+                let first = {
+                    let mut outage = self.outage.lock().unwrap();
+                    match outage.as_mut() {
+                        Some(o) => {
+                            o.server_restarted = true;
+                            false
+                        }
+                        None => {
+                            *outage = Some(Outage {
+                                since: Instant::now(),
+                                reason: "the server no longer had the stream open: it \
+                                         restarted"
+                                    .into(),
+                                server_restarted: true,
+                            });
+                            true
+                        }
+                    }
+                };
+                if first {
+                    // The connection was replaced without an error (between two frames):
+                    // nothing said so yet.
+                    let (id, addr, _) = self.describe_bytes(0);
+                    gst::element_imp_warning!(
+                        self,
+                        gst::ResourceError::Write,
+                        (
+                            "The RACS server at {} restarted while stream '{}' was being \
+                             written (it no longer had the stream open); racssink reconnected, \
+                             reopened it and checked what the server still holds",
+                            addr,
+                            id
+                        )
+                    );
+                }
+                self.on_restart(r)
+            }
             WriterEvent::Loss(loss) => self.on_loss(loss),
             WriterEvent::Lag { lag_us } => {
                 let id = self.stream_id();
@@ -502,9 +486,63 @@ impl RacsSink {
             .unwrap_or_default()
     }
 
+    /// `racssink-stats`: the `stats` property, and the element message posted at EOS.
+    fn stats_structure(&self) -> gst::Structure {
+        let s = self.stats.lock().unwrap().clone();
+        let t = self.timeline.lock().unwrap().clone();
+        gst::Structure::builder("racssink-stats")
+            .field("bytes-sent", s.bytes_sent)
+            .field("bytes-acked", s.bytes_acked)
+            .field("frames-sent", s.frames_sent)
+            .field("frames-acked", s.frames_acked)
+            .field("reconnects", s.reconnects)
+            .field("silence-bytes", s.silence_bytes)
+            .field("silence-duration", s.silence_ns())
+            .field("rtt-avg-us", s.rtt_avg_us())
+            .field("rtt-max-us", s.rtt_max_us)
+            .field("lost-acked-bytes", s.lost_acked_bytes)
+            .field("server-lost-bytes", s.server_lost_bytes)
+            .field("replayed-bytes", s.replayed_bytes)
+            .field("dropped-bytes", s.dropped_bytes)
+            .field("dropped-duration", s.ns_of(s.dropped_bytes))
+            .field("timeline-filled-frames", t.filled_frames)
+            .field("timeline-dropped-frames", t.dropped_frames)
+            .field("timeline-corrections", t.corrections)
+            .field("timeline-drift", t.drift_ns)
+            .field("rotations", t.rotations)
+            .build()
+    }
+
     fn post_element(&self, s: gst::Structure) {
         let obj = self.obj();
         let _ = obj.post_message(gst::message::Element::builder(s).src(&*obj).build());
+    }
+
+    /// Writing again after a reconnect: `racssink-reconnect` says what happened.
+    fn on_reconnected(&self) {
+        let outage = self.outage.lock().unwrap().take();
+        let (id, addr, _) = self.describe_bytes(0);
+        let (reason, restarted, took) = match outage {
+            Some(o) => (o.reason, o.server_restarted, o.since.elapsed()),
+            None => ("unknown".to_string(), false, Duration::ZERO),
+        };
+        gst::info!(
+            CAT,
+            imp = self,
+            "writing '{id}' to {addr} again after {} ms ({reason})",
+            took.as_millis()
+        );
+        let reconnects = self.stats.lock().unwrap().reconnects;
+        self.post_element(
+            gst::Structure::builder("racssink-reconnect")
+                .field("stream-id", id)
+                .field("address", addr)
+                .field("reason", reason)
+                .field("server-restarted", restarted)
+                .field("outage", took.as_nanos() as u64)
+                .field("reconnects", reconnects)
+                .build(),
+        );
     }
 
     fn on_restart(&self, r: Restart) {
@@ -687,6 +725,9 @@ impl RacsSink {
     }
 
     fn settings_error(&self, settings: &Settings) -> Option<String> {
+        if let Some(e) = &settings.uri_error {
+            return Some(format!("Invalid uri: {e}"));
+        }
         let Some(id) = settings.stream_id.as_ref() else {
             return Some(
                 "No stream-id set: racssink needs the name of the RACS stream to write \
@@ -706,6 +747,14 @@ impl RacsSink {
         if let Err(e) = settings.rotation() {
             return Some(e);
         }
+        if settings.if_exists == IfExists::Error && !settings.create_if_missing {
+            return Some(format!(
+                "if-exists=error and create-if-missing=false together refuse stream '{id}' \
+                 whether it exists or not: set create-if-missing=true to have it created (and \
+                 refused if it already exists), or if-exists=append to append to an existing \
+                 stream"
+            ));
+        }
         None
     }
 
@@ -718,6 +767,10 @@ impl RacsSink {
             stream_id: id.to_string(),
             chunk_bytes: settings.chunk_size as usize,
             create_if_missing: settings.create_if_missing,
+            if_exists: match settings.if_exists {
+                IfExists::Append => writer::IfExists::Append,
+                IfExists::Error => writer::IfExists::Error,
+            },
             takeover: settings.takeover,
             timeout: settings.timeout(),
             retry_timeout: Duration::from_millis(settings.retry_timeout_ms.into()),
@@ -742,19 +795,22 @@ impl RacsSink {
     }
 
     /// Opens stream `id` for `format` (creating its writer when there is none).
-    fn open(&self, state: &mut State, format: StreamFormat, id: &str) -> Result<(), WriteError> {
-        if state.writer.is_none() {
-            let settings = self.settings.lock().unwrap().clone();
-            state.gap_policy = settings.gap_policy;
-            state.recovery_policy = settings.recovery_policy;
-            let mut w = self.new_writer(&settings, id)?;
-            if let Some(policy) = state.policy {
-                w.set_policy(policy);
+    fn open(&self, state: &mut Run, format: StreamFormat, id: &str) -> Result<(), WriteError> {
+        let writer = match state.writer.take() {
+            Some(w) => w,
+            None => {
+                let settings = self.settings.lock().unwrap().clone();
+                state.gap_policy = settings.gap_policy;
+                state.recovery_policy = settings.recovery_policy;
+                let mut w = self.new_writer(&settings, id)?;
+                if let Upstream::Settled { policy, .. } = state.upstream {
+                    w.set_policy(policy);
+                }
+                *self.current_id.lock().unwrap() = Some(id.to_string());
+                w
             }
-            state.writer = Some(w);
-            *self.current_id.lock().unwrap() = Some(id.to_string());
-        }
-        let writer = state.writer.as_mut().expect("just set");
+        };
+        let writer = state.writer.insert(writer);
         if writer.is_open() {
             writer.prepare(format)?;
             state.format = Some(format);
@@ -815,7 +871,10 @@ impl RacsSink {
     /// Stopping without EOS: sends what is held and CLOSEs, trying once (bounded by the
     /// timeout); a failure is a warning saying how much audio was not stored.
     fn store_held_and_close(&self) {
-        let mut state = self.state.lock().unwrap();
+        let mut guard = self.state.lock().unwrap();
+        let State::Started(state) = &mut *guard else {
+            return;
+        };
         state.base = None;
         let Some(writer) = state.writer.as_mut().filter(|w| w.is_open()) else {
             return;
@@ -856,21 +915,19 @@ impl RacsSink {
 
     /// Settles `recovery-policy=auto` at the first data: keep-time when upstream is live (its
     /// buffers carry capture times), keep-audio otherwise.
-    fn settle_policy(&self, state: &mut State) {
-        if state.live.is_some() {
+    fn settle_policy(&self, state: &mut Run) {
+        if state.upstream != Upstream::Unknown {
             return;
         }
         let mut q = gst::query::Latency::new();
         let live = self.obj().sink_pad().peer_query(&mut q) && q.result().0;
-        state.live = Some(live);
         let policy = match state.recovery_policy {
             RecoveryPolicy::KeepTime => writer::RecoveryPolicy::KeepTime,
             RecoveryPolicy::KeepAudio => writer::RecoveryPolicy::KeepAudio,
             RecoveryPolicy::Auto if live => writer::RecoveryPolicy::KeepTime,
             RecoveryPolicy::Auto => writer::RecoveryPolicy::KeepAudio,
         };
-        state.policy = Some(policy);
-        state.wall_clock = match state.timeline {
+        let wall_clock = match state.timeline {
             Timeline::Samples => false,
             // keep-audio asked for explicitly means "store all of it": no samples left out.
             Timeline::Auto => live && policy == writer::RecoveryPolicy::KeepTime,
@@ -885,15 +942,16 @@ impl RacsSink {
                 false
             }
         };
+        state.upstream = Upstream::Settled {
+            live,
+            policy,
+            wall_clock,
+        };
         gst::info!(
             CAT,
             imp = self,
             "timeline: {}",
-            if state.wall_clock {
-                "wall-clock"
-            } else {
-                "samples"
-            }
+            if wall_clock { "wall-clock" } else { "samples" }
         );
         if let Some(w) = state.writer.as_mut() {
             w.set_policy(policy);
@@ -924,7 +982,7 @@ impl RacsSink {
     }
 
     /// Fills the timeline up to running time `until` with silence (gap-policy=silence).
-    fn fill_until(&self, state: &mut State, until: gst::ClockTime) -> Result<(), WriteError> {
+    fn fill_until(&self, state: &mut Run, until: gst::ClockTime) -> Result<(), WriteError> {
         let Some(format) = state.format else {
             return Ok(());
         };
@@ -955,7 +1013,7 @@ impl RacsSink {
         } else {
             format.bytes_per_frame() as u64 - misaligned
         };
-        let capture = if state.live == Some(true) {
+        let capture = if state.live() {
             self.capture_us(expected)
         } else {
             None
@@ -963,7 +1021,7 @@ impl RacsSink {
         state
             .writer
             .as_mut()
-            .expect("a format implies a writer")
+            .ok_or_else(not_open)?
             .write_silence_at(bytes + pad, capture)?;
         state.bytes_since_base += bytes + pad;
         state.frames_total += (bytes + pad) / format.bytes_per_frame() as u64;
@@ -975,7 +1033,7 @@ impl RacsSink {
     /// stream is opened (and its timeline started) before the old one is closed.
     fn ensure_stream(
         &self,
-        state: &mut State,
+        state: &mut Run,
         format: StreamFormat,
         t_ns: i128,
     ) -> Result<bool, WriteError> {
@@ -990,27 +1048,28 @@ impl RacsSink {
                 .clone()
                 .unwrap_or_default(),
         };
-        let current = state.writer.as_ref().map(|w| w.stream_id().to_string());
-        if current.as_deref() == Some(want.as_str())
-            && state.writer.as_ref().is_some_and(|w| w.is_open())
-        {
+        let open = state.writer.as_ref().is_some_and(|w| w.is_open());
+        // A writer opened at the caps (no rotation) serves its own stream.
+        let period = state
+            .period
+            .clone()
+            .or_else(|| state.writer.as_ref().map(|w| w.stream_id().to_string()));
+        if period.as_deref() == Some(want.as_str()) && open {
             return Ok(false);
         }
-        let old = if current.is_some() && current.as_deref() != Some(want.as_str()) {
+        let old = if state.writer.is_some() && period.as_deref() != Some(want.as_str()) {
             state.writer.take()
         } else {
             None
         };
         self.open(state, format, &want)?;
+        state.period = Some(want.clone());
         if let Some(r) = &state.rotation {
             state.next_boundary_ms = Some(r.next_boundary(t_ms));
         }
-        if state.wall_clock {
-            state
-                .writer
-                .as_mut()
-                .expect("opened above")
-                .bind_timeline()?;
+        let wall_clock = state.wall_clock();
+        if let Some(w) = state.writer.as_mut().filter(|_| wall_clock) {
+            w.bind_timeline()?;
         }
         if let Some(mut old) = old {
             let from = old.stream_id().to_string();
@@ -1027,10 +1086,68 @@ impl RacsSink {
                     .field("to", want.clone())
                     .field("boundary-ms", t_ms)
                     .field("boundary", format_unix_ms(t_ms))
+                    .field("reason", "period")
                     .build(),
             );
         }
         Ok(true)
+    }
+
+    /// Rotation after a pause longer than max-fill inside a period: the rest of the period
+    /// goes to a new stream named after the period's and this first sample's time (`t_ns`),
+    /// which racssrc joins after the period's stream.
+    fn continue_in_new_stream(
+        &self,
+        state: &mut Run,
+        format: StreamFormat,
+        t_ns: i128,
+        pause_ns: u128,
+    ) -> Result<(), WriteError> {
+        let t_ms = t_ns.div_euclid(1_000_000) as i64;
+        let period = state.period.clone().unwrap_or_default();
+        let name = Rotation::continuation_name(&period, t_ms);
+        let mut old = state.writer.take();
+        let from = old.as_ref().map(|w| w.stream_id().to_string());
+        let stored_to = old
+            .as_ref()
+            .and_then(|w| w.next_stored_us())
+            .map(|us| format_unix_ms(us.div_euclid(1000)));
+        self.open(state, format, &name)?;
+        let wall_clock = state.wall_clock();
+        if let Some(w) = state.writer.as_mut().filter(|_| wall_clock) {
+            w.bind_timeline()?;
+        }
+        if let Some(old) = old.as_mut() {
+            old.finish(true)?;
+        }
+        let from = from.unwrap_or_default();
+        self.timeline.lock().unwrap().rotations += 1;
+        let (_, addr, _) = self.describe_bytes(0);
+        gst::element_imp_info!(
+            self,
+            gst::ResourceError::Write,
+            (
+                "Stream '{}' on the RACS server at {} is stored up to {}, {:.3} s before this \
+                 audio was captured ({}): more than max-fill, so the rest of its period goes to \
+                 the new stream '{}' (racssrc reads the two as one)",
+                from,
+                addr,
+                stored_to.as_deref().unwrap_or("its end"),
+                pause_ns as f64 / 1e9,
+                format_unix_ms(t_ms),
+                name
+            )
+        );
+        self.post_element(
+            gst::Structure::builder("racssink-rotate")
+                .field("from", from)
+                .field("to", name)
+                .field("boundary-ms", t_ms)
+                .field("boundary", format_unix_ms(t_ms))
+                .field("reason", "pause")
+                .build(),
+        );
+        Ok(())
     }
 
     /// wall-clock timeline: before `pcm`, whose first sample was captured at `*t_ns`, is
@@ -1038,19 +1155,19 @@ impl RacsSink {
     /// where the stored timeline is behind, sample frames left out of `pcm` where it is ahead.
     fn correct(
         &self,
-        state: &mut State,
+        state: &mut Run,
         format: StreamFormat,
         t_ns: &mut i128,
         pcm: &mut &[u8],
-    ) -> Result<(), WriteError> {
+    ) -> Result<Corrected, WriteError> {
         let bpf = format.bytes_per_frame() as u64;
         let rate = format.sample_rate;
         let (max_drift_ns, max_fill_ns) = (state.max_drift_ns, state.max_fill_ns);
         let rotating = state.rotation.is_some();
-        let writer = state.writer.as_mut().expect("open");
+        let writer = state.writer.as_mut().ok_or_else(not_open)?;
         writer.bind_timeline()?;
         let Some(stored_us) = writer.next_stored_us() else {
-            return Ok(());
+            return Ok(Corrected::Kept);
         };
         let stored_ns = i128::from(stored_us) * 1000;
         let wc = WallClock { rate, max_drift_ns };
@@ -1064,27 +1181,27 @@ impl RacsSink {
                 .max(drift.unsigned_abs().min(u64::MAX.into()) as u64);
         }
         match correction {
-            Correction::Keep => return Ok(()),
+            Correction::Keep => return Ok(Corrected::Kept),
             Correction::Fill(n) => {
                 let ns = u128::from(n) * 1_000_000_000 / u128::from(rate);
+                if ns > u128::from(max_fill_ns) && rotating {
+                    return Ok(Corrected::NewStream { pause_ns: ns });
+                }
                 if ns > u128::from(max_fill_ns) {
                     let stored_ms = stored_us.div_euclid(1000);
                     let capture_ms = t_ns.div_euclid(1_000_000) as i64;
                     return Err(WriteError::InvalidSettings(format!(
                         "stream '{}' on the RACS server at {} is stored up to {}, {:.3} s before \
                          this audio was captured ({}): filling that pause with silence would \
-                         exceed max-fill ({:.3} s); raise max-fill, write to another stream-id{}",
+                         exceed max-fill ({:.3} s); raise max-fill, write to another stream-id, \
+                         or rotate streams (strftime fields in stream-id, or rotate), which \
+                         starts a new stream after such a pause",
                         writer.stream_id(),
                         writer.addr(),
                         format_unix_ms(stored_ms),
                         ns as f64 / 1e9,
                         format_unix_ms(capture_ms),
                         max_fill_ns as f64 / 1e9,
-                        if rotating {
-                            " (the pause ends inside the period of this rotated stream)"
-                        } else {
-                            ", or rotate streams (strftime fields in stream-id, or rotate)"
-                        }
                     )));
                 }
                 gst::debug!(
@@ -1117,11 +1234,11 @@ impl RacsSink {
         }
         self.timeline.lock().unwrap().corrections += 1;
         state.last_report = None;
-        Ok(())
+        Ok(Corrected::Done)
     }
 
     /// Posts `racssink-timeline` after a correction and every 10 s.
-    fn report_timeline(&self, state: &mut State) {
+    fn report_timeline(&self, state: &mut Run) {
         if state
             .last_report
             .is_some_and(|t| t.elapsed() < TIMELINE_REPORT_EVERY)
@@ -1149,7 +1266,7 @@ impl RacsSink {
     /// next stream.
     fn write_timed(
         &self,
-        state: &mut State,
+        state: &mut Run,
         format: StreamFormat,
         mut t_ns: i128,
         capture_us: Option<i64>,
@@ -1163,9 +1280,15 @@ impl RacsSink {
             let fresh_cut = rotated && state.frames_total > 0;
             // Right after a cut into a new stream nothing is left out, so the seam keeps every
             // sample; the next buffer corrects what remains.
-            if state.wall_clock && capture.is_some() && !fresh_cut {
+            if state.wall_clock() && capture.is_some() && !fresh_cut {
                 let before = pcm.len();
-                self.correct(state, format, &mut t_ns, &mut pcm)?;
+                match self.correct(state, format, &mut t_ns, &mut pcm)? {
+                    Corrected::NewStream { pause_ns } => {
+                        self.continue_in_new_stream(state, format, t_ns, pause_ns)?;
+                        continue;
+                    }
+                    Corrected::Kept | Corrected::Done => {}
+                }
                 if pcm.len() != before {
                     capture = Some((t_ns / 1000) as i64);
                 }
@@ -1186,7 +1309,7 @@ impl RacsSink {
             } else {
                 (head * bpf) as usize
             };
-            let writer = state.writer.as_mut().expect("open");
+            let writer = state.writer.as_mut().ok_or_else(not_open)?;
             writer.write_at(&pcm[..bytes], capture)?;
             state.frames_total += head;
             if bytes == pcm.len() {
@@ -1203,7 +1326,7 @@ impl RacsSink {
     }
 
     /// Checks a buffer's running time against the samples written so far.
-    fn track(&self, state: &mut State, running_time: gst::ClockTime) -> Result<(), WriteError> {
+    fn track(&self, state: &mut Run, running_time: gst::ClockTime) -> Result<(), WriteError> {
         let Some(format) = state.format else {
             return Ok(());
         };
@@ -1252,6 +1375,15 @@ impl ObjectImpl for RacsSink {
                     )
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecString::builder("uri")
+                    .nick("URI")
+                    .blurb(
+                        "racs://host:port/stream-id?key=value&...: the server, the stream and any \
+                         other property in one; read back, it holds every property that differs \
+                         from its default",
+                    )
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecUInt::builder("chunk-size")
                     .nick("Chunk size")
                     .blurb(
@@ -1271,6 +1403,15 @@ impl ObjectImpl for RacsSink {
                          otherwise a missing stream is an error",
                     )
                     .default_value(DEFAULT_CREATE_IF_MISSING)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("if-exists", IfExists::default())
+                    .nick("If exists")
+                    .blurb(
+                        "What to do when the stream already exists: append to it (its format \
+                         must match), or error: fail before writing anything, so an import run \
+                         twice cannot append a duplicate (needs create-if-missing=true)",
+                    )
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecBoolean::builder("takeover")
@@ -1348,8 +1489,8 @@ impl ObjectImpl for RacsSink {
                     .nick("Maximum fill")
                     .blurb(
                         "wall-clock timeline: the longest pause (ns) filled with silence, e.g. \
-                         when appending to a stream after a restart; a longer one is an error \
-                         (rotated streams start a new stream at the next period instead)",
+                         when appending to a stream after a restart; a longer one is an error, \
+                         or with rotation starts a new stream for the rest of the period",
                     )
                     .default_value(DEFAULT_MAX_FILL_NS)
                     .mutable_ready()
@@ -1383,6 +1524,20 @@ impl ObjectImpl for RacsSink {
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        if pspec.name() == "uri" {
+            // Through the URI handler, which sets the other properties (and takes the lock).
+            let text = value
+                .get::<Option<String>>()
+                .expect("type checked upstream");
+            if let Some(text) = text {
+                if let Err(e) = URIHandlerImpl::set_uri(self, &text) {
+                    gst::error!(CAT, imp = self, "{e}");
+                    // Kept so that starting fails with a clear message.
+                    self.settings.lock().unwrap().uri_error = Some(e.to_string());
+                }
+            }
+            return;
+        }
         let mut settings = self.settings.lock().unwrap();
         match pspec.name() {
             "host" => {
@@ -1408,6 +1563,7 @@ impl ObjectImpl for RacsSink {
                 settings.create_if_missing = value.get().expect("type checked upstream")
             }
             "takeover" => settings.takeover = value.get().expect("type checked upstream"),
+            "if-exists" => settings.if_exists = value.get().expect("type checked upstream"),
             "timeout" => settings.timeout_ms = value.get().expect("type checked upstream"),
             "retry-timeout" => {
                 settings.retry_timeout_ms = value.get().expect("type checked upstream")
@@ -1438,30 +1594,10 @@ impl ObjectImpl for RacsSink {
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         if pspec.name() == "stats" {
-            let s = self.stats.lock().unwrap().clone();
-            let t = self.timeline.lock().unwrap().clone();
-            return gst::Structure::builder("racssink-stats")
-                .field("bytes-sent", s.bytes_sent)
-                .field("bytes-acked", s.bytes_acked)
-                .field("frames-sent", s.frames_sent)
-                .field("frames-acked", s.frames_acked)
-                .field("reconnects", s.reconnects)
-                .field("silence-bytes", s.silence_bytes)
-                .field("silence-duration", s.silence_ns())
-                .field("rtt-avg-us", s.rtt_avg_us())
-                .field("rtt-max-us", s.rtt_max_us)
-                .field("lost-acked-bytes", s.lost_acked_bytes)
-                .field("server-lost-bytes", s.server_lost_bytes)
-                .field("replayed-bytes", s.replayed_bytes)
-                .field("dropped-bytes", s.dropped_bytes)
-                .field("dropped-duration", s.ns_of(s.dropped_bytes))
-                .field("timeline-filled-frames", t.filled_frames)
-                .field("timeline-dropped-frames", t.dropped_frames)
-                .field("timeline-corrections", t.corrections)
-                .field("timeline-drift", t.drift_ns)
-                .field("rotations", t.rotations)
-                .build()
-                .to_value();
+            return self.stats_structure().to_value();
+        }
+        if pspec.name() == "uri" {
+            return URIHandlerImpl::uri(self).to_value();
         }
         let settings = self.settings.lock().unwrap();
         match pspec.name() {
@@ -1472,6 +1608,7 @@ impl ObjectImpl for RacsSink {
             "chunk-size" => settings.chunk_size.to_value(),
             "create-if-missing" => settings.create_if_missing.to_value(),
             "takeover" => settings.takeover.to_value(),
+            "if-exists" => settings.if_exists.to_value(),
             "timeout" => settings.timeout_ms.to_value(),
             "retry-timeout" => settings.retry_timeout_ms.to_value(),
             "gap-policy" => settings.gap_policy.to_value(),
@@ -1500,9 +1637,9 @@ impl ElementImpl for RacsSink {
             gst::subclass::ElementMetadata::new(
                 "RACS sink",
                 "Sink/Audio/Network",
-                "Stores raw S16LE/S24LE audio in a stream of a RACS (Remote Audio Caching \
-                 Server) server",
-                "gst-plugin-racs developers",
+                "Stores raw S16LE/S24LE audio in a stream on a RACS (Remote Audio Caching \
+                 Server)",
+                "gst-plugin-racs contributors",
             )
         });
         Some(&*METADATA)
@@ -1550,16 +1687,17 @@ impl BaseSinkImpl for RacsSink {
         let _ = Pool::get(&settings.host, settings.port, settings.pool_size as usize);
         self.canceller.reset();
         *self.stats.lock().unwrap() = WriterStats::default();
+        *self.outage.lock().unwrap() = None;
         *self.caps_cache.lock().unwrap() = None;
         *self.timeline.lock().unwrap() = TimelineStats::default();
         *self.current_id.lock().unwrap() = None;
-        *self.state.lock().unwrap() = State {
+        *self.state.lock().unwrap() = State::Started(Box::new(Run {
             timeline: settings.timeline,
             max_drift_ns: settings.max_drift_ns,
             max_fill_ns: settings.max_fill_ns,
             rotation: settings.rotation().ok().flatten(),
-            ..State::default()
-        };
+            ..Run::default()
+        }));
         gst::info!(
             CAT,
             imp = self,
@@ -1573,7 +1711,7 @@ impl BaseSinkImpl for RacsSink {
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
         // Normally done at PAUSED->READY already (see change_state).
         self.store_held_and_close();
-        *self.state.lock().unwrap() = State::default();
+        *self.state.lock().unwrap() = State::Stopped;
         Ok(())
     }
 
@@ -1652,7 +1790,10 @@ impl BaseSinkImpl for RacsSink {
                 return Err(gst::loggable_error!(CAT, "{e}"));
             }
         };
-        let mut state = self.state.lock().unwrap();
+        let mut guard = self.state.lock().unwrap();
+        let State::Started(state) = &mut *guard else {
+            return Err(gst::loggable_error!(CAT, "caps before start"));
+        };
         if state.rotation.is_some() {
             // Each period's stream is opened when its first sample arrives.
             if let Some(w) = state.writer.as_mut() {
@@ -1665,7 +1806,7 @@ impl BaseSinkImpl for RacsSink {
             return Ok(());
         }
         let id = self.stream_id();
-        match self.open(&mut state, format, &id) {
+        match self.open(state, format, &id) {
             Ok(()) => Ok(()),
             Err(WriteError::Cancelled) => Err(gst::loggable_error!(CAT, "cancelled")),
             Err(e) => {
@@ -1676,7 +1817,10 @@ impl BaseSinkImpl for RacsSink {
     }
 
     fn render(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let mut state = self.state.lock().unwrap();
+        let mut guard = self.state.lock().unwrap();
+        let State::Started(state) = &mut *guard else {
+            return Err(gst::FlowError::Flushing);
+        };
         let Some(format) = state.format else {
             gst::element_imp_error!(
                 self,
@@ -1685,25 +1829,25 @@ impl BaseSinkImpl for RacsSink {
             );
             return Err(gst::FlowError::NotNegotiated);
         };
-        self.settle_policy(&mut state);
+        self.settle_policy(state);
         let running_time = match (buffer.pts(), state.segment.as_ref()) {
             (Some(pts), Some(segment)) => segment.to_running_time(pts),
             _ => None,
         };
         let capture = running_time
-            .filter(|_| state.live == Some(true))
+            .filter(|_| state.live())
             .and_then(|rt| self.capture_us(rt));
-        let wall = state.wall_clock && capture.is_some();
+        let wall = state.wall_clock() && capture.is_some();
         if state.rotation.is_none() && !state.writer.as_ref().is_some_and(|w| w.is_open()) {
             // Data after EOS (after a flushing seek, say): open the stream again to append.
             let id = self.stream_id();
-            self.open(&mut state, format, &id)
+            self.open(state, format, &id)
                 .map_err(|e| self.flow_error(e, true))?;
         }
         // With the wall-clock timeline, gaps show in the capture times and are corrected there.
         if state.gap_policy == GapPolicy::Silence && !wall && state.writer.is_some() {
             if let Some(running_time) = running_time {
-                self.track(&mut state, running_time)
+                self.track(state, running_time)
                     .map_err(|e| self.flow_error(e, false))?;
             }
         }
@@ -1726,11 +1870,11 @@ impl BaseSinkImpl for RacsSink {
         })?;
         gst::trace!(CAT, imp = self, "rendering {} bytes", map.len());
         let opening = state.writer.is_none();
-        self.write_timed(&mut state, format, t_ns, capture, &map)
+        self.write_timed(state, format, t_ns, capture, &map)
             .map_err(|e| self.flow_error(e, opening))?;
         state.bytes_since_base += map.len() as u64;
         if wall {
-            self.report_timeline(&mut state);
+            self.report_timeline(state);
         }
         Ok(gst::FlowSuccess::Ok)
     }
@@ -1739,14 +1883,21 @@ impl BaseSinkImpl for RacsSink {
         match event.view() {
             gst::EventView::Segment(e) => {
                 let segment = e.segment().downcast_ref::<gst::ClockTime>().cloned();
-                self.state.lock().unwrap().segment = segment;
+                if let State::Started(state) = &mut *self.state.lock().unwrap() {
+                    state.segment = segment;
+                }
             }
             gst::EventView::FlushStop(_) => {
                 // Running times may restart: take the next buffer as the new base.
-                self.state.lock().unwrap().base = None;
+                if let State::Started(state) = &mut *self.state.lock().unwrap() {
+                    state.base = None;
+                }
             }
             gst::EventView::Gap(e) => {
-                let mut state = self.state.lock().unwrap();
+                let mut guard = self.state.lock().unwrap();
+                let State::Started(state) = &mut *guard else {
+                    return false;
+                };
                 let (ts, duration) = e.get();
                 let end = state
                     .segment
@@ -1756,7 +1907,7 @@ impl BaseSinkImpl for RacsSink {
                     .map(|(rt, d)| (rt, rt + d));
                 let open = state.writer.as_ref().is_some_and(|w| w.is_open());
                 if open {
-                    self.settle_policy(&mut state);
+                    self.settle_policy(state);
                 }
                 if let (Some((start, end)), true, GapPolicy::Silence) =
                     (end, open, state.gap_policy)
@@ -1765,7 +1916,7 @@ impl BaseSinkImpl for RacsSink {
                         state.base = Some(start);
                         state.bytes_since_base = 0;
                     }
-                    if let Err(e) = self.fill_until(&mut state, end) {
+                    if let Err(e) = self.fill_until(state, end) {
                         if e != WriteError::Cancelled {
                             self.post_write_error(&e, false);
                         }
@@ -1774,8 +1925,12 @@ impl BaseSinkImpl for RacsSink {
                 }
             }
             gst::EventView::Eos(_) => {
-                let mut state = self.state.lock().unwrap();
-                if let Some(writer) = state.writer.as_mut() {
+                let mut guard = self.state.lock().unwrap();
+                let writer = match &mut *guard {
+                    State::Started(state) => state.writer.as_mut(),
+                    State::Stopped => None,
+                };
+                if let Some(writer) = writer {
                     match writer.finish(true) {
                         Ok(()) => gst::info!(CAT, imp = self, "EOS: all data stored, closed"),
                         Err(WriteError::Cancelled) => return false,
@@ -1785,6 +1940,9 @@ impl BaseSinkImpl for RacsSink {
                         }
                     }
                 }
+                drop(guard);
+                // The run's final figures, on the bus before EOS.
+                self.post_element(self.stats_structure());
             }
             _ => {}
         }
@@ -1800,11 +1958,11 @@ impl URIHandlerImpl for RacsSink {
     }
 
     fn uri(&self) -> Option<String> {
-        self.settings.lock().unwrap().to_uri()
+        uri::format(&*self.obj())
     }
 
     fn set_uri(&self, uri: &str) -> Result<(), glib::Error> {
-        if self.state.lock().unwrap().writer.is_some() {
+        if matches!(&*self.state.lock().unwrap(), State::Started(run) if run.writer.is_some()) {
             return Err(glib::Error::new(
                 gst::URIError::BadState,
                 "Changing the URI of racssink while it is writing is not supported",
@@ -1814,20 +1972,20 @@ impl URIHandlerImpl for RacsSink {
         if uri.eq_ignore_ascii_case("racs://") {
             return Ok(());
         }
-        let bad = |msg: String| glib::Error::new(gst::URIError::BadUri, &msg);
-        let parsed = uri::parse(uri).map_err(bad)?;
-        validate_stream_id(&parsed.stream_id).map_err(|e| bad(format!("{uri}: {e}")))?;
-        let mut settings = self.settings.lock().unwrap();
-        let mut new = settings.clone();
-        new.host = parsed.host;
-        new.port = parsed.port.unwrap_or(DEFAULT_PORT as u16);
-        new.stream_id = Some(parsed.stream_id);
-        for (key, value) in &parsed.params {
-            new.apply_param(key, value)
-                .map_err(|e| bad(format!("{uri}: {e}")))?;
-        }
-        gst::info!(CAT, imp = self, "URI {uri} sets {new:?}");
-        *settings = new;
+        uri::apply(
+            &*self.obj(),
+            uri,
+            "racssink",
+            DEFAULT_PORT as u16,
+            |key, text| match key {
+                "stream-id" => validate_stream_id(text).map_err(|e| e.to_string()),
+                "replay-window" => ReplayWindow::parse(text).map(|_| ()),
+                _ => Ok(()),
+            },
+        )
+        .map_err(|msg| glib::Error::new(gst::URIError::BadUri, &msg))?;
+        self.settings.lock().unwrap().uri_error = None;
+        gst::info!(CAT, imp = self, "URI {uri} applied");
         Ok(())
     }
 }

@@ -91,10 +91,28 @@ pub enum Timeline {
     WallClock = 2,
 }
 
+/// What racssink does when the stream it is to write already exists.
+#[derive(Debug, Default, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstRacsSinkIfExists")]
+pub enum IfExists {
+    /// Append to it (its format must match).
+    #[default]
+    #[enum_value(name = "Append: add to the existing stream", nick = "append")]
+    Append = 0,
+    /// Fail before writing anything, so that an import run twice cannot append a duplicate.
+    #[enum_value(
+        name = "Error: fail if the stream exists, write nothing",
+        nick = "error"
+    )]
+    Error = 1,
+}
+
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     GapPolicy::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     RecoveryPolicy::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     Timeline::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    IfExists::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     gst::Element::register(
         Some(plugin),
         "racssink",

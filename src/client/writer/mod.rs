@@ -46,8 +46,33 @@ pub const KEEP_TIME_MAX_LAG: Duration = Duration::from_millis(30);
 /// this long.
 pub const DEFAULT_SETTLE: Duration = Duration::from_millis(1200);
 
-const STREAM_IN_USE: &str = "Stream is closed or currently in use.";
-const ALREADY_OPEN: &str = "Stream is already open";
+/// The server's refusals the writer acts on. The server has no error codes (contract section
+/// 3), so its exact reply texts are told apart here, once; everything else matches the type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// OPEN of a stream that is open (for this writer or another).
+    AlreadyOpen,
+    /// CLOSE of a stream that is not open.
+    NotOpen,
+    /// A frame for a stream that is not open, or open for another session.
+    InUse,
+}
+
+impl Refusal {
+    fn of(e: &Error) -> Option<Refusal> {
+        match e.server_message()? {
+            "Stream is already open" => Some(Refusal::AlreadyOpen),
+            "Stream is not open" => Some(Refusal::NotOpen),
+            "Stream is closed or currently in use." => Some(Refusal::InUse),
+            _ => None,
+        }
+    }
+}
+
+/// Whether `e` is the server's refusal `r`.
+fn refused(e: &Error, r: Refusal) -> bool {
+    Refusal::of(e) == Some(r)
+}
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
@@ -155,6 +180,18 @@ pub enum RecoveryPolicy {
     KeepTime,
 }
 
+/// What to do when the stream already exists at [`StreamWriter::prepare`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IfExists {
+    /// Append to it (after checking its format).
+    #[default]
+    Append,
+    /// Refuse it with [`WriteError::Exists`]: an import run twice cannot append a duplicate.
+    /// Only the writer's first `prepare` checks; a stream it created or opened itself is
+    /// appended to later in the same run.
+    Error,
+}
+
 /// What the writer needs to know besides the format, which arrives later (with the caps).
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
@@ -163,6 +200,7 @@ pub struct WriterConfig {
     /// raised to 1 ms of audio (see [`chunk_bytes_for`]).
     pub chunk_bytes: usize,
     pub create_if_missing: bool,
+    pub if_exists: IfExists,
     /// Close and reopen a stream that is already open instead of failing, and claim it at once.
     pub takeover: bool,
     /// Bound on each request, and on each connect.
@@ -182,6 +220,7 @@ impl WriterConfig {
             stream_id: stream_id.into(),
             chunk_bytes: DEFAULT_CHUNK_BYTES,
             create_if_missing: true,
+            if_exists: IfExists::Append,
             takeover: false,
             timeout: Duration::from_secs(5),
             retry_timeout: Duration::from_secs(10),
@@ -354,6 +393,15 @@ pub enum WriteError {
         addr: String,
         bytes: u64,
     },
+    /// The stream exists and `if-exists=error` refuses to append to it.
+    Exists {
+        stream: String,
+        addr: String,
+        /// Bytes in it (0 when it holds none).
+        size: u64,
+        /// Its reference time (epoch ms), 0 when it has none.
+        ref_ms: i64,
+    },
     /// Connection errors outlasted `retry-timeout`: what is known of the audio of this run.
     Unstored {
         stream: String,
@@ -444,6 +492,31 @@ impl std::fmt::Display for WriteError {
                 "stream '{stream}' on the RACS server at {addr} grew by {bytes} bytes that this \
                  writer did not send while it was reconnecting: another writer is appending to it"
             ),
+            WriteError::Exists {
+                stream,
+                addr,
+                size,
+                ref_ms,
+            } => {
+                write!(
+                    f,
+                    "stream '{stream}' already exists on the RACS server at {addr} ("
+                )?;
+                if *size == 0 {
+                    f.write_str("empty")?;
+                } else {
+                    write!(
+                        f,
+                        "{size} bytes from {}",
+                        super::reader::format_unix_ms(*ref_ms)
+                    )?;
+                }
+                write!(
+                    f,
+                    ") and if-exists=error refuses to append to it; write to another stream-id, \
+                     or set if-exists=append to add to it"
+                )
+            }
             WriteError::Unstored {
                 stream,
                 bytes_per_second,
@@ -648,14 +721,12 @@ impl Ctx<'_> {
             }
             match reopened?.into_value() {
                 Ok(Value::Null) => {}
-                Err(Error::Server(msg)) if msg == "Stream is not open" => {
-                    match conn.open(self.id).await {
-                        Err(Error::Server(msg)) if msg == ALREADY_OPEN => continue,
-                        other => other?,
-                    }
-                }
+                Err(e) if refused(&e, Refusal::NotOpen) => match conn.open(self.id).await {
+                    Err(e) if refused(&e, Refusal::AlreadyOpen) => continue,
+                    other => other?,
+                },
                 // The other writer reopened between this CLOSE and OPEN: again.
-                Err(Error::Server(msg)) if msg == ALREADY_OPEN => continue,
+                Err(e) if refused(&e, Refusal::AlreadyOpen) => continue,
                 Err(e) => return Err(e.into()),
                 Ok(other) => {
                     return Err(Error::Protocol {
@@ -667,7 +738,7 @@ impl Ctx<'_> {
             }
             match conn.send_frame(self.session, self.hash, &[]).await {
                 Ok(()) => return Ok(()),
-                Err(Error::Server(msg)) if msg == STREAM_IN_USE => {}
+                Err(e) if refused(&e, Refusal::InUse) => {}
                 Err(e) => return Err(e.into()),
             }
             // The other writer's frame came first: on a server that serves one message at a
@@ -689,6 +760,7 @@ impl Ctx<'_> {
         &self,
         format: &StreamFormat,
         create_if_missing: bool,
+        if_exists: IfExists,
         takeover: bool,
     ) -> Result<Prepared, WriteError> {
         let mut conn = self.pool.checkout(self.timeout).await?;
@@ -719,6 +791,14 @@ impl Ctx<'_> {
                     addr: self.addr(),
                 });
             };
+            if if_exists == IfExists::Error {
+                return Err(WriteError::Exists {
+                    stream: self.id.to_string(),
+                    addr: self.addr(),
+                    size: info.size,
+                    ref_ms: info.ref_ms,
+                });
+            }
             if info.format().ok().as_ref() != Some(format) {
                 return Err(WriteError::FormatMismatch {
                     stream: self.id.to_string(),
@@ -738,7 +818,7 @@ impl Ctx<'_> {
         }
         match conn.open(self.id).await {
             Ok(()) => {}
-            Err(Error::Server(msg)) if msg == ALREADY_OPEN => {
+            Err(e) if refused(&e, Refusal::AlreadyOpen) => {
                 if !takeover {
                     return Err(WriteError::AlreadyOpen {
                         stream: self.id.to_string(),
@@ -760,11 +840,11 @@ impl Ctx<'_> {
     async fn reopen(&self, conn: &mut PooledConnection) -> Result<Delivery, WriteError> {
         match conn.open(self.id).await {
             Ok(()) => Ok(Delivery::Reopened),
-            Err(Error::Server(msg)) if msg == ALREADY_OPEN => {
+            Err(e) if refused(&e, Refusal::AlreadyOpen) => {
                 // Open, but for whom? A zero-length frame passes only for this session.
                 match conn.send_frame(self.session, self.hash, &[]).await {
                     Ok(()) => Ok(Delivery::Reopened),
-                    Err(Error::Server(msg)) if msg == STREAM_IN_USE => Err(self.taken_over()),
+                    Err(e) if refused(&e, Refusal::InUse) => Err(self.taken_over()),
                     Err(e) => Err(e.into()),
                 }
             }
@@ -807,13 +887,13 @@ impl Ctx<'_> {
         sent.set(true);
         match conn.send_frame(self.session, self.hash, frame).await {
             Ok(()) => {}
-            Err(Error::Server(msg)) if msg == STREAM_IN_USE => {
+            Err(e) if refused(&e, Refusal::InUse) => {
                 // Refused: certainly not stored. Not open (a restart, or a CLOSE from
                 // elsewhere) or bound to another session; OPEN tells the two apart.
                 sent.set(false);
                 return match conn.open(self.id).await {
                     Ok(()) => Ok(Delivery::Reopened),
-                    Err(Error::Server(msg)) if msg == ALREADY_OPEN => Err(self.taken_over()),
+                    Err(e) if refused(&e, Refusal::AlreadyOpen) => Err(self.taken_over()),
                     Err(e) => Err(e.into()),
                 };
             }
@@ -1043,6 +1123,18 @@ impl Probe<'_, '_> {
     }
 }
 
+/// Where a writer is in its run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Not prepared yet, or finished.
+    Closed,
+    /// Prepared: the stream is open for this writer.
+    Open,
+    /// An error ended the run; only `finish` (which does nothing then) or a new `prepare`
+    /// is left.
+    Failed,
+}
+
 /// A frame ready to go; the queue holds them in order.
 #[derive(Debug)]
 struct OutFrame {
@@ -1051,12 +1143,20 @@ struct OutFrame {
     capture_us: Option<i64>,
     /// Bytes of the writer's input before it.
     input: u64,
-    /// Acknowledged once, lost by the server, re-sent from the replay window.
-    replay: bool,
-    /// A zero-length frame that starts the server's new timeline now (keep-time).
-    bind: bool,
+    kind: FrameKind,
     /// A try may have reached the server without an answer: its fate is unknown.
     maybe_sent: bool,
+}
+
+/// What a queued frame carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FrameKind {
+    /// Audio sent for the first time.
+    Audio,
+    /// Audio acknowledged once, lost by the server, re-sent from the replay window.
+    Replay,
+    /// A zero-length frame that starts the server's new timeline now (keep-time).
+    Bind,
 }
 
 /// An acknowledged frame kept in the replay window.
@@ -1120,8 +1220,7 @@ pub struct StreamWriter {
     recovering: bool,
     /// Drops being noted are wall-clock corrections.
     correcting: bool,
-    open: bool,
-    failed: bool,
+    phase: Phase,
     stats: Arc<Mutex<WriterStats>>,
     observer: Option<Box<dyn FnMut(WriterEvent) + Send>>,
 }
@@ -1137,8 +1236,7 @@ impl std::fmt::Debug for StreamWriter {
             .field("queued", &self.queue.len())
             .field("server_size", &self.server_size)
             .field("kept_bytes", &self.kept_bytes)
-            .field("open", &self.open)
-            .field("failed", &self.failed)
+            .field("phase", &self.phase)
             .finish()
     }
 }
@@ -1180,8 +1278,7 @@ impl StreamWriter {
             drops: None,
             recovering: false,
             correcting: false,
-            open: false,
-            failed: false,
+            phase: Phase::Closed,
             stats,
             observer: None,
         })
@@ -1228,9 +1325,10 @@ impl StreamWriter {
         self.window
     }
 
-    /// Whether the stream is open for this writer (after `prepare`, before `finish`).
+    /// Whether the writer is prepared and not finished: the stream is open for it, or it
+    /// failed (and refuses to write) and is still to be finished.
     pub fn is_open(&self) -> bool {
-        self.open
+        self.phase != Phase::Closed
     }
 
     /// The stored time (µs since the Unix epoch) the server gives the next byte written, once
@@ -1380,7 +1478,7 @@ impl StreamWriter {
     /// opens it (claiming it at once with `takeover`). One try, bounded by `timeout` per
     /// request: a server that is down is reported at once, not retried.
     pub fn prepare(&mut self, format: StreamFormat) -> Result<Prepared, WriteError> {
-        if self.open {
+        if self.phase == Phase::Open {
             if self.format == Some(format) {
                 return Ok(Prepared {
                     created: false,
@@ -1392,15 +1490,23 @@ impl StreamWriter {
             return Err(WriteError::InvalidSettings(format!(
                 "the format changed from {} to {format} in the middle of the stream; a RACS \
                  stream has one fixed format",
-                self.format.expect("set when open")
+                self.format
+                    .map_or_else(|| "none".to_string(), |f| f.to_string())
             )));
         }
         let chunk = chunk_bytes_for(&format, self.config.chunk_bytes)?;
         let ctx = self.ctx();
         let prepared = run(&self.canceller, async {
-            ctx.prepare(&format, self.config.create_if_missing, self.config.takeover)
-                .await
+            ctx.prepare(
+                &format,
+                self.config.create_if_missing,
+                self.config.if_exists,
+                self.config.takeover,
+            )
+            .await
         })?;
+        // From here on the stream is this run's: opening it again (data after EOS) appends.
+        self.config.if_exists = IfExists::Append;
         self.format = Some(format);
         self.chunk = chunk;
         self.held.reserve(chunk);
@@ -1417,25 +1523,22 @@ impl StreamWriter {
             self.recycle(k.data);
         }
         self.kept_bytes = 0;
-        self.open = true;
-        self.failed = false;
+        self.phase = Phase::Open;
         self.stats.lock().unwrap().bytes_per_second = format.bytes_per_second();
         self.update_window();
         Ok(prepared)
     }
 
     fn ensure_writable(&self) -> Result<(), WriteError> {
-        if self.failed {
-            return Err(WriteError::InvalidSettings(
+        match self.phase {
+            Phase::Open => Ok(()),
+            Phase::Failed => Err(WriteError::InvalidSettings(
                 "the writer failed earlier and cannot continue".into(),
-            ));
-        }
-        if !self.open {
-            return Err(WriteError::InvalidSettings(
+            )),
+            Phase::Closed => Err(WriteError::InvalidSettings(
                 "the stream is not open (no format yet)".into(),
-            ));
+            )),
         }
-        Ok(())
     }
 
     /// Appends PCM that continues the previous write; every full chunk is sent and
@@ -1503,8 +1606,7 @@ impl StreamWriter {
             data,
             capture_us: self.held_capture,
             input: self.held_input,
-            replay: false,
-            bind: false,
+            kind: FrameKind::Audio,
             maybe_sent: false,
         });
     }
@@ -1514,8 +1616,7 @@ impl StreamWriter {
             data: Vec::new(),
             capture_us: None,
             input: self.input,
-            replay: false,
-            bind: true,
+            kind: FrameKind::Bind,
             maybe_sent: false,
         });
     }
@@ -1524,7 +1625,7 @@ impl StreamWriter {
     /// bytes of the current write) that are too late to be stored near their capture time.
     fn late_bytes(&mut self, incoming: u64) -> u64 {
         let queued: u64 = self.queue.iter().map(|f| f.data.len() as u64).sum();
-        let capture = match self.queue.iter().find(|f| !f.bind) {
+        let capture = match self.queue.iter().find(|f| f.kind != FrameKind::Bind) {
             Some(f) => f.capture_us,
             None if !self.held.is_empty() => self.held_capture,
             None => self.capture_of(self.input),
@@ -1561,7 +1662,7 @@ impl StreamWriter {
         let mut left = n;
         let bps = self.bps();
         while left > 0 {
-            let Some(i) = self.queue.iter().position(|f| !f.bind && !f.replay) else {
+            let Some(i) = self.queue.iter().position(|f| f.kind == FrameKind::Audio) else {
                 break;
             };
             let f = &mut self.queue[i];
@@ -1675,8 +1776,8 @@ impl StreamWriter {
     /// stream. With `retry`, connection errors are retried within `retry_timeout`; without,
     /// the first one ends it (for stopping, which must not wait long).
     pub fn finish(&mut self, retry: bool) -> Result<(), WriteError> {
-        if !self.open || self.failed {
-            self.open = false;
+        if self.phase != Phase::Open {
+            self.phase = Phase::Closed;
             return Ok(());
         }
         self.flush_drops();
@@ -1710,8 +1811,14 @@ impl StreamWriter {
             self.recover(&mut retrier)?;
             self.pump(retry)?;
         }
+        if self.recovering {
+            // Reopened with nothing left to send: the recovery is complete all the same.
+            self.recovering = false;
+            self.stats.lock().unwrap().reconnects += 1;
+            self.emit(WriterEvent::Recovered);
+        }
         self.flush_drops();
-        self.open = false;
+        self.phase = Phase::Closed;
         Ok(())
     }
 
@@ -1732,7 +1839,7 @@ impl StreamWriter {
                 payload.push(0);
                 match conn.request(&payload).await?.into_value() {
                     Ok(_) => Ok(true),
-                    Err(Error::Server(msg)) if msg == "Stream is not open" => Ok(false),
+                    Err(e) if refused(&e, Refusal::NotOpen) => Ok(false),
                     Err(e) => Err(e),
                 }
             });
@@ -1765,7 +1872,7 @@ impl StreamWriter {
         });
         while let Some(front) = self.queue.front() {
             let want_ref = !self.ref_reported;
-            let check = front.maybe_sent && !front.bind;
+            let check = front.maybe_sent && front.kind != FrameKind::Bind;
             let sent = Cell::new(front.maybe_sent);
             if let Some(ledger) = self.ledger.as_mut() {
                 ledger.note_sent(now_ms());
@@ -1777,7 +1884,7 @@ impl StreamWriter {
                     .await
             });
             if let Some(front) = self.queue.front_mut() {
-                front.maybe_sent = sent.get() && !front.bind;
+                front.maybe_sent = sent.get() && front.kind != FrameKind::Bind;
             }
             match result {
                 Ok(Delivery::Acked { rtt, ref_ms }) => {
@@ -1803,7 +1910,7 @@ impl StreamWriter {
             WriteError::Cancelled => Err(WriteError::Cancelled),
             e if e.is_retryable() => {
                 if retrier.failed() {
-                    self.failed = true;
+                    self.phase = Phase::Failed;
                     let WriteError::Client(last) = e else {
                         unreachable!("retryable errors are client errors")
                     };
@@ -1819,7 +1926,7 @@ impl StreamWriter {
                 self.pause(&mut retrier.backoff, deadline)
             }
             e => {
-                self.failed = true;
+                self.phase = Phase::Failed;
                 Err(e)
             }
         }
@@ -1837,7 +1944,7 @@ impl StreamWriter {
             } else {
                 bytes += f.data.len() as u64;
             }
-            if f.replay {
+            if f.kind == FrameKind::Replay {
                 replays += f.data.len() as u64;
             }
         }
@@ -1867,7 +1974,7 @@ impl StreamWriter {
             let mut stats = self.stats.lock().unwrap();
             if len > 0 {
                 stats.frames_acked += 1;
-                if f.replay {
+                if f.kind == FrameKind::Replay {
                     stats.replayed_bytes += len;
                 } else {
                     stats.bytes_acked += len;
@@ -1905,7 +2012,7 @@ impl StreamWriter {
             let ledger = self.ledger.as_mut().expect("open");
             ledger.push(offset, f.input, len as u32);
             let epoch = ledger.current();
-            if self.lag_pending && !f.replay {
+            if self.lag_pending && f.kind != FrameKind::Replay {
                 self.lag_pending = false;
                 if let (Some(stored), Some(capture)) = (self.stored_us(offset), f.capture_us) {
                     self.emit(WriterEvent::Lag {
@@ -1914,7 +2021,7 @@ impl StreamWriter {
                 }
             }
             self.keep(f.data, f.capture_us, f.input, epoch);
-        } else if f.bind && self.keep_time() {
+        } else if f.kind == FrameKind::Bind && self.keep_time() {
             self.realign();
         }
     }
@@ -1964,7 +2071,7 @@ impl StreamWriter {
         let mut fresh: VecDeque<OutFrame> = VecDeque::new();
         let mut keep = VecDeque::new();
         for f in self.queue.drain(..) {
-            if f.bind || f.replay {
+            if f.kind != FrameKind::Audio {
                 keep.push_back(f);
             } else {
                 fresh.push_back(f);
@@ -1992,8 +2099,7 @@ impl StreamWriter {
                 data,
                 capture_us: capture.map(|c| c + (at as u64 * 1_000_000 / bps) as i64),
                 input: input + at as u64,
-                replay: false,
-                bind: false,
+                kind: FrameKind::Audio,
                 maybe_sent: false,
             });
             at += self.chunk;
@@ -2036,7 +2142,7 @@ impl StreamWriter {
             // The same timeline grew by bytes this writer never sent: another writer closed,
             // reopened and wrote it meanwhile (a restart never adds bytes; a kill may bring
             // back older metadata, but with it another timeline).
-            self.failed = true;
+            self.phase = Phase::Failed;
             return Err(self.ctx().taken_over());
         }
         self.apply_truth(truth);
@@ -2141,8 +2247,7 @@ impl StreamWriter {
                 data: k.data,
                 capture_us: k.capture_us,
                 input: k.input,
-                replay: true,
-                bind: false,
+                kind: FrameKind::Replay,
                 maybe_sent: false,
             });
         }
@@ -2253,6 +2358,30 @@ fn run<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_are_told_apart_once_by_their_contract_texts() {
+        let server = |m: &str| Error::Server(m.to_string());
+        assert_eq!(
+            Refusal::of(&server("Stream is already open")),
+            Some(Refusal::AlreadyOpen)
+        );
+        assert_eq!(
+            Refusal::of(&server("Stream is not open")),
+            Some(Refusal::NotOpen)
+        );
+        assert_eq!(
+            Refusal::of(&server("Stream is closed or currently in use.")),
+            Some(Refusal::InUse)
+        );
+        assert_eq!(Refusal::of(&server("Failed to create stream")), None);
+        let io = Error::Io {
+            addr: "h:1".into(),
+            reason: "Stream is already open".into(),
+        };
+        assert_eq!(Refusal::of(&io), None, "only server replies are refusals");
+        assert!(refused(&server("Stream is not open"), Refusal::NotOpen));
+    }
 
     #[test]
     fn reconcile_decides_from_the_servers_size() {
@@ -2519,8 +2648,7 @@ mod tests {
             data: first.clone(),
             capture_us: None,
             input: 0,
-            replay: false,
-            bind: false,
+            kind: FrameKind::Audio,
             maybe_sent: true,
         });
         f.writer.server_size = 0;
