@@ -14,8 +14,11 @@ use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
 use super::narrow::{narrow_to_s16le, narrow_to_s24le};
-use super::HolePolicy;
-use crate::client::reader::{Bound, Piece, RangeReader, ReadError, ReaderConfig, ReaderStats};
+use super::{CatchUp, HolePolicy};
+use crate::client::reader::{
+    unix_now_ns, Bound, FollowConfig, Followed, Follower, Piece, RangeReader, ReadError,
+    ReaderConfig, ReaderStats,
+};
 use crate::client::rotation::{AnyRange, RotatedRange, Rotation};
 use crate::client::{block_on, runtime, validate_stream_id, Canceller, Error, Pool, StreamFormat};
 use crate::props::{DEFAULT_HOST, DEFAULT_POOL_SIZE, DEFAULT_PORT, DEFAULT_TIMEOUT_MS};
@@ -34,6 +37,14 @@ const DEFAULT_DURATION: u64 = u64::MAX;
 const DEFAULT_CHUNK_DURATION: u64 = 10 * 1_000_000_000;
 const MIN_CHUNK_DURATION: u64 = 10_000_000;
 const DEFAULT_FOLLOW: bool = false;
+const DEFAULT_POLL_INTERVAL_MS: u32 = 20;
+const MIN_POLL_INTERVAL_MS: u32 = 5;
+const DEFAULT_LATENCY_MS: u32 = 0;
+const DEFAULT_LIVE_EDGE: bool = false;
+const DEFAULT_RETRY_TIMEOUT_MS: u32 = 10_000;
+/// How much later than the reported minimum latency a live-edge follower may deliver before it
+/// counts as behind (and, with catch-up=drop, goes on from the live edge).
+const LATE_SLACK: Duration = Duration::from_millis(100);
 /// Audio per output buffer.
 const BUFFER_MS: u64 = 100;
 const TIME_FORM: &str = "YYYY-MM-DDTHH:MM:SS[.fff]Z (RFC 3339, UTC), e.g. 2026-01-09T10:00:00.250Z";
@@ -50,6 +61,11 @@ struct Settings {
     duration: u64,
     chunk_duration: u64,
     follow: bool,
+    poll_interval: u32,
+    live_edge: bool,
+    catch_up: CatchUp,
+    latency: u32,
+    retry_timeout: u32,
     timeout: u32,
     hole_policy: HolePolicy,
 }
@@ -67,6 +83,11 @@ impl Default for Settings {
             duration: DEFAULT_DURATION,
             chunk_duration: DEFAULT_CHUNK_DURATION,
             follow: DEFAULT_FOLLOW,
+            poll_interval: DEFAULT_POLL_INTERVAL_MS,
+            live_edge: DEFAULT_LIVE_EDGE,
+            catch_up: CatchUp::default(),
+            latency: DEFAULT_LATENCY_MS,
+            retry_timeout: DEFAULT_RETRY_TIMEOUT_MS,
             timeout: DEFAULT_TIMEOUT_MS,
             hole_policy: HolePolicy::default(),
         }
@@ -85,6 +106,31 @@ fn non_empty(v: &Option<String>) -> Option<&str> {
 }
 
 impl Settings {
+    /// Follow mode: `follow`, or a live-edge start (which follows).
+    fn follows(&self) -> bool {
+        self.follow || self.live_edge
+    }
+
+    fn poll(&self) -> Duration {
+        Duration::from_millis(u64::from(self.poll_interval.max(MIN_POLL_INTERVAL_MS)))
+    }
+
+    /// What follow mode needs beyond the reader's configuration.
+    fn follow_config(&self) -> FollowConfig {
+        let mut f = FollowConfig {
+            retry_timeout: Duration::from_millis(u64::from(self.retry_timeout)),
+            ..FollowConfig::default()
+        };
+        if self.live_edge {
+            // Normally at most a poll interval of blocks is stored and not yet read; more than
+            // that plus the headroom asked for (and a slack against jitter) is late.
+            f.behind_limit =
+                self.poll() + Duration::from_millis(u64::from(self.latency)) + LATE_SLACK;
+            f.drop_to_live_edge = self.catch_up == CatchUp::Drop;
+        }
+        f
+    }
+
     /// Checks the settings and turns them into the reader's configuration.
     fn reader_config(&self) -> Result<ReaderConfig, String> {
         let id = self.stream_id.as_deref().unwrap_or("");
@@ -103,9 +149,24 @@ impl Settings {
                     .into(),
             );
         }
+        if self.live_edge && (start.is_some() || relative) {
+            return Err(
+                "live-edge=true starts at the stream's end as it is when racssrc starts: leave                  start, start-offset and duration unset (stop may be given)"
+                    .into(),
+            );
+        }
         let mut cfg = ReaderConfig::new(id);
         cfg.page_ms = (self.chunk_duration / 1_000_000).max(1);
-        cfg.follow = self.follow;
+        cfg.follow = self.follows();
+        cfg.poll_interval = self.poll();
+        if cfg.follow {
+            // A table being written is hidden for a moment (about half a second on a loaded
+            // real server): ask again soon and for long enough, so the follower is neither
+            // slowed by more than that window nor mistakes it for lost blocks.
+            cfg.retry_delay = cfg.poll_interval.max(Duration::from_millis(20));
+            let window = Duration::from_secs(3).as_millis() as u32;
+            cfg.retries = (window / cfg.retry_delay.as_millis().max(1) as u32 / 5).max(4);
+        }
         cfg.timeout = Duration::from_millis(u64::from(self.timeout.max(1)));
         if relative {
             // Frames need the rate, which only INFO tells; the reader gets ns offsets as
@@ -123,7 +184,14 @@ impl Settings {
                 ));
             }
         }
-        cfg.start = start_ns.map_or(Bound::Open, Bound::UnixNs);
+        cfg.start = start_ns.map_or(
+            if self.live_edge {
+                Bound::End
+            } else {
+                Bound::Open
+            },
+            Bound::UnixNs,
+        );
         cfg.stop = stop_ns.map_or(Bound::Open, Bound::UnixNs);
         Ok(cfg)
     }
@@ -149,6 +217,80 @@ enum Fetched {
     /// The end of the range; the reason when there was nothing to read at all.
     End(Option<String>),
     Failed(ReadError),
+    /// Follow mode: behind the live edge by this much stored audio (catch-up=keep).
+    Behind(Duration),
+    /// Follow mode: went on from the live edge, leaving out `frames` from `unix_ns`.
+    Skipped {
+        frames: u64,
+        unix_ns: i128,
+    },
+    /// Follow mode: the server restarted and the stream started a new recording.
+    Restarted {
+        missing_ns: u64,
+        reason: String,
+    },
+}
+
+/// What the reader knows of the timing of a followed stream, for the latency it reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Timing {
+    /// Audio in one of the writer's blocks.
+    block: Option<Duration>,
+    /// One request's round trip.
+    request: Duration,
+}
+
+/// A range (of one stream, or across rotated streams), or a followed stream.
+enum Source {
+    Range(Box<AnyRange>),
+    Follow(Box<Follower>),
+}
+
+impl Source {
+    fn format(&self) -> StreamFormat {
+        match self {
+            Source::Range(r) => r.format(),
+            Source::Follow(f) => f.reader().format(),
+        }
+    }
+
+    fn stats(&self) -> ReaderStats {
+        match self {
+            Source::Range(r) => r.stats(),
+            Source::Follow(f) => f.stats(),
+        }
+    }
+
+    fn ref_ms(&self) -> i64 {
+        match self {
+            Source::Range(r) => r.ref_ms(),
+            Source::Follow(f) => f.reader().ref_ms(),
+        }
+    }
+
+    fn empty_reason(&self) -> Option<String> {
+        match self {
+            Source::Range(r) => r.empty_reason().map(str::to_string),
+            Source::Follow(f) => f.reader().empty_reason().map(str::to_string),
+        }
+    }
+
+    fn timing(&self) -> Timing {
+        match self {
+            Source::Range(_) => Timing::default(),
+            Source::Follow(f) => Timing {
+                block: f.reader().block_duration(),
+                request: f.reader().request_time(),
+            },
+        }
+    }
+
+    async fn next(&mut self) -> Result<Option<Followed>, ReadError> {
+        match self {
+            Source::Range(r) => Ok(r.next_piece().await?.map(Followed::Piece)),
+            Source::Follow(f) => f.next().await,
+        }
+    }
 }
 
 /// Reads pages on the I/O runtime one page ahead of the streaming thread, so that fetching the
@@ -170,7 +312,11 @@ fn add_stats(total: &mut ReaderStats, before: ReaderStats, now: ReaderStats) {
 }
 
 impl Fetcher {
-    fn spawn(mut reader: AnyRange, stats: Arc<Mutex<ReaderStats>>) -> Fetcher {
+    fn spawn(
+        mut reader: Source,
+        stats: Arc<Mutex<ReaderStats>>,
+        timing: Arc<Mutex<Timing>>,
+    ) -> Fetcher {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let bytes_per_sample = usize::from(reader.format().bit_depth / 8);
         let task = runtime().spawn(async move {
@@ -178,8 +324,8 @@ impl Fetcher {
             add_stats(&mut stats.lock().unwrap(), seen, reader.stats());
             seen = reader.stats();
             loop {
-                let item = match reader.next_piece().await {
-                    Ok(Some(Piece::Audio { frame, data, .. })) => {
+                let item = match reader.next().await {
+                    Ok(Some(Followed::Piece(Piece::Audio { frame, data, .. }))) => {
                         // Narrowed here, on the thread that allocated the page: the int32 copy
                         // is freed where it was made, and the streaming thread only slices.
                         let mut out = vec![0u8; data.len() / 4 * bytes_per_sample];
@@ -195,19 +341,27 @@ impl Fetcher {
                         };
                         Fetched::Page(page, reader.ref_ms())
                     }
-                    Ok(Some(Piece::Gap {
+                    Ok(Some(Followed::Piece(Piece::Gap {
                         frame,
                         frames,
                         reason,
                         ..
-                    })) => Fetched::Gap {
+                    }))) => Fetched::Gap {
                         frame,
                         frames,
                         reason,
                     },
-                    Ok(None) => Fetched::End(reader.empty_reason().map(str::to_string)),
+                    Ok(Some(Followed::Behind { behind, .. })) => Fetched::Behind(behind),
+                    Ok(Some(Followed::Skipped {
+                        frames, unix_ns, ..
+                    })) => Fetched::Skipped { frames, unix_ns },
+                    Ok(Some(Followed::Restarted {
+                        missing_ns, reason, ..
+                    })) => Fetched::Restarted { missing_ns, reason },
+                    Ok(None) => Fetched::End(reader.empty_reason()),
                     Err(e) => Fetched::Failed(e),
                 };
+                *timing.lock().unwrap() = reader.timing();
                 add_stats(&mut stats.lock().unwrap(), seen, reader.stats());
                 seen = reader.stats();
                 let last = matches!(item, Fetched::End(_) | Fetched::Failed(_));
@@ -250,6 +404,12 @@ struct State {
     page: Option<OutPage>,
     page_pos: usize,
     warned: bool,
+    /// Live edge: the running time of the range's first sample, fixed at the first buffer.
+    anchor: Option<u64>,
+    /// The next buffer follows a jump (audio left out or lost).
+    discont: bool,
+    /// The minimum latency last announced (a LATENCY message asks the pipeline again).
+    latency_told: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -259,6 +419,8 @@ pub struct RacsSrc {
     canceller: Mutex<Canceller>,
     /// The readers' counters since the element started (the `stats` property).
     stats: Arc<Mutex<ReaderStats>>,
+    /// Follow mode: the writer's block duration and a request's time, as the reader sees them.
+    timing: Arc<Mutex<Timing>>,
 }
 
 #[glib::object_subclass]
@@ -374,7 +536,17 @@ impl RacsSrc {
         state.range_first = reader.first_frame();
         state.range_end = reader.end_frame();
         state.fresh = true;
-        state.fetcher = Some(Fetcher::spawn(AnyRange::One(reader), self.stats.clone()));
+        let settings = self.settings.lock().unwrap().clone();
+        let source = if settings.follows() {
+            Source::Follow(Box::new(Follower::new(reader, settings.follow_config())))
+        } else {
+            Source::Range(Box::new(AnyRange::One(reader)))
+        };
+        state.fetcher = Some(Fetcher::spawn(
+            source,
+            self.stats.clone(),
+            self.timing.clone(),
+        ));
         state.opened = true;
         Ok(())
     }
@@ -406,9 +578,102 @@ impl RacsSrc {
         cfg.stop = to.map_or(Bound::Open, Bound::Frame);
         let reader = self.wait(RangeReader::open(pool, cfg))?;
         let mut state = self.state.lock().unwrap();
-        state.fetcher = Some(Fetcher::spawn(AnyRange::One(reader), self.stats.clone()));
+        state.fetcher = Some(Fetcher::spawn(
+            Source::Range(Box::new(AnyRange::One(reader))),
+            self.stats.clone(),
+            self.timing.clone(),
+        ));
         state.fresh = start == 0 && stop.is_none();
         Ok(())
+    }
+}
+
+/// The latency a follower adds, and how much it can hold back (`None`: no bound, since the
+/// server keeps what is not read yet). The minimum is one poll interval (a block can land just
+/// after a poll), one of the writer's blocks (its first sample waited that long for the block
+/// to be sent), one request, and the headroom asked for with `latency`. A live-edge follower
+/// that drops to the live edge delivers nothing later than that plus the slack it allows.
+fn latency(settings: &Settings, timing: Timing) -> (Duration, Option<Duration>) {
+    let min = settings.poll()
+        + timing.block.unwrap_or_default()
+        + timing.request.max(Duration::from_millis(1))
+        + Duration::from_millis(u64::from(settings.latency));
+    let max =
+        (settings.live_edge && settings.catch_up == CatchUp::Drop).then_some(min + LATE_SLACK);
+    (min, max)
+}
+
+impl RacsSrc {
+    /// Live edge: the running time of the range's first sample (about to be pushed), so that
+    /// buffers carry the running time at which their audio was captured: the running time now,
+    /// less the audio's age by the wall clock, at most the minimum latency reported (so the
+    /// first buffer is on time even when the writer's clock runs behind this one). `None`
+    /// without live-edge, or without a clock.
+    fn live_anchor(&self, state: &State) -> Option<u64> {
+        let settings = self.settings.lock().unwrap().clone();
+        if !settings.live_edge {
+            return None;
+        }
+        let obj = self.obj();
+        let clock = obj.clock()?;
+        let base_time = obj.base_time()?;
+        let running = clock.time().saturating_sub(base_time).nseconds();
+        let page = state.page.as_ref()?;
+        let rate = state.format?.sample_rate;
+        let first =
+            i128::from(state.ref_ms) * 1_000_000 + i128::from(frames_to_ns(page.frame, rate));
+        let age = (unix_now_ns() - first).max(0);
+        let (min, _) = latency(&settings, *self.timing.lock().unwrap());
+        let min = min.max(state.latency_told.unwrap_or_default());
+        // A quarter of it is left for the time the buffer takes to reach the sink.
+        let counted = age.min((min - min / 4).as_nanos() as i128) as u64;
+        gst::debug!(
+            CAT,
+            imp = self,
+            "live edge: first sample {} ms old by the wall clock; timestamps from running time {}",
+            age / 1_000_000,
+            gst::ClockTime::from_nseconds(running.saturating_sub(counted))
+        );
+        Some(running.saturating_sub(counted))
+    }
+
+    /// Asks the pipeline to query the latency again when the reader's view of it moved.
+    fn tell_latency(&self) {
+        let settings = self.settings.lock().unwrap().clone();
+        if !settings.follows() {
+            return;
+        }
+        let (min, _) = latency(&settings, *self.timing.lock().unwrap());
+        let mut state = self.state.lock().unwrap();
+        // Only ever raised: buffers already timestamped count on the latency told.
+        let moved = state
+            .latency_told
+            .is_none_or(|told| min > told + Duration::from_millis(2).max(told / 10));
+        if !moved {
+            return;
+        }
+        state.latency_told = Some(min);
+        drop(state);
+        gst::debug!(CAT, imp = self, "minimum latency now {min:?}");
+        let _ = self
+            .obj()
+            .post_message(gst::message::Latency::builder().src(&*self.obj()).build());
+    }
+
+    /// A QoS message: the follower is `late` behind the live edge at the buffer of running time
+    /// `pts`, having pushed `processed` sample frames and left out `dropped`.
+    fn post_qos(&self, pts: u64, late: Duration, processed: u64, dropped: u64) {
+        let msg = gst::message::Qos::builder(true)
+            .running_time(gst::ClockTime::from_nseconds(pts))
+            .timestamp(gst::ClockTime::from_nseconds(pts))
+            .values(late.as_nanos().min(i64::MAX as u128) as i64, 1.0, 1_000_000)
+            .stats(
+                gst::format::Default::from_u64(processed),
+                gst::format::Default::from_u64(dropped),
+            )
+            .src(&*self.obj())
+            .build();
+        let _ = self.obj().post_message(msg);
     }
 }
 
@@ -521,6 +786,56 @@ impl ObjectImpl for RacsSrc {
                     .default_value(DEFAULT_FOLLOW)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecUInt::builder("poll-interval")
+                    .nick("Poll interval")
+                    .blurb(
+                        "Follow mode: milliseconds between two requests for the stream's size once                          the next block is due (before that it waits until the block is due by                          the stream's timeline, at most one block); part of the latency reported",
+                    )
+                    .minimum(MIN_POLL_INTERVAL_MS)
+                    .maximum(60_000)
+                    .default_value(DEFAULT_POLL_INTERVAL_MS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("live-edge")
+                    .nick("Live edge")
+                    .blurb(
+                        "Follow from the stream's end as it is when racssrc starts (implies \
+                         follow), with buffers timestamped in running time at their capture, \
+                         so the first one is on time for a live sink",
+                    )
+                    .default_value(DEFAULT_LIVE_EDGE)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("catch-up", CatchUp::default())
+                    .nick("Catch up")
+                    .blurb(
+                        "live-edge: when racssrc falls behind the writer, go on from the live edge \
+                         leaving out what lies before it (drop), or deliver every sample, late \
+                         (keep); both post a QoS message and a warning",
+                    )
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("latency")
+                    .nick("Latency")
+                    .blurb(
+                        "Follow mode: milliseconds of headroom added to the latency racssrc \
+                         reports (and, with live-edge, to how far it may fall behind before \
+                         catch-up applies)",
+                    )
+                    .maximum(60_000)
+                    .default_value(DEFAULT_LATENCY_MS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("retry-timeout")
+                    .nick("Retry timeout")
+                    .blurb(
+                        "Follow mode: milliseconds to keep reconnecting when the server cannot be \
+                         reached before giving up with an error (0 = at once); after a restart \
+                         racssrc goes on with the stream's new recording",
+                    )
+                    .default_value(DEFAULT_RETRY_TIMEOUT_MS)
+                    .mutable_ready()
+                    .build(),
             ]);
             props
         });
@@ -545,6 +860,11 @@ impl ObjectImpl for RacsSrc {
             "duration" => settings.duration = value.get().unwrap(),
             "chunk-duration" => settings.chunk_duration = value.get().unwrap(),
             "follow" => settings.follow = value.get().unwrap(),
+            "poll-interval" => settings.poll_interval = value.get().unwrap(),
+            "live-edge" => settings.live_edge = value.get().unwrap(),
+            "catch-up" => settings.catch_up = value.get().unwrap(),
+            "latency" => settings.latency = value.get().unwrap(),
+            "retry-timeout" => settings.retry_timeout = value.get().unwrap(),
             "timeout" => settings.timeout = value.get().unwrap(),
             "hole-policy" => settings.hole_policy = value.get().unwrap(),
             _ => unimplemented!(),
@@ -567,6 +887,11 @@ impl ObjectImpl for RacsSrc {
             "duration" => settings.duration.to_value(),
             "chunk-duration" => settings.chunk_duration.to_value(),
             "follow" => settings.follow.to_value(),
+            "poll-interval" => settings.poll_interval.to_value(),
+            "live-edge" => settings.live_edge.to_value(),
+            "catch-up" => settings.catch_up.to_value(),
+            "latency" => settings.latency.to_value(),
+            "retry-timeout" => settings.retry_timeout.to_value(),
             "timeout" => settings.timeout.to_value(),
             "hole-policy" => settings.hole_policy.to_value(),
             _ => unimplemented!(),
@@ -620,7 +945,7 @@ impl ElementImpl for RacsSrc {
         transition: gst::StateChange,
     ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
         if transition == gst::StateChange::ReadyToPaused {
-            let follow = self.settings.lock().unwrap().follow;
+            let follow = self.settings.lock().unwrap().follows();
             self.obj().set_live(follow);
         }
         self.parent_change_state(transition)
@@ -759,7 +1084,7 @@ impl BaseSrcImpl for RacsSrc {
 
     fn is_seekable(&self) -> bool {
         let settings = self.settings.lock().unwrap();
-        !settings.follow && !settings.rotated()
+        !settings.follows() && !settings.rotated()
     }
 
     fn caps(&self, filter: Option<&gst::Caps>) -> Option<gst::Caps> {
@@ -796,7 +1121,7 @@ impl BaseSrcImpl for RacsSrc {
         }
         let start = segment.start().map_or(0, |t| t.nseconds());
         let stop = segment.stop().map(|t| t.nseconds());
-        let follow = self.settings.lock().unwrap().follow;
+        let follow = self.settings.lock().unwrap().follows();
         if follow && (start != 0 || stop.is_some()) {
             return false;
         }
@@ -832,7 +1157,7 @@ impl BaseSrcImpl for RacsSrc {
                 if q.format() != gst::Format::Time {
                     return false;
                 }
-                let follow = self.settings.lock().unwrap().follow;
+                let follow = self.settings.lock().unwrap().follows();
                 let state = self.state.lock().unwrap();
                 let duration = match (state.format, state.range_end) {
                     (Some(f), Some(end)) => Some(gst::ClockTime::from_nseconds(frames_to_ns(
@@ -845,12 +1170,17 @@ impl BaseSrcImpl for RacsSrc {
                 true
             }
             gst::QueryViewMut::Latency(q) => {
-                let settings = self.settings.lock().unwrap();
-                if settings.follow {
+                let settings = self.settings.lock().unwrap().clone();
+                if settings.follows() {
+                    let timing = *self.timing.lock().unwrap();
+                    let (min, max) = latency(&settings, timing);
+                    let told = self.state.lock().unwrap().latency_told.unwrap_or_default();
+                    let (min, max) = (min.max(told), max.map(|m| m.max(told + LATE_SLACK)));
+                    gst::debug!(CAT, imp = self, "latency {min:?} to {max:?} ({timing:?})");
                     q.set(
                         true,
-                        gst::ClockTime::from_mseconds(BUFFER_MS),
-                        gst::ClockTime::NONE,
+                        gst::ClockTime::from_nseconds(min.as_nanos() as u64),
+                        max.map(|m| gst::ClockTime::from_nseconds(m.as_nanos() as u64)),
                     );
                 } else {
                     q.set(false, gst::ClockTime::ZERO, gst::ClockTime::NONE);
@@ -879,6 +1209,11 @@ impl PushSrcImpl for RacsSrc {
             }
             let format = state.format.unwrap();
             let rate = format.sample_rate;
+            if state.page.is_some() && state.anchor.is_none() {
+                let anchor = self.live_anchor(&state);
+                state.anchor = anchor;
+            }
+            let base = state.anchor.unwrap_or(state.seg_start);
             if let Some(page) = &state.page {
                 let bpf = format.bytes_per_frame();
                 let size = page.buffer.size();
@@ -897,8 +1232,8 @@ impl PushSrcImpl for RacsSrc {
                         .map_err(|_| gst::FlowError::Error)?;
                     {
                         let buf = buffer.get_mut().unwrap();
-                        let pts = state.seg_start + frames_to_ns(state.frames_out, rate);
-                        let next = state.seg_start + frames_to_ns(state.frames_out + frames, rate);
+                        let pts = base + frames_to_ns(state.frames_out, rate);
+                        let next = base + frames_to_ns(state.frames_out + frames, rate);
                         buf.set_pts(gst::ClockTime::from_nseconds(pts));
                         buf.set_duration(gst::ClockTime::from_nseconds(next - pts));
                         buf.set_offset(state.frames_out);
@@ -913,10 +1248,11 @@ impl PushSrcImpl for RacsSrc {
                             gst::ClockTime::from_nseconds(unix_ns.max(0) as u64),
                             gst::ClockTime::from_nseconds(next - pts),
                         );
-                        if state.frames_out == 0 {
+                        if state.frames_out == 0 || state.discont {
                             buf.set_flags(gst::BufferFlags::DISCONT);
                         }
                     }
+                    state.discont = false;
                     state.page_pos += n;
                     state.frames_out += frames;
                     state.fresh = false;
@@ -946,6 +1282,61 @@ impl PushSrcImpl for RacsSrc {
                     state.ref_ms = ref_ms;
                     state.page = Some(page);
                     state.page_pos = 0;
+                    drop(state);
+                    self.tell_latency();
+                }
+                Some(Fetched::Behind(behind)) => {
+                    let rate = state.format.map_or(1, |f| f.sample_rate);
+                    let pts = base + frames_to_ns(state.frames_out, rate);
+                    let processed = state.frames_out;
+                    drop(state);
+                    self.post_qos(pts, behind, processed, 0);
+                    gst::element_imp_warning!(
+                        self,
+                        gst::ResourceError::Read,
+                        (
+                            "racssrc is {} ms behind the stream's live edge (stored audio not                              delivered yet); catch-up=keep delivers all of it, late",
+                            behind.as_millis()
+                        )
+                    );
+                    continue;
+                }
+                Some(Fetched::Skipped { frames, unix_ns }) => {
+                    let rate = state.format.map_or(1, |f| f.sample_rate);
+                    let pts = base + frames_to_ns(state.frames_out, rate);
+                    let processed = state.frames_out;
+                    state.frames_out += frames;
+                    state.discont = true;
+                    drop(state);
+                    let left_out = Duration::from_nanos(frames_to_ns(frames, rate));
+                    self.post_qos(pts, left_out, processed, frames);
+                    gst::element_imp_warning!(
+                        self,
+                        gst::ResourceError::Read,
+                        (
+                            "racssrc fell behind the stream's live edge and went on from it                              (catch-up=drop): {:.3} s of audio from {} left out",
+                            left_out.as_secs_f64(),
+                            crate::client::reader::format_unix_ns(unix_ns)
+                        )
+                    );
+                    continue;
+                }
+                Some(Fetched::Restarted { missing_ns, reason }) => {
+                    let rate = state.format.map_or(1, |f| f.sample_rate);
+                    let frames = ns_to_frames(missing_ns, rate);
+                    let pts = base + frames_to_ns(state.frames_out, rate);
+                    let next = base + frames_to_ns(state.frames_out + frames, rate);
+                    state.frames_out += frames;
+                    state.discont = true;
+                    drop(state);
+                    gst::element_imp_warning!(self, gst::ResourceError::Read, ("{}", reason));
+                    if next > pts {
+                        let gap = gst::event::Gap::builder(gst::ClockTime::from_nseconds(pts))
+                            .duration(gst::ClockTime::from_nseconds(next - pts))
+                            .build();
+                        self.obj().src_pad().push_event(gap);
+                    }
+                    continue;
                 }
                 Some(Fetched::End(empty)) => {
                     state.fetcher = None;
@@ -973,9 +1364,10 @@ impl PushSrcImpl for RacsSrc {
                 }) => {
                     let policy = self.settings.lock().unwrap().hole_policy;
                     let rate = state.format.map_or(1, |f| f.sample_rate);
-                    let pts = state.seg_start + frames_to_ns(state.frames_out, rate);
-                    let next = state.seg_start + frames_to_ns(state.frames_out + frames, rate);
+                    let pts = base + frames_to_ns(state.frames_out, rate);
+                    let next = base + frames_to_ns(state.frames_out + frames, rate);
                     state.frames_out += frames;
+                    state.discont = true;
                     drop(state);
                     if policy == HolePolicy::Error {
                         gst::element_imp_error!(
@@ -1092,7 +1484,11 @@ impl RacsSrc {
         state.range_first = 0;
         state.range_end = Some(frames);
         state.fresh = true;
-        state.fetcher = Some(Fetcher::spawn(AnyRange::Rotated(range), self.stats.clone()));
+        state.fetcher = Some(Fetcher::spawn(
+            Source::Range(Box::new(AnyRange::Rotated(range))),
+            self.stats.clone(),
+            self.timing.clone(),
+        ));
         state.opened = true;
         Ok(())
     }

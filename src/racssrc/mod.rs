@@ -26,6 +26,25 @@ pub enum HolePolicy {
     Error = 1,
 }
 
+/// What a live-edge follower does when it falls behind the writer (a stall of the server, the
+/// network, the CPU or downstream).
+#[derive(Debug, Default, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstRacsSrcCatchUp")]
+pub enum CatchUp {
+    /// Post a QoS message and a warning, and go on from the live edge: the audio in between is
+    /// left out and the next buffer is a DISCONT, its timestamp still its capture time.
+    #[default]
+    #[enum_value(
+        name = "Drop: say so and go on from the live edge, leaving out what lies before it",
+        nick = "drop"
+    )]
+    Drop = 0,
+    /// Post a QoS message and a warning, and deliver every sample (late).
+    #[enum_value(name = "Keep: say so and deliver every sample, late", nick = "keep")]
+    Keep = 1,
+}
+
 glib::wrapper! {
     pub struct RacsSrc(ObjectSubclass<imp::RacsSrc>)
         @extends gst_base::PushSrc, gst_base::BaseSrc, gst::Element, gst::Object,
@@ -34,6 +53,7 @@ glib::wrapper! {
 
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     HolePolicy::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    CatchUp::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     gst::Element::register(
         Some(plugin),
         "racssrc",

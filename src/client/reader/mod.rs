@@ -69,6 +69,13 @@ pub use arith::{format_unix_ms, format_unix_ns, Timeline};
 
 /// Audio asked for per EXTRACT unless configured otherwise.
 pub const DEFAULT_PAGE_MS: u64 = 10_000;
+/// How often follow mode asks for the stream's size unless configured otherwise.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// The shortest wait between two polls of the stream's size: below it a follower costs the
+/// server more requests than it saves latency.
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(5);
+/// Asked for a little after a block is due, so the poll does not come just before it lands.
+const DUE_MARGIN: Duration = Duration::from_millis(2);
 const NO_STREAM: &str = "The stream-id does not exist";
 
 /// One end of the wanted range.
@@ -77,6 +84,9 @@ pub enum Bound {
     /// The stream's beginning (as a start) or its end as it is when reading starts (as a stop;
     /// in follow mode: no end).
     Open,
+    /// The stream's end as it is when reading starts (as a start: the live edge, where the
+    /// next block the writer sends begins; as a stop: the same as `Open` without follow).
+    End,
     /// A sample frame counted from the stream's first sample.
     Frame(u64),
     /// A wall-clock time in nanoseconds since the Unix epoch (UTC).
@@ -96,13 +106,18 @@ pub struct ReaderConfig {
     pub follow: bool,
     /// Bound on every request and connect.
     pub timeout: Duration,
-    /// How often follow mode asks for the stream's size.
+    /// How often follow mode asks for the stream's size once a block is due (at least
+    /// [`MIN_POLL_INTERVAL`]). Until then it waits for the time the next block is due, from the
+    /// writer's block size and the stream's wall-clock timeline, but never longer than one block.
     pub poll_interval: Duration,
     /// Pause before asking again when the newest blocks are not all visible yet.
     pub retry_delay: Duration,
     /// Such pauses allowed for one position before giving up (follow mode allows five times
     /// as many: the newest blocks are the ones that are briefly invisible).
     pub retries: u32,
+    /// Follow mode: how long a table being written can stay hidden (with margin). A block
+    /// missed for that long is looked for again from the start of the table holding it.
+    pub hidden_window: Duration,
 }
 
 impl ReaderConfig {
@@ -114,9 +129,10 @@ impl ReaderConfig {
             page_ms: DEFAULT_PAGE_MS,
             follow: false,
             timeout: Duration::from_secs(5),
-            poll_interval: Duration::from_millis(150),
+            poll_interval: DEFAULT_POLL_INTERVAL,
             retry_delay: Duration::from_millis(300),
             retries: 4,
+            hidden_window: Duration::from_secs(1),
         }
     }
 }
@@ -132,6 +148,10 @@ pub enum ReadError {
     /// where no answer can order them, or a hole the caller asked to treat as an error). The text
     /// names the stream, the position and the cause.
     Missing(String),
+    /// The stream started over (the server restarted and lost its size and `ref`): offsets on
+    /// the old timeline mean nothing on the new one. [`Follower`] goes on with the new
+    /// recording; a [`RangeReader`] alone stops.
+    StartedOver(String),
     /// Connecting, a request, a timeout, a cancel, or an error reply.
     Client(Error),
 }
@@ -144,7 +164,9 @@ impl std::fmt::Display for ReadError {
                 "stream '{stream}' does not exist on the RACS server at {addr} (check stream-id, \
                  host and port)"
             ),
-            ReadError::Format(msg) | ReadError::Missing(msg) => f.write_str(msg),
+            ReadError::Format(msg) | ReadError::Missing(msg) | ReadError::StartedOver(msg) => {
+                f.write_str(msg)
+            }
             ReadError::Client(e) => e.fmt(f),
         }
     }
@@ -268,6 +290,17 @@ pub struct RangeReader {
     table_ms: i64,
     /// Misses in a row at the cursor (a table being written is hidden for a moment).
     misses: u32,
+    /// Follow mode: where the start was located again after misses, so it is done once there.
+    relocated: Option<u64>,
+    /// The smallest growth of the stream seen between two polls (at most one writer's block,
+    /// when its blocks are of one size): a hint for when to poll.
+    growth: Option<u64>,
+    /// The longest of the last size polls' round trips (decaying): one request's time.
+    rtt: Duration,
+    /// When growth was seen, relative to the wall-clock time of the stream's new end (ns), for
+    /// the last few polls that saw it: the smallest is how long after its timeline the writer's
+    /// blocks land (negative for a writer whose timestamps run ahead of the clock).
+    lags: VecDeque<i128>,
     pending: VecDeque<Piece>,
     empty: Option<String>,
     notice: Option<String>,
@@ -324,6 +357,10 @@ impl RangeReader {
             singles: false,
             table_ms: 0,
             misses: 0,
+            relocated: None,
+            growth: None,
+            rtt: Duration::ZERO,
+            lags: VecDeque::new(),
             pending: VecDeque::new(),
             empty: None,
             notice: None,
@@ -340,9 +377,7 @@ impl RangeReader {
                 reader.find_earlier_recordings().await?;
             }
             reader.resolve();
-            if !reader.done && reader.cfg.follow {
-                reader.check_earlier_recordings().await?;
-            }
+            reader.start_at_live_edge();
             reader.skip_to_first_recording();
             if !reader.done && reader.next_out < reader.size {
                 reader.locate().await?;
@@ -355,49 +390,6 @@ impl RangeReader {
             ));
         }
         Ok(reader)
-    }
-
-    /// After a crash the server starts a stream over at a new `ref` (INFO describes only that
-    /// recording) while the blocks written before stay at their old times. In follow mode,
-    /// reading across such a restart is not supported: a range that starts before `ref` stops
-    /// with an error naming the earlier audio instead of leaving it out silently, and an
-    /// earlier recording whose times run into the current one (a fast import cut short) makes
-    /// every range an error, since blocks of both would answer for the same times.
-    async fn check_earlier_recordings(&mut self) -> Result<(), ReadError> {
-        let starts_before = match self.cfg.start {
-            Bound::Open => true,
-            Bound::Frame(_) => false,
-            Bound::UnixNs(t) => t < i128::from(self.ref_ms) * 1_000_000,
-        };
-        let earlier = self.qlen(0, self.ref_ms - 1).await?;
-        if earlier == 0 {
-            return Ok(());
-        }
-        let everything = self.qlen(0, steps::FAR).await?;
-        self.stats.fallbacks += 2;
-        if everything > earlier + self.size {
-            return Err(ReadError::Missing(format!(
-                "{} holds {} bytes of audio from before its current reference time {} (a \
-                 recording cut short when the server restarted) whose times run into the current \
-                 recording, so blocks of both answer for the same times; racssrc cannot tell them \
-                 apart and reads neither",
-                self.who(),
-                earlier,
-                format_unix_ms(self.ref_ms)
-            )));
-        }
-        if starts_before {
-            return Err(ReadError::Missing(format!(
-                "{} holds {} bytes of audio from before {} (an earlier recording, before the server \
-                 restarted after a crash); reading across the restart is not supported yet: set \
-                 start to {} or later to read the current recording",
-                self.who(),
-                earlier,
-                format_unix_ms(self.ref_ms),
-                format_unix_ms(self.ref_ms)
-            )));
-        }
-        Ok(())
     }
 
     pub fn format(&self) -> StreamFormat {
@@ -509,17 +501,43 @@ impl RangeReader {
         )
     }
 
+    /// What polls learned of the writer's timing, for a reader of the same stream that
+    /// replaces `old`.
+    fn inherit_timing(&mut self, old: &RangeReader) {
+        self.growth = self.growth.or(old.growth);
+        self.lags = old.lags.clone();
+        self.rtt = self.rtt.max(old.rtt);
+    }
+
+    /// A start at the stream's end: the next block the writer sends begins exactly at the size
+    /// just asked, so the cursor goes there without a search.
+    fn start_at_live_edge(&mut self) {
+        if self.cfg.start != Bound::End || self.done || !self.resolved || self.cursor.is_some() {
+            return;
+        }
+        let off = self.first_frame * self.tl.bpf;
+        if off != self.size {
+            return;
+        }
+        self.cursor = Some(Cursor { off, unc: 0 });
+        self.known = known::Known::new(if off == 0 { self.ref_ms } else { self.key(off) });
+        self.open_table = None;
+    }
+
     /// Turns start and stop into frames once `ref` is known.
     fn resolve(&mut self) {
         self.resolved = true;
         let frames = self.timeline_bytes() / self.tl.bpf;
         let start = match self.cfg.start {
             Bound::Open => 0,
+            Bound::End => i128::from(frames),
             Bound::Frame(f) => i128::from(f),
             Bound::UnixNs(t) => self.timeline_frame_of(t),
         };
         let stop = match self.cfg.stop {
             Bound::Open => None,
+            Bound::End if self.cfg.follow => None,
+            Bound::End => Some(i128::from(frames)),
             Bound::Frame(f) => Some(i128::from(f)),
             Bound::UnixNs(t) => Some(self.timeline_frame_of(t)),
         };
@@ -614,6 +632,38 @@ impl RangeReader {
             // An earlier recording: the server no longer writes to it.
             return Ok(());
         }
+        let asked = std::time::Instant::now();
+        let res = self.refresh_size_once().await;
+        if res.is_ok() {
+            let took = asked.elapsed();
+            // Rises at once, falls slowly: the latency reported must cover a slow request.
+            self.rtt = if took >= self.rtt {
+                took
+            } else {
+                (self.rtt * 15 + took) / 16
+            };
+        }
+        res
+    }
+
+    /// How long one request takes (the longest of the last polls, decaying).
+    pub fn request_time(&self) -> Duration {
+        self.rtt
+    }
+
+    /// Stored audio after what was handed out, as the stream's size was last asked: how far
+    /// behind the writer the reader is.
+    pub fn backlog(&self) -> Duration {
+        let bytes = self.size.saturating_sub(self.next_out);
+        Duration::from_nanos(self.tl.frames_to_ns(bytes / self.tl.bpf))
+    }
+
+    /// Wall-clock time (ns since the epoch) of the next sample to hand out.
+    pub fn next_unix_ns(&self) -> i128 {
+        self.tl.unix_ns(self.ref_ms, self.next_out)
+    }
+
+    async fn refresh_size_once(&mut self) -> Result<(), ReadError> {
         let mut conn = self.pool.checkout(self.cfg.timeout).await?;
         if self.ref_ms == 0 {
             self.stats.infos += 5;
@@ -639,7 +689,7 @@ impl RangeReader {
                 self.stats.infos += 1;
                 let ref_ms = conn.info(&self.cfg.stream_id, InfoAttr::Ref).await?;
                 if ref_ms.unwrap_or(0) != self.ref_ms {
-                    return Err(ReadError::Missing(format!(
+                    return Err(ReadError::StartedOver(format!(
                         "{} started over: its size went back from {} to {size} bytes and its \
                          reference time changed, so the server restarted and lost data. Start \
                          racssrc again to read the stream as it is now",
@@ -649,9 +699,55 @@ impl RangeReader {
                 }
             }
             // A size that reads as unknown (0) with the same ref: keep what we know.
+            if size > self.size && self.size > 0 {
+                let grown = size - self.size;
+                self.growth = Some(self.growth.map_or(grown, |g| g.min(grown)));
+                if self.lags.len() == 16 {
+                    self.lags.pop_front();
+                }
+                self.lags
+                    .push_back(unix_now_ns() - self.tl.unix_ns(self.ref_ms, size));
+            }
             self.size = self.size.max(size);
         }
         Ok(())
+    }
+
+    /// The size of the writer's blocks, as far as it is known: the smallest growth seen
+    /// between two polls (a timing hint for polling, never used to place audio).
+    pub fn block_bytes(&self) -> Option<u64> {
+        self.growth.filter(|&b| b >= self.tl.bpf)
+    }
+
+    /// Audio in one of the writer's blocks, when known.
+    pub fn block_duration(&self) -> Option<Duration> {
+        self.block_bytes()
+            .map(|b| Duration::from_nanos(self.tl.frames_to_ns(b / self.tl.bpf)))
+    }
+
+    /// How long follow mode waits before asking for the stream's size again: until the next
+    /// block is due by the stream's wall-clock timeline (a writer that keeps to the clock, as
+    /// racssink does, sends it then), at most one block; the poll interval once it is overdue,
+    /// or when the block size or the timeline is not known.
+    pub fn poll_wait(&self) -> Duration {
+        let p = self.cfg.poll_interval.max(MIN_POLL_INTERVAL);
+        let (Some(block), true) = (self.block_bytes(), self.ref_ms != 0) else {
+            trace!("poll: block size not known");
+            return p;
+        };
+        let lag = self.lags.iter().copied().min().unwrap_or(0);
+        let due = self.tl.unix_ns(self.ref_ms, self.size + block) + lag;
+        let ahead = due - unix_now_ns();
+        let block_ns = i128::from(self.tl.frames_to_ns(block / self.tl.bpf));
+        trace!(
+            "poll: block {block} bytes, lands {} ms after its time, next due in {} ms",
+            lag / 1_000_000,
+            ahead / 1_000_000
+        );
+        if ahead <= 0 {
+            return p;
+        }
+        (Duration::from_nanos(ahead.min(block_ns) as u64) + DUE_MARGIN).max(MIN_POLL_INTERVAL)
     }
 
     async fn pause(&mut self, d: Duration) {
@@ -686,13 +782,14 @@ impl RangeReader {
                 self.refresh_size().await?;
                 if self.ref_ms != 0 && !self.resolved {
                     self.resolve();
+                    self.start_at_live_edge();
                     continue;
                 }
                 if self.resolved && self.size / self.tl.bpf >= self.first_frame.max(1) {
                     self.locate().await?;
                     continue;
                 }
-                let d = self.cfg.poll_interval;
+                let d = self.cfg.poll_interval.max(MIN_POLL_INTERVAL);
                 self.pause(d).await;
                 continue;
             }
@@ -717,7 +814,7 @@ impl RangeReader {
                 }
                 self.refresh_size().await?;
                 if cur.off >= self.size {
-                    let d = self.cfg.poll_interval;
+                    let d = self.poll_wait();
                     self.pause(d).await;
                 }
                 continue;
@@ -742,13 +839,35 @@ impl RangeReader {
                         self.done = true;
                         return Ok(None);
                     }
-                    let d = self.cfg.poll_interval;
+                    let d = self.poll_wait();
                     self.pause(d).await;
                     self.refresh_size().await?;
                 }
                 steps::Step::Retry(why) => {
                     self.misses += 1;
                     self.stats.retries += 1;
+                    if self.cfg.follow
+                        && self.relocated != Some(self.next_out)
+                        && self.cfg.retry_delay * self.misses >= self.cfg.hidden_window
+                    {
+                        // The blocks a follower reads one by one from the in-memory table are
+                        // filed, once that table is written, under the name of its first
+                        // block: a block missed at the moment its table was handed over is
+                        // found there only by a request that reaches back to that name. Once
+                        // the table can no longer be hidden, start again from the table start
+                        // at or before the next sample (what is before it is not handed out
+                        // again).
+                        trace!(
+                            "follow: relocating at {} after {} misses",
+                            self.next_out,
+                            self.misses
+                        );
+                        self.relocated = Some(self.next_out);
+                        self.stats.fallbacks += 1;
+                        self.locate().await?;
+                        self.misses = 0;
+                        continue;
+                    }
                     let allowed = if self.cfg.follow {
                         self.cfg.retries.saturating_mul(5)
                     } else {
@@ -807,4 +926,360 @@ impl RangeReader {
             reason,
         });
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Following a live stream.
+
+/// What follow mode adds to the reader: noticing that it fell behind the writer, and going on
+/// after the server restarted.
+#[derive(Debug, Clone)]
+pub struct FollowConfig {
+    /// Stored audio not yet handed out beyond which the follower is behind the writer.
+    pub behind_limit: Duration,
+    /// Once behind: go on from the live edge, leaving out what lies before it (otherwise hand
+    /// out every sample and only say so).
+    pub drop_to_live_edge: bool,
+    /// How long to keep trying when the server cannot be reached, before giving up with the
+    /// error (zero: at once).
+    pub retry_timeout: Duration,
+}
+
+impl Default for FollowConfig {
+    fn default() -> Self {
+        FollowConfig {
+            behind_limit: Duration::MAX,
+            drop_to_live_edge: false,
+            retry_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a [`Follower`] hands out, in time order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Followed {
+    Piece(Piece),
+    /// Fell behind the writer: `behind` of stored audio is not handed out yet. Said once each
+    /// time it happens (again only after catching up).
+    Behind {
+        behind: Duration,
+        unix_ns: i128,
+    },
+    /// Went on from the live edge: `frames` sample frames from `frame` (stored, at `unix_ns`)
+    /// are left out.
+    Skipped {
+        frame: u64,
+        frames: u64,
+        unix_ns: i128,
+    },
+    /// The server restarted and the stream started a new recording at `ref_ms` (ms since the
+    /// epoch). The wall-clock time from the end of what was handed out (`from_unix_ns`) to the
+    /// new recording's start, `missing_ns`, is not delivered. Frames from here on count from
+    /// the new recording's first sample.
+    Restarted {
+        ref_ms: i64,
+        from_unix_ns: i128,
+        missing_ns: u64,
+        reason: String,
+    },
+}
+
+/// Follows one stream: a [`RangeReader`] in follow mode, reopened at the live edge when it falls
+/// behind (if asked to) and at the new recording when the server restarts and the stream starts
+/// over. Unlike the reader alone, it waits out a server that cannot be reached for up to
+/// [`FollowConfig::retry_timeout`].
+pub struct Follower {
+    cfg: ReaderConfig,
+    fcfg: FollowConfig,
+    reader: RangeReader,
+    /// Counters of the readers replaced so far.
+    past: ReaderStats,
+    behind: bool,
+}
+
+/// Errors after which the stream may be read on once the server answers again.
+fn recoverable(e: &ReadError) -> bool {
+    match e {
+        ReadError::StartedOver(_) => true,
+        ReadError::Client(e) => e.is_connection_error(),
+        _ => false,
+    }
+}
+
+fn sum(a: ReaderStats, b: ReaderStats) -> ReaderStats {
+    ReaderStats {
+        queries: a.queries + b.queries,
+        infos: a.infos + b.infos,
+        fallbacks: a.fallbacks + b.fallbacks,
+        retries: a.retries + b.retries,
+        waits: a.waits + b.waits,
+        bytes: a.bytes + b.bytes,
+        holes: a.holes + b.holes,
+    }
+}
+
+/// The error a connection failure becomes once `retry_timeout` has passed.
+fn gave_up(e: Error, after: Duration) -> ReadError {
+    let note = |reason: String| {
+        format!(
+            "{reason}; still failing after retrying for {} ms (retry-timeout)",
+            after.as_millis()
+        )
+    };
+    ReadError::Client(match e {
+        Error::Connect { addr, reason } => Error::Connect {
+            addr,
+            reason: note(reason),
+        },
+        Error::Io { addr, reason } => Error::Io {
+            addr,
+            reason: note(reason),
+        },
+        Error::Protocol { addr, reason } => Error::Protocol {
+            addr,
+            reason: note(reason),
+        },
+        other => other,
+    })
+}
+
+impl Follower {
+    /// Follows with `reader` (opened in follow mode).
+    pub fn new(reader: RangeReader, fcfg: FollowConfig) -> Follower {
+        Follower {
+            cfg: reader.cfg.clone(),
+            fcfg,
+            reader,
+            past: ReaderStats::default(),
+            behind: false,
+        }
+    }
+
+    /// Opens a reader for `cfg` (in follow mode) and follows with it.
+    pub async fn open(
+        pool: Arc<Pool>,
+        mut cfg: ReaderConfig,
+        fcfg: FollowConfig,
+    ) -> Result<Follower, ReadError> {
+        cfg.follow = true;
+        Ok(Follower::new(RangeReader::open(pool, cfg).await?, fcfg))
+    }
+
+    /// The reader of the current recording.
+    pub fn reader(&self) -> &RangeReader {
+        &self.reader
+    }
+
+    /// Counters of every reader used so far.
+    pub fn stats(&self) -> ReaderStats {
+        sum(self.past, self.reader.stats())
+    }
+
+    /// The next piece, or what happened instead; `None` at the end of the range (with a stop).
+    pub async fn next(&mut self) -> Result<Option<Followed>, ReadError> {
+        loop {
+            if self.reader.pending.is_empty() && self.reader.cursor.is_some() {
+                let behind = self.reader.backlog();
+                if behind > self.fcfg.behind_limit {
+                    if self.fcfg.drop_to_live_edge {
+                        if let Some(f) = self.skip().await? {
+                            return Ok(Some(f));
+                        }
+                    } else if !self.behind {
+                        self.behind = true;
+                        return Ok(Some(Followed::Behind {
+                            behind,
+                            unix_ns: self.reader.next_unix_ns(),
+                        }));
+                    }
+                } else if behind <= self.fcfg.behind_limit / 2 {
+                    self.behind = false;
+                }
+            }
+            match self.reader.next_piece().await {
+                Ok(p) => return Ok(p.map(Followed::Piece)),
+                Err(e) if recoverable(&e) => {
+                    if let Some(f) = self.recover(e).await? {
+                        return Ok(Some(f));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The stop of the range for a reader of another recording: wall-clock, since frames count
+    /// from a recording's start.
+    fn stop_as_time(&self) -> Bound {
+        match self.cfg.stop {
+            Bound::Frame(f) => Bound::UnixNs(
+                self.reader
+                    .tl
+                    .unix_ns(self.reader.ref_ms, f.saturating_mul(self.reader.tl.bpf)),
+            ),
+            other => other,
+        }
+    }
+
+    /// Reopens at the live edge; `None` when that is not ahead of the cursor after all.
+    async fn skip(&mut self) -> Result<Option<Followed>, ReadError> {
+        let mut cfg = self.cfg.clone();
+        cfg.start = Bound::End;
+        let pool = self.reader.pool.clone();
+        let reader = match RangeReader::open(pool, cfg).await {
+            Ok(r) => r,
+            Err(e) if recoverable(&e) => return self.recover(e).await,
+            Err(e) => return Err(e),
+        };
+        if reader.ref_ms != self.reader.ref_ms {
+            return self
+                .recover(ReadError::StartedOver(format!(
+                    "{} started over",
+                    self.reader.who()
+                )))
+                .await;
+        }
+        let from = self.reader.next_out / self.reader.tl.bpf;
+        let to = reader.first_frame;
+        if !reader.resolved || to <= from {
+            return Ok(None);
+        }
+        let unix_ns = self.reader.next_unix_ns();
+        self.past = sum(self.past, self.reader.stats());
+        let mut reader = reader;
+        reader.inherit_timing(&self.reader);
+        self.reader = reader;
+        self.behind = false;
+        Ok(Some(Followed::Skipped {
+            frame: from,
+            frames: to - from,
+            unix_ns,
+        }))
+    }
+
+    /// After an error that a restart or a broken connection explains: waits for the server
+    /// (up to the retry timeout while it cannot be reached), then reads on with the same
+    /// recording (`None`) or with the stream's new one.
+    async fn recover(&mut self, first: ReadError) -> Result<Option<Followed>, ReadError> {
+        let pool = self.reader.pool.clone();
+        let deadline = std::time::Instant::now() + self.fcfg.retry_timeout;
+        let old_ref = self.reader.ref_ms;
+        let mut pause = Duration::from_millis(20);
+        trace!("follower: {first}");
+        loop {
+            let asked = async {
+                let mut conn = pool.checkout(self.cfg.timeout).await?;
+                conn.stream_info(&self.cfg.stream_id).await
+            }
+            .await;
+            self.reader.stats.infos += 5;
+            let info = match asked {
+                Ok(Some(info)) => info,
+                Ok(None) => {
+                    return Err(ReadError::NotFound {
+                        stream: self.cfg.stream_id.clone(),
+                        addr: pool.addr().to_string(),
+                    })
+                }
+                Err(e) if e.is_connection_error() => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(gave_up(e, self.fcfg.retry_timeout));
+                    }
+                    self.reader.pause(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if info.ref_ms == old_ref {
+                if info.size >= self.reader.size {
+                    // The same recording: the connection broke, the stream did not.
+                    return Ok(None);
+                }
+                // Same `ref`, fewer bytes: the server fell back to older metadata and the
+                // writer appends at offsets that held other audio.
+                return Err(ReadError::StartedOver(format!(
+                    "{} went back from {} to {} bytes with the same reference time after the server restarted: offsets no longer match the audio. Start racssrc again",
+                    self.reader.who(),
+                    self.reader.size,
+                    info.size
+                )));
+            }
+            if info.ref_ms == 0 {
+                // Started over, no audio yet: the server is up, so wait as follow mode does.
+                let d = self.cfg.poll_interval.max(MIN_POLL_INTERVAL);
+                self.reader.pause(d).await;
+                continue;
+            }
+            let format = info.format().map_err(|e| {
+                ReadError::Format(format!(
+                    "stream '{}' cannot be read after the server restarted: {e}",
+                    self.cfg.stream_id
+                ))
+            })?;
+            if format != self.reader.format {
+                return Err(ReadError::Format(format!(
+                    "{} started over as {format} after the server restarted, no longer {}: start racssrc again",
+                    self.reader.who(),
+                    self.reader.format
+                )));
+            }
+            let from_unix_ns = self.reader.next_unix_ns();
+            let new_start = i128::from(info.ref_ms) * 1_000_000;
+            // `ref` is whole milliseconds: a recording that starts within the millisecond the
+            // last one ended in follows it.
+            if new_start + 1_000_000 <= from_unix_ns {
+                return Err(ReadError::StartedOver(format!(
+                    "{} started over after the server restarted, with a new recording from {} that overlaps what was already read (up to {}): blocks of both answer for the same times and racssrc cannot tell them apart. Start racssrc again",
+                    self.reader.who(),
+                    format_unix_ms(info.ref_ms),
+                    format_unix_ns(from_unix_ns)
+                )));
+            }
+            let missing_ns = u64::try_from((new_start - from_unix_ns).max(0)).unwrap_or(u64::MAX);
+            let mut cfg = self.cfg.clone();
+            cfg.start = Bound::Open;
+            cfg.stop = self.stop_as_time();
+            let reader = match RangeReader::open(pool.clone(), cfg.clone()).await {
+                Ok(r) => r,
+                Err(e) if recoverable(&e) => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(e);
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if reader.ref_ms != info.ref_ms {
+                // Restarted once more meanwhile.
+                continue;
+            }
+            let reason = format!(
+                "{} started over: the server restarted and the stream's new recording begins at {}; {:.3} s from {} (the end of what was read) are missing (lost by the server, or written before the restart and not readable across it)",
+                self.reader.who(),
+                format_unix_ms(info.ref_ms),
+                missing_ns as f64 / 1e9,
+                format_unix_ns(from_unix_ns)
+            );
+            self.past = sum(self.past, self.reader.stats());
+            let mut reader = reader;
+            reader.inherit_timing(&self.reader);
+            self.reader = reader;
+            self.cfg = cfg;
+            self.behind = false;
+            return Ok(Some(Followed::Restarted {
+                ref_ms: info.ref_ms,
+                from_unix_ns,
+                missing_ns,
+                reason,
+            }));
+        }
+    }
+}
+
+/// The wall clock, in ns since the Unix epoch (0 if the clock is before 1970).
+pub fn unix_now_ns() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128)
 }
