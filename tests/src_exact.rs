@@ -25,6 +25,8 @@ struct Run {
     data: Vec<u8>,
     buffers: Vec<(u64, u64, usize)>,
     gaps: Vec<(u64, u64)>,
+    /// Each buffer's wall-clock reference timestamp (`timestamp/x-unix`), ns.
+    unix: Vec<u64>,
     ended: common::Ended,
     stats: Option<gst::Structure>,
 }
@@ -62,7 +64,8 @@ fn element(bench: &Bench, id: &str, props: &[(&str, glib::Value)]) -> Run {
     let data = Arc::new(Mutex::new(Vec::new()));
     let buffers = Arc::new(Mutex::new(Vec::new()));
     let gaps = Arc::new(Mutex::new(Vec::new()));
-    let (d, b, g) = (data.clone(), buffers.clone(), gaps.clone());
+    let unix = Arc::new(Mutex::new(Vec::new()));
+    let (d, b, g, u) = (data.clone(), buffers.clone(), gaps.clone(), unix.clone());
     sink.static_pad("sink").unwrap().add_probe(
         gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
         move |_, info| {
@@ -74,6 +77,13 @@ fn element(bench: &Bench, id: &str, props: &[(&str, glib::Value)]) -> Run {
                     buf.duration().unwrap().nseconds(),
                     buf.size(),
                 ));
+                let caps = gst::Caps::new_empty_simple("timestamp/x-unix");
+                if let Some(m) = buf
+                    .iter_meta::<gst::ReferenceTimestampMeta>()
+                    .find(|m| m.reference().can_intersect(&caps))
+                {
+                    u.lock().unwrap().push(m.timestamp().nseconds());
+                }
             }
             if let Some(gst::EventView::Gap(e)) = info.event().map(|e| e.view()) {
                 let (pts, dur) = e.get();
@@ -90,6 +100,7 @@ fn element(bench: &Bench, id: &str, props: &[(&str, glib::Value)]) -> Run {
         data: data.lock().unwrap().clone(),
         buffers: buffers.lock().unwrap().clone(),
         gaps: gaps.lock().unwrap().clone(),
+        unix: unix.lock().unwrap().clone(),
         ended,
         stats,
     };
@@ -98,7 +109,10 @@ fn element(bench: &Bench, id: &str, props: &[(&str, glib::Value)]) -> Run {
 
 /// The model's samples of frames `[a, b)` of a stream, in its width; panics where lost.
 fn stored(bench: &Bench, s: usize, a: u64, b: u64) -> Vec<u8> {
-    bench.world.timeline(s)[a as usize..b as usize]
+    bench
+        .world
+        .stream_timeline(s)
+        .expect("recordings that do not overlap")[a as usize..b as usize]
         .iter()
         .map(|f| f.clone().expect("a frame the server lost"))
         .collect::<Vec<_>>()
@@ -342,6 +356,44 @@ fn a_crash_mid_stream_reads_back_whole_each_recording_at_its_own_times() {
     }
     // And from the new ref on, by frame on the stream's timeline.
     read_checked(&bench, s, Bound::Frame(new_start), Bound::Open, 10_000);
+    // Through racssrc: a warning naming the restart, a GAP event over the time between the
+    // recordings, the audio of both exact, and each recording's buffers stamped with its own
+    // wall-clock times.
+    let run = element(&bench, "crashy", &[]);
+    assert!(run.ended.error.is_none(), "{}", run.ended.error_text());
+    let warnings = run.ended.warnings();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("'crashy'") && w.contains("restarted")),
+        "{warnings:?}"
+    );
+    assert_eq!(
+        run.gaps,
+        vec![(
+            ns(old_end, 16000),
+            ns(new_start, 16000) - ns(old_end, 16000)
+        )]
+    );
+    let mut want = stored(&bench, s, 0, old_end);
+    want.extend(stored(&bench, s, new_start, whole.len() as u64));
+    assert!(
+        run.data == want,
+        "{:?}",
+        common::first_difference(&run.data, &want)
+    );
+    assert_eq!(run.unix.first().copied(), Some(r0 as u64 * 1_000_000));
+    let i = run
+        .buffers
+        .iter()
+        .position(|b| b.0 >= ns(new_start, 16000))
+        .unwrap();
+    assert_eq!(run.buffers[i].0, ns(new_start, 16000), "PTS after the gap");
+    assert_eq!(
+        run.unix[i],
+        r1 as u64 * 1_000_000,
+        "the new recording's own time"
+    );
 }
 
 #[test]

@@ -199,8 +199,9 @@ impl Settings {
 
 /// A page narrowed to the stream's sample width, in one buffer that output buffers share.
 struct OutPage {
-    /// Index of the first sample frame from the stream's start.
-    frame: u64,
+    /// Wall-clock time of its first sample (ns since the Unix epoch), from its own recording's
+    /// `ref` (a stream the server started over after a crash has more than one).
+    unix_ns: i128,
     buffer: gst::Buffer,
 }
 
@@ -325,7 +326,7 @@ impl Fetcher {
             seen = reader.stats();
             loop {
                 let item = match reader.next().await {
-                    Ok(Some(Followed::Piece(Piece::Audio { frame, data, .. }))) => {
+                    Ok(Some(Followed::Piece(Piece::Audio { unix_ns, data, .. }))) => {
                         // Narrowed here, on the thread that allocated the page: the int32 copy
                         // is freed where it was made, and the streaming thread only slices.
                         let mut out = vec![0u8; data.len() / 4 * bytes_per_sample];
@@ -336,7 +337,7 @@ impl Fetcher {
                         }
                         drop(data);
                         let page = OutPage {
-                            frame,
+                            unix_ns,
                             buffer: gst::Buffer::from_mut_slice(out),
                         };
                         Fetched::Page(page, reader.ref_ms())
@@ -619,9 +620,7 @@ impl RacsSrc {
         let base_time = obj.base_time()?;
         let running = clock.time().saturating_sub(base_time).nseconds();
         let page = state.page.as_ref()?;
-        let rate = state.format?.sample_rate;
-        let first =
-            i128::from(state.ref_ms) * 1_000_000 + i128::from(frames_to_ns(page.frame, rate));
+        let first = page.unix_ns;
         let age = (unix_now_ns() - first).max(0);
         let (min, _) = latency(&settings, *self.timing.lock().unwrap());
         let min = min.max(state.latency_told.unwrap_or_default());
@@ -1221,7 +1220,7 @@ impl PushSrcImpl for RacsSrc {
                     let max = (u64::from(rate) * BUFFER_MS / 1000).max(1) as usize * bpf;
                     let n = (size - state.page_pos).min(max);
                     let frames = (n / bpf) as u64;
-                    let first_frame = page.frame + (state.page_pos / bpf) as u64;
+                    let into_page = (state.page_pos / bpf) as u64;
                     // Shares the page's memory: no copy.
                     let mut buffer = page
                         .buffer
@@ -1238,8 +1237,7 @@ impl PushSrcImpl for RacsSrc {
                         buf.set_duration(gst::ClockTime::from_nseconds(next - pts));
                         buf.set_offset(state.frames_out);
                         buf.set_offset_end(state.frames_out + frames);
-                        let unix_ns = i128::from(state.ref_ms) * 1_000_000
-                            + i128::from(frames_to_ns(first_frame, rate));
+                        let unix_ns = page.unix_ns + i128::from(frames_to_ns(into_page, rate));
                         static UNIX_CAPS: LazyLock<gst::Caps> =
                             LazyLock::new(|| gst::Caps::new_empty_simple("timestamp/x-unix"));
                         gst::ReferenceTimestampMeta::add(
