@@ -1,10 +1,16 @@
 // SPDX-License-Identifier: MPL-2.0
 //! Extract benchmark: `racssrc ! fakesink` against bare clients reading the same stream from
-//! the same in-process racs-lite, in one run.
+//! the same server, in one run.
 //!
-//!     cargo bench --bench extract                       # 10 minutes of audio
+//!     cargo bench --bench extract                       # 10 minutes of audio, racs-lite
 //!     RACS_BENCH_SECONDS=120 cargo bench --bench extract
 //!     RACS_BENCH_RSS=0 cargo bench --bench extract      # skip the 1 min / 1 h RSS runs
+//!     RACS_BIN=/path/to/racs cargo bench --bench extract  # a fresh real server
+//!     RACS_ADDR=host:port cargo bench --bench extract     # a server you started yourself
+//!
+//! It also reads ranges that start inside the stream (the last quarter, the middle half), where
+//! racssrc proves the start's offset by counting, and prints what that costs in requests and
+//! bytes received.
 //!
 //! The stream is 44.1 kHz, 16-bit, stereo, stored in 32768-byte frames (racssink's default).
 //! Compared, each over the whole stream with 10 s pages:
@@ -18,6 +24,9 @@
 //! extracts everything through `racssrc ! fakesink` and reports its peak.
 
 use std::time::{Duration, Instant};
+
+mod common;
+use common::Target;
 
 use gst::prelude::*;
 use gstracs::client::reader::{Bound, RangeReader, ReaderConfig};
@@ -112,10 +121,21 @@ fn narrow16(src: &[u8], dst: &mut Vec<u8>) {
 
 /// The same reader pages without GStreamer: (seconds, output bytes, the reader's counters).
 fn run_reader(host: &str, port: u16, id: &str) -> (f64, u64, gstracs::client::reader::ReaderStats) {
+    run_reader_range(host, port, id, Bound::Open, Bound::Open)
+}
+
+/// The reader's pages of `[start, stop)`.
+fn run_reader_range(
+    host: &str,
+    port: u16,
+    id: &str,
+    start: Bound,
+    stop: Bound,
+) -> (f64, u64, gstracs::client::reader::ReaderStats) {
     let pool = Pool::get(host, port, 3);
     let mut cfg = ReaderConfig::new(id);
-    cfg.start = Bound::Open;
-    cfg.stop = Bound::Open;
+    cfg.start = start;
+    cfg.stop = stop;
     cfg.page_ms = PAGE_MS;
     let c = Canceller::new();
     let t0 = Instant::now();
@@ -222,8 +242,10 @@ fn main() {
         .unwrap_or(600);
     gst::init().unwrap();
     gstracs::plugin_register_static().unwrap();
-    let srv = racs_lite::TestServer::start();
-    let addr = srv.addr().to_string();
+    let target = Target::from_env();
+    println!("server: {}", target.describe());
+    let srv = target.start();
+    let addr = srv.addr();
     let t0 = Instant::now();
     store(&addr, "bench", seconds);
     println!(
@@ -233,14 +255,14 @@ fn main() {
     );
     let mb = |bytes: u64, secs: f64| bytes as f64 / 1e6 / secs;
     // Warm the page cache and the pool once, then measure each twice and keep the best.
-    let _ = run_reader(&srv.host(), srv.port(), "bench");
+    let _ = run_reader(&srv.host, srv.port, "bench");
     let mut best = (f64::MAX, f64::MAX, f64::MAX);
     let (mut q_reader, mut q_naive, mut naive_bytes) = (Default::default(), 0, 0);
     for _ in 0..2 {
-        let (s, bytes) = run_racssrc(&srv.host(), srv.port(), "bench");
+        let (s, bytes) = run_racssrc(&srv.host, srv.port, "bench");
         assert_eq!(bytes, seconds * BYTES_PER_SECOND, "racssrc output");
         best.0 = best.0.min(s);
-        let (s, bytes, st) = run_reader(&srv.host(), srv.port(), "bench");
+        let (s, bytes, st) = run_reader(&srv.host, srv.port, "bench");
         assert_eq!(bytes, seconds * BYTES_PER_SECOND, "reader output");
         best.1 = best.1.min(s);
         q_reader = st;
@@ -276,7 +298,27 @@ fn main() {
         "ratio racssrc / bare reader: {:.2} (goal >= 0.9)",
         best.1 / best.0
     );
-    if std::env::var("RACS_BENCH_RSS").as_deref() != Ok("0") {
+    // Ranges that start inside the stream: the start is proven by counting bytes from a table
+    // start to the stream's end (or from the stream's first byte, whichever is shorter).
+    let frames = seconds * u64::from(RATE);
+    for (what, a, b) in [
+        ("the last quarter", frames * 3 / 4, frames),
+        ("the middle half ", frames / 4, frames * 3 / 4),
+    ] {
+        let (secs, bytes, st) =
+            run_reader_range(&srv.host, srv.port, "bench", Bound::Frame(a), Bound::Frame(b));
+        assert_eq!(bytes, (b - a) * 4, "reader output");
+        println!(
+            "reader, {what}: {:8.1} MB/s  ({} EXTRACTs, {} of them probes and checks; {} pauses; \
+             {:.2}x the range's audio received)",
+            mb(bytes, secs),
+            st.queries,
+            st.fallbacks,
+            st.waits,
+            st.bytes as f64 / (2.0 * bytes as f64)
+        );
+    }
+    if std::env::var("RACS_BENCH_RSS").as_deref() != Ok("0") && target.is_lite() {
         drop(srv);
         let (s1, p1, t1) = rss_of(60);
         let (s2, p2, t2) = rss_of(3600);

@@ -138,6 +138,12 @@ impl RangeReader {
             self.start_at(self.size, self.key(self.size));
             return Ok(());
         }
+        // A keyframe's offset is proven by counting from it to the stream's end; when the
+        // stretch before the range is the shorter one (or the end keeps moving), count that.
+        if self.cfg.follow || target <= self.size - target {
+            self.start_at(0, 0);
+            return Ok(());
+        }
         let mut t = self.key(target);
         for _ in 0..KEYFRAME_TRIES {
             if t < self.ref_ms {
@@ -179,7 +185,7 @@ impl RangeReader {
             }
             // The key puts the block within a millisecond; counting to the stream's end says
             // where exactly, when that is less to read than the stretch before it.
-            if !self.cfg.follow && self.size - lo < target {
+            if self.size - lo < target {
                 self.cursor = Some(Cursor {
                     off: lo,
                     unc: hi - lo,
