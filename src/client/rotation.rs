@@ -761,7 +761,9 @@ pub fn plan(
         .into_iter()
         .filter_map(|(s, e, name)| {
             let (a, b) = (s.max(from_ms), e.min(to_ms));
-            (a < b).then_some((name, a, b, a == s, b == e))
+            // After the last stream there is no next one: it is read to its end (`to` may
+            // lie beyond it; what it lacks is then a gap).
+            (a < b).then_some((name, a, b, a == s, b == e || e == i64::MAX))
         })
         .collect()
 }
@@ -1030,7 +1032,7 @@ mod tests {
                     at(12, 0, 0, 0),
                     at(12, 30, 0, 0),
                     true,
-                    false
+                    true
                 ),
             ]
         );
@@ -1063,7 +1065,7 @@ mod tests {
                 at(8, 0, 0, 0),
                 at(8, 1, 0, 0),
                 true,
-                false
+                true
             )]
         );
     }
