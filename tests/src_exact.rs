@@ -27,6 +27,8 @@ struct Run {
     gaps: Vec<(u64, u64)>,
     /// Each buffer's wall-clock reference timestamp (`timestamp/x-unix`), ns.
     unix: Vec<u64>,
+    /// Tag events, in order.
+    tags: Vec<gst::TagList>,
     ended: common::Ended,
     stats: Option<gst::Structure>,
 }
@@ -65,7 +67,14 @@ fn element(bench: &Bench, id: &str, props: &[(&str, glib::Value)]) -> Run {
     let buffers = Arc::new(Mutex::new(Vec::new()));
     let gaps = Arc::new(Mutex::new(Vec::new()));
     let unix = Arc::new(Mutex::new(Vec::new()));
-    let (d, b, g, u) = (data.clone(), buffers.clone(), gaps.clone(), unix.clone());
+    let tags = Arc::new(Mutex::new(Vec::new()));
+    let (d, b, g, u, t) = (
+        data.clone(),
+        buffers.clone(),
+        gaps.clone(),
+        unix.clone(),
+        tags.clone(),
+    );
     sink.static_pad("sink").unwrap().add_probe(
         gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
         move |_, info| {
@@ -85,6 +94,9 @@ fn element(bench: &Bench, id: &str, props: &[(&str, glib::Value)]) -> Run {
                     u.lock().unwrap().push(m.timestamp().nseconds());
                 }
             }
+            if let Some(gst::EventView::Tag(e)) = info.event().map(|e| e.view()) {
+                t.lock().unwrap().push(e.tag_owned());
+            }
             if let Some(gst::EventView::Gap(e)) = info.event().map(|e| e.view()) {
                 let (pts, dur) = e.get();
                 g.lock()
@@ -101,6 +113,7 @@ fn element(bench: &Bench, id: &str, props: &[(&str, glib::Value)]) -> Run {
         buffers: buffers.lock().unwrap().clone(),
         gaps: gaps.lock().unwrap().clone(),
         unix: unix.lock().unwrap().clone(),
+        tags: tags.lock().unwrap().clone(),
         ended,
         stats,
     };
@@ -394,6 +407,20 @@ fn a_crash_mid_stream_reads_back_whole_each_recording_at_its_own_times() {
         r1 as u64 * 1_000_000,
         "the new recording's own time"
     );
+    // Tags before the first buffer: the stream id and the wall-clock time of the first sample.
+    let tags = run.tags.first().expect("a tag event");
+    assert_eq!(
+        tags.get::<gst::tags::Title>().map(|v| v.get().to_string()),
+        Some("crashy".to_string())
+    );
+    let dt = tags.get::<gst::tags::DateTime>().expect("a date and time");
+    let dt = dt.get().to_g_date_time().unwrap();
+    assert_eq!(dt.to_unix() * 1000 + i64::from(dt.microsecond()) / 1000, r0);
+    // The final counters as an element message before EOS, the same as the property's.
+    let finals = common::element_structures(&run.ended.messages, "racssrc-stats");
+    assert_eq!(finals.len(), 1, "{finals:?}");
+    assert_eq!(Some(&finals[0]), run.stats.as_ref());
+    assert!(finals[0].get::<u64>("holes").unwrap() >= 1);
 }
 
 #[test]

@@ -232,13 +232,24 @@ fn own_settings(sink: &gst::Element) -> Vec<(String, String)> {
 
 #[test]
 fn racssink_uri_property_round_trips_every_setting() {
+    uri_property_round_trips_every_setting("racssink", "chunk-size", 4096);
+}
+
+#[test]
+fn racssrc_uri_property_round_trips_every_setting() {
+    uri_property_round_trips_every_setting("racssrc", "poll-interval", 50);
+}
+
+/// Every property of `element` the URI carries, changed from its default, comes back through
+/// the `uri` property into a fresh element; defaults are left out of the URI.
+fn uri_property_round_trips_every_setting(element: &str, some: &str, value: u32) {
     common::init();
-    let sink = gst::ElementFactory::make("racssink").build().unwrap();
-    let defaults = own_settings(&sink);
+    let elem = gst::ElementFactory::make(element).build().unwrap();
+    let defaults = own_settings(&elem);
     // A value other than the default for every property the URI carries, chosen from its
     // definition, so a property added later is covered too.
-    for p in sink.list_properties().iter() {
-        if p.owner_type() != sink.type_()
+    for p in elem.list_properties().iter() {
+        if p.owner_type() != elem.type_()
             || !p.flags().contains(glib::ParamFlags::READWRITE)
             || p.name() == "uri"
         {
@@ -246,16 +257,21 @@ fn racssink_uri_property_round_trips_every_setting() {
         }
         let name = p.name();
         if let Some(b) = p.downcast_ref::<glib::ParamSpecBoolean>() {
-            sink.set_property(name, !b.default_value());
+            elem.set_property(name, !b.default_value());
         } else if let Some(u) = p.downcast_ref::<glib::ParamSpecUInt>() {
             let v = if u.default_value() == u.minimum() {
                 u.minimum() + 1
             } else {
                 u.minimum()
             };
-            sink.set_property(name, v);
+            elem.set_property(name, v);
         } else if let Some(u) = p.downcast_ref::<glib::ParamSpecUInt64>() {
-            sink.set_property(name, u.default_value() + 1_000_000);
+            let v = if u.default_value() < u.maximum() - 1_000_000 {
+                u.default_value() + 1_000_000
+            } else {
+                u.minimum()
+            };
+            elem.set_property(name, v);
         } else if let Some(e) = p.downcast_ref::<glib::ParamSpecEnum>() {
             let class = e.enum_class();
             let other = class
@@ -263,42 +279,44 @@ fn racssink_uri_property_round_trips_every_setting() {
                 .iter()
                 .find(|v| v.value() != e.default_value_as_i32())
                 .unwrap();
-            sink.set_property_from_str(name, other.nick());
+            elem.set_property_from_str(name, other.nick());
         } else if p.value_type() == glib::Type::STRING {
             let v = match name {
                 "host" => "::1",
                 "stream-id" => "air/studio 1 %Y&x=y?",
                 "replay-window" => "10s",
+                "start" => "2026-01-09T10:00:00.250Z",
+                "stop" => "2026-01-09T11:00:00Z",
                 other => panic!("no test value for the string property {other}"),
             };
-            sink.set_property(name, v);
+            elem.set_property(name, v);
         } else {
             panic!("no test value for {name} ({})", p.value_type());
         }
     }
-    let changed = own_settings(&sink);
+    let changed = own_settings(&elem);
     for ((name, d), (_, c)) in defaults.iter().zip(&changed) {
         assert_ne!(d, c, "{name} was not changed from its default");
     }
-    let uri: String = sink.property("uri");
+    let uri: String = elem.property("uri");
     assert!(uri.starts_with("racs://[::1]:"), "{uri}");
     // A fresh element given that URI through the property has the same settings.
-    let copy = gst::ElementFactory::make("racssink")
+    let copy = gst::ElementFactory::make(element)
         .property("uri", &uri)
         .build()
         .unwrap();
     assert_eq!(own_settings(&copy), changed, "{uri}");
     assert_eq!(copy.property::<String>("uri"), uri);
     // Defaults are left out.
-    let plain = gst::ElementFactory::make("racssink")
+    let plain = gst::ElementFactory::make(element)
         .property("stream-id", "air")
         .build()
         .unwrap();
     assert_eq!(plain.property::<String>("uri"), "racs://localhost:6381/air");
-    plain.set_property("chunk-size", 4096u32);
+    plain.set_property(some, value);
     assert_eq!(
         plain.property::<String>("uri"),
-        "racs://localhost:6381/air?chunk-size=4096"
+        format!("racs://localhost:6381/air?{some}={value}")
     );
 }
 

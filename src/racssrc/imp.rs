@@ -3,8 +3,10 @@
 //! [`crate::client::reader::RangeReader`]; this file translates GStreamer's world (caps,
 //! segments, seeks, flushing, state changes) into reader calls.
 
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use once_cell::sync::Lazy;
 
 use gst::glib;
 use gst::prelude::*;
@@ -24,7 +26,7 @@ use crate::client::{block_on, runtime, validate_stream_id, Canceller, Error, Poo
 use crate::props::{DEFAULT_HOST, DEFAULT_POOL_SIZE, DEFAULT_PORT, DEFAULT_TIMEOUT_MS};
 use crate::uri;
 
-static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
     gst::DebugCategory::new(
         "racssrc",
         gst::DebugColorFlags::empty(),
@@ -68,6 +70,8 @@ struct Settings {
     retry_timeout: u32,
     timeout: u32,
     hole_policy: HolePolicy,
+    /// Why the last `uri` set as a property was refused: starting fails with it.
+    uri_error: Option<String>,
 }
 
 impl Default for Settings {
@@ -90,6 +94,7 @@ impl Default for Settings {
             retry_timeout: DEFAULT_RETRY_TIMEOUT_MS,
             timeout: DEFAULT_TIMEOUT_MS,
             hole_policy: HolePolicy::default(),
+            uri_error: None,
         }
     }
 }
@@ -411,6 +416,8 @@ struct State {
     discont: bool,
     /// The minimum latency last announced (a LATENCY message asks the pipeline again).
     latency_told: Option<Duration>,
+    /// The stream's tags went out (before the first buffer).
+    tagged: bool,
 }
 
 #[derive(Default)]
@@ -676,6 +683,54 @@ impl RacsSrc {
     }
 }
 
+impl RacsSrc {
+    /// The stream's tags, before its first buffer: the title is the stream id, the date and
+    /// time is the wall-clock time of the first sample out.
+    fn send_tags(&self, unix_ns: i128) {
+        let id = self.settings.lock().unwrap().stream_id.clone();
+        let mut tags = gst::TagList::new();
+        {
+            let tags = tags.get_mut().unwrap();
+            if let Some(id) = id {
+                tags.add::<gst::tags::Title>(&id.as_str(), gst::TagMergeMode::Replace);
+            }
+            let us = (unix_ns / 1000).clamp(0, i128::from(i64::MAX)) as i64;
+            let dt = glib::DateTime::from_unix_utc(us.div_euclid(1_000_000))
+                .and_then(|d| d.add(glib::TimeSpan::from_microseconds(us.rem_euclid(1_000_000))));
+            if let Ok(dt) = dt {
+                let dt = gst::DateTime::from(dt);
+                tags.add::<gst::tags::DateTime>(&dt, gst::TagMergeMode::Replace);
+            }
+        }
+        gst::debug!(CAT, imp = self, "tags {tags:?}");
+        let _ = self.obj().src_pad().push_event(gst::event::Tag::new(tags));
+    }
+
+    /// At the end of the range: the counters as an element message (the `stats` property's
+    /// structure) and a debug line, before EOS.
+    fn post_final_stats(&self) {
+        let st = *self.stats.lock().unwrap();
+        gst::info!(
+            CAT,
+            imp = self,
+            "end of range: {} requests ({} EXTRACT, {} INFO; {} probes and checks), {} bytes \
+             received, {} waits, {} retries, {} holes",
+            st.queries + st.infos,
+            st.queries,
+            st.infos,
+            st.fallbacks,
+            st.bytes,
+            st.waits,
+            st.retries,
+            st.holes
+        );
+        let msg = gst::message::Element::builder(stats_structure(&st))
+            .src(&*self.obj())
+            .build();
+        let _ = self.obj().post_message(msg);
+    }
+}
+
 fn stats_structure(st: &ReaderStats) -> gst::Structure {
     gst::Structure::builder("racssrc-stats")
         .field("requests", st.queries + st.infos)
@@ -713,12 +768,21 @@ fn caps_for(format: &StreamFormat) -> gst::Caps {
 
 impl ObjectImpl for RacsSrc {
     fn properties() -> &'static [glib::ParamSpec] {
-        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+        static PROPERTIES: Lazy<Vec<glib::ParamSpec>> = Lazy::new(|| {
             let mut props = crate::props::server_properties().to_vec();
             props.extend([
                 glib::ParamSpecString::builder("stream-id")
                     .nick("Stream ID")
                     .blurb("Name of the RACS stream to read (required)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("uri")
+                    .nick("URI")
+                    .blurb(
+                        "racs://host:port/stream-id?key=value&...: the server, the stream and any \
+                         other property in one; read back, it holds every property that differs \
+                         from its default",
+                    )
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecString::builder("start")
@@ -842,6 +906,20 @@ impl ObjectImpl for RacsSrc {
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        if pspec.name() == "uri" {
+            // Through the URI handler, which sets the other properties (and takes the lock).
+            let text = value
+                .get::<Option<String>>()
+                .expect("type checked upstream");
+            if let Some(text) = text {
+                if let Err(e) = URIHandlerImpl::set_uri(self, &text) {
+                    gst::error!(CAT, imp = self, "{e}");
+                    // Kept so that starting fails with a clear message.
+                    self.settings.lock().unwrap().uri_error = Some(e.to_string());
+                }
+            }
+            return;
+        }
         let mut settings = self.settings.lock().unwrap();
         match pspec.name() {
             "host" => {
@@ -873,6 +951,9 @@ impl ObjectImpl for RacsSrc {
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         if pspec.name() == "stats" {
             return stats_structure(&self.stats.lock().unwrap()).to_value();
+        }
+        if pspec.name() == "uri" {
+            return URIHandlerImpl::uri(self).to_value();
         }
         let settings = self.settings.lock().unwrap();
         match pspec.name() {
@@ -908,7 +989,7 @@ impl GstObjectImpl for RacsSrc {}
 
 impl ElementImpl for RacsSrc {
     fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
-        static METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+        static METADATA: Lazy<gst::subclass::ElementMetadata> = Lazy::new(|| {
             gst::subclass::ElementMetadata::new(
                 "RACS source",
                 "Source/Audio/Network",
@@ -921,7 +1002,7 @@ impl ElementImpl for RacsSrc {
     }
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
-        static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+        static PAD_TEMPLATES: Lazy<Vec<gst::PadTemplate>> = Lazy::new(|| {
             let caps = gst::Caps::builder("audio/x-raw")
                 .field("format", gst::List::new(["S16LE", "S24LE"]))
                 .field("rate", gst::IntRange::new(1, i32::MAX))
@@ -959,73 +1040,34 @@ impl URIHandlerImpl for RacsSrc {
     }
 
     fn uri(&self) -> Option<String> {
-        let s = self.settings.lock().unwrap();
-        let id = s.stream_id.as_deref()?;
-        let host = if s.host.contains(':') && !s.host.starts_with('[') {
-            format!("[{}]", s.host)
-        } else {
-            s.host.clone()
-        };
-        let mut uri = format!("racs://{host}:{}/{}", s.port, uri::percent_encode(id));
-        let mut query = Vec::new();
-        if let Some(v) = non_empty(&s.start) {
-            query.push(format!("start={}", uri::percent_encode(v)));
-        }
-        if let Some(v) = non_empty(&s.stop) {
-            query.push(format!("stop={}", uri::percent_encode(v)));
-        }
-        if s.start_offset != DEFAULT_START_OFFSET {
-            query.push(format!("start-offset={}", s.start_offset));
-        }
-        if s.duration != DEFAULT_DURATION {
-            query.push(format!("duration={}", s.duration));
-        }
-        if s.follow {
-            query.push("follow=true".into());
-        }
-        if !query.is_empty() {
-            uri.push('?');
-            uri.push_str(&query.join("&"));
-        }
-        Some(uri)
+        uri::format(&*self.obj())
     }
 
     fn set_uri(&self, uri: &str) -> Result<(), glib::Error> {
-        let parsed =
-            uri::parse(uri).map_err(|msg| glib::Error::new(gst::URIError::BadUri, &msg))?;
-        let obj = self.obj();
         if self.state.lock().unwrap().pool.is_some() {
             return Err(glib::Error::new(
                 gst::URIError::BadState,
                 "cannot change the URI of a running racssrc",
             ));
         }
-        // Check every property first, so a bad URI changes nothing.
-        let mut props: Vec<(String, glib::Value)> = vec![
-            ("host".into(), parsed.host.to_value()),
-            ("stream-id".into(), Some(parsed.stream_id).to_value()),
-        ];
-        if let Some(port) = parsed.port {
-            props.push(("port".into(), u32::from(port).to_value()));
+        // Used by gst_element_make_from_uri() to probe for a handler.
+        if uri.eq_ignore_ascii_case("racs://") {
+            return Ok(());
         }
-        for (key, value) in parsed.params {
-            let Some(pspec) = obj.find_property(&key) else {
-                return Err(glib::Error::new(
-                    gst::URIError::BadUri,
-                    &format!("unknown racssrc property '{key}' in URI {uri}"),
-                ));
-            };
-            let v = glib::Value::deserialize(&value, pspec.value_type()).map_err(|_| {
-                glib::Error::new(
-                    gst::URIError::BadUri,
-                    &format!("bad value '{value}' for racssrc property '{key}' in URI {uri}"),
-                )
-            })?;
-            props.push((key, v));
-        }
-        for (key, value) in props {
-            obj.set_property_from_value(&key, &value);
-        }
+        uri::apply(
+            &*self.obj(),
+            uri,
+            "racssrc",
+            DEFAULT_PORT as u16,
+            |key, text| match key {
+                "stream-id" => validate_stream_id(text).map_err(|e| e.to_string()),
+                "start" | "stop" => parse_time(key, text).map(|_| ()),
+                _ => Ok(()),
+            },
+        )
+        .map_err(|msg| glib::Error::new(gst::URIError::BadUri, &msg))?;
+        self.settings.lock().unwrap().uri_error = None;
+        gst::info!(CAT, imp = self, "URI {uri} applied");
         Ok(())
     }
 }
@@ -1033,6 +1075,12 @@ impl URIHandlerImpl for RacsSrc {
 impl BaseSrcImpl for RacsSrc {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
+        if let Some(e) = &settings.uri_error {
+            return Err(gst::error_msg!(
+                gst::ResourceError::Settings,
+                ("the uri property was refused: {}", e)
+            ));
+        }
         let cfg = settings
             .reader_config()
             .map_err(|msg| gst::error_msg!(gst::ResourceError::Settings, ("{}", msg)))?;
@@ -1229,6 +1277,7 @@ impl PushSrcImpl for RacsSrc {
                             state.page_pos..state.page_pos + n,
                         )
                         .map_err(|_| gst::FlowError::Error)?;
+                    let first_unix_ns = page.unix_ns + i128::from(frames_to_ns(into_page, rate));
                     {
                         let buf = buffer.get_mut().unwrap();
                         let pts = base + frames_to_ns(state.frames_out, rate);
@@ -1238,8 +1287,8 @@ impl PushSrcImpl for RacsSrc {
                         buf.set_offset(state.frames_out);
                         buf.set_offset_end(state.frames_out + frames);
                         let unix_ns = page.unix_ns + i128::from(frames_to_ns(into_page, rate));
-                        static UNIX_CAPS: LazyLock<gst::Caps> =
-                            LazyLock::new(|| gst::Caps::new_empty_simple("timestamp/x-unix"));
+                        static UNIX_CAPS: Lazy<gst::Caps> =
+                            Lazy::new(|| gst::Caps::new_empty_simple("timestamp/x-unix"));
                         gst::ReferenceTimestampMeta::add(
                             buf,
                             &UNIX_CAPS,
@@ -1254,6 +1303,11 @@ impl PushSrcImpl for RacsSrc {
                     state.page_pos += n;
                     state.frames_out += frames;
                     state.fresh = false;
+                    if !state.tagged {
+                        state.tagged = true;
+                        drop(state);
+                        self.send_tags(first_unix_ns);
+                    }
                     return Ok(CreateSuccess::NewBuffer(buffer));
                 }
             }
@@ -1346,13 +1400,10 @@ impl PushSrcImpl for RacsSrc {
                             gst::ResourceError::NotFound,
                             ("nothing to read: {}", reason)
                         );
+                    } else {
+                        drop(state);
                     }
-                    gst::debug!(
-                        CAT,
-                        imp = self,
-                        "end of the range; {}",
-                        stats_structure(&self.stats.lock().unwrap())
-                    );
+                    self.post_final_stats();
                     return Err(gst::FlowError::Eos);
                 }
                 Some(Fetched::Gap {
