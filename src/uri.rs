@@ -3,7 +3,8 @@
 //! GLib's URI parser, applied through the elements' property definitions ([`apply`]) and written
 //! back from them ([`format`]), so the URI, the properties and their checks are one layer.
 
-use glib::prelude::*;
+use gst::glib;
+use gst::prelude::*;
 
 /// What a URI sets: the address, the stream, and `key=value` pairs named like properties.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -300,6 +301,45 @@ pub fn format(obj: &impl IsA<glib::Object>) -> Option<String> {
         uri.push_str(&params.join("&"));
     }
     Some(uri)
+}
+
+/// The `uri` property both elements have.
+pub fn property() -> glib::ParamSpec {
+    glib::ParamSpecString::builder("uri")
+        .nick("URI")
+        .blurb(
+            "racs://host:port/stream-id?key=value&...: the server, the stream and any other \
+             property in one; read back, it holds every property that differs from its default",
+        )
+        .mutable_ready()
+        .build()
+}
+
+/// `set_uri` of both elements: the bare `racs://` that gst_element_make_from_uri() probes a
+/// handler with is accepted as it is; anything else goes through [`apply`], with the stream
+/// id checked and `check` for the element's own keys.
+pub fn set(
+    obj: &impl IsA<glib::Object>,
+    uri: &str,
+    element: &str,
+    check: impl Fn(&str, &str) -> Result<(), String>,
+) -> Result<(), glib::Error> {
+    if uri.eq_ignore_ascii_case("racs://") {
+        return Ok(());
+    }
+    let check = |key: &str, text: &str| match key {
+        "stream-id" => crate::client::validate_stream_id(text).map_err(|e| e.to_string()),
+        _ => check(key, text),
+    };
+    apply(obj, uri, element, crate::props::DEFAULT_PORT as u16, check)
+        .map_err(|msg| glib::Error::new(gst::URIError::BadUri, &msg))
+}
+
+/// The `uri` property set: through the element's URI handler (which sets the other
+/// properties). Why it was refused, if it was: the element keeps that so starting fails with it.
+pub fn set_property(obj: &impl IsA<gst::URIHandler>, value: &glib::Value) -> Option<String> {
+    let text = value.get::<Option<String>>().ok().flatten()?;
+    obj.set_uri(&text).err().map(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -1375,15 +1375,7 @@ impl ObjectImpl for RacsSink {
                     )
                     .mutable_ready()
                     .build(),
-                glib::ParamSpecString::builder("uri")
-                    .nick("URI")
-                    .blurb(
-                        "racs://host:port/stream-id?key=value&...: the server, the stream and any \
-                         other property in one; read back, it holds every property that differs \
-                         from its default",
-                    )
-                    .mutable_ready()
-                    .build(),
+                uri::property(),
                 glib::ParamSpecUInt::builder("chunk-size")
                     .nick("Chunk size")
                     .blurb(
@@ -1525,17 +1517,11 @@ impl ObjectImpl for RacsSink {
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
         if pspec.name() == "uri" {
-            // Through the URI handler, which sets the other properties (and takes the lock).
-            let text = value
-                .get::<Option<String>>()
-                .expect("type checked upstream");
-            if let Some(text) = text {
-                if let Err(e) = URIHandlerImpl::set_uri(self, &text) {
-                    gst::error!(CAT, imp = self, "{e}");
-                    // Kept so that starting fails with a clear message.
-                    self.settings.lock().unwrap().uri_error = Some(e.to_string());
-                }
+            let refused = uri::set_property(&*self.obj(), value);
+            if let Some(e) = &refused {
+                gst::error!(CAT, imp = self, "{e}");
             }
+            self.settings.lock().unwrap().uri_error = refused;
             return;
         }
         let mut settings = self.settings.lock().unwrap();
@@ -1968,22 +1954,10 @@ impl URIHandlerImpl for RacsSink {
                 "Changing the URI of racssink while it is writing is not supported",
             ));
         }
-        // Used by gst_element_make_from_uri() to probe for a handler.
-        if uri.eq_ignore_ascii_case("racs://") {
-            return Ok(());
-        }
-        uri::apply(
-            &*self.obj(),
-            uri,
-            "racssink",
-            DEFAULT_PORT as u16,
-            |key, text| match key {
-                "stream-id" => validate_stream_id(text).map_err(|e| e.to_string()),
-                "replay-window" => ReplayWindow::parse(text).map(|_| ()),
-                _ => Ok(()),
-            },
-        )
-        .map_err(|msg| glib::Error::new(gst::URIError::BadUri, &msg))?;
+        uri::set(&*self.obj(), uri, "racssink", |key, text| match key {
+            "replay-window" => ReplayWindow::parse(text).map(|_| ()),
+            _ => Ok(()),
+        })?;
         self.settings.lock().unwrap().uri_error = None;
         gst::info!(CAT, imp = self, "URI {uri} applied");
         Ok(())

@@ -776,15 +776,7 @@ impl ObjectImpl for RacsSrc {
                     .blurb("Name of the RACS stream to read (required)")
                     .mutable_ready()
                     .build(),
-                glib::ParamSpecString::builder("uri")
-                    .nick("URI")
-                    .blurb(
-                        "racs://host:port/stream-id?key=value&...: the server, the stream and any \
-                         other property in one; read back, it holds every property that differs \
-                         from its default",
-                    )
-                    .mutable_ready()
-                    .build(),
+                uri::property(),
                 glib::ParamSpecString::builder("start")
                     .nick("Start")
                     .blurb(
@@ -907,17 +899,11 @@ impl ObjectImpl for RacsSrc {
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
         if pspec.name() == "uri" {
-            // Through the URI handler, which sets the other properties (and takes the lock).
-            let text = value
-                .get::<Option<String>>()
-                .expect("type checked upstream");
-            if let Some(text) = text {
-                if let Err(e) = URIHandlerImpl::set_uri(self, &text) {
-                    gst::error!(CAT, imp = self, "{e}");
-                    // Kept so that starting fails with a clear message.
-                    self.settings.lock().unwrap().uri_error = Some(e.to_string());
-                }
+            let refused = uri::set_property(&*self.obj(), value);
+            if let Some(e) = &refused {
+                gst::error!(CAT, imp = self, "{e}");
             }
+            self.settings.lock().unwrap().uri_error = refused;
             return;
         }
         let mut settings = self.settings.lock().unwrap();
@@ -1050,22 +1036,10 @@ impl URIHandlerImpl for RacsSrc {
                 "cannot change the URI of a running racssrc",
             ));
         }
-        // Used by gst_element_make_from_uri() to probe for a handler.
-        if uri.eq_ignore_ascii_case("racs://") {
-            return Ok(());
-        }
-        uri::apply(
-            &*self.obj(),
-            uri,
-            "racssrc",
-            DEFAULT_PORT as u16,
-            |key, text| match key {
-                "stream-id" => validate_stream_id(text).map_err(|e| e.to_string()),
-                "start" | "stop" => parse_time(key, text).map(|_| ()),
-                _ => Ok(()),
-            },
-        )
-        .map_err(|msg| glib::Error::new(gst::URIError::BadUri, &msg))?;
+        uri::set(&*self.obj(), uri, "racssrc", |key, text| match key {
+            "start" | "stop" => parse_time(key, text).map(|_| ()),
+            _ => Ok(()),
+        })?;
         self.settings.lock().unwrap().uri_error = None;
         gst::info!(CAT, imp = self, "URI {uri} applied");
         Ok(())
