@@ -12,7 +12,8 @@
 //! each run (/proc/PID/fd): the real server keeps every table file it reads open.
 //!
 //! `RACS_BENCH_SECONDS` (default 20) sets the audio per run; `RACS_BENCH_CHUNKS=882,1764` picks
-//! the chunk sizes (0 = racssink's default).
+//! the chunk sizes (0 = racssink's default); `RACS_BENCH_WRITER_ONLY=1` runs the writers alone
+//! (the server's cost without a follower, to subtract).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -181,7 +182,11 @@ fn run(host: &str, port: u16, chunk: u32, seconds: u64) -> Run {
                 gst::PadProbeReturn::Ok
             });
     }
-    rpipe.set_state(gst::State::Playing).unwrap();
+    // RACS_BENCH_WRITER_ONLY=1: the writer alone, for the server's cost without a follower.
+    let follow = std::env::var_os("RACS_BENCH_WRITER_ONLY").is_none();
+    if follow {
+        rpipe.set_state(gst::State::Playing).unwrap();
+    }
     let bus = rpipe.bus().unwrap();
     let wbus = wpipe.bus().unwrap();
     let mut warnings = 0;
@@ -204,7 +209,7 @@ fn run(host: &str, port: u16, chunk: u32, seconds: u64) -> Run {
                 errors.push(format!("racssink: {}", e.error()));
             }
         }
-        if latency_reported.is_none() && Instant::now() > t0 + Duration::from_secs(3) {
+        if follow && latency_reported.is_none() && Instant::now() > t0 + Duration::from_secs(3) {
             let mut q = gst::query::Latency::new();
             if src.query(&mut q) {
                 let (_, min, max) = q.result();

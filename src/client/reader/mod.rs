@@ -103,9 +103,9 @@ pub struct ReaderConfig {
     pub follow: bool,
     /// Bound on every request and connect.
     pub timeout: Duration,
-    /// How often follow mode asks for the stream's size once a block is due (at least
-    /// [`MIN_POLL_INTERVAL`]). Until then it waits for the time the next block is due, from the
-    /// writer's block size and the stream's wall-clock timeline, but never longer than one block.
+    /// How often follow mode asks for the stream's size once a block is overdue (at least
+    /// [`MIN_POLL_INTERVAL`]). Until then, when the writer's block size and timeline are known,
+    /// it waits for the time the next block is due, but never longer than one block.
     pub poll_interval: Duration,
     /// Pause before asking again when the newest blocks are not all visible yet.
     pub retry_delay: Duration,
@@ -847,7 +847,12 @@ impl RangeReader {
         if ahead <= 0 {
             return p;
         }
-        (Duration::from_nanos(ahead.min(block_ns) as u64) + DUE_MARGIN).max(MIN_POLL_INTERVAL)
+        // Polled as each block lands, even when blocks are shorter than the poll interval: a
+        // follower that leaves the newest block unread when the server hands its table over
+        // finds it only in the table's file (hidden while written, and a descriptor the real
+        // server never closes).
+        let wait = ahead.min(block_ns);
+        (Duration::from_nanos(wait as u64) + DUE_MARGIN).max(MIN_POLL_INTERVAL)
     }
 
     async fn pause(&mut self, d: Duration) {
