@@ -305,8 +305,13 @@ fn main() {
         ("the last quarter", frames * 3 / 4, frames),
         ("the middle half ", frames / 4, frames * 3 / 4),
     ] {
-        let (secs, bytes, st) =
-            run_reader_range(&srv.host, srv.port, "bench", Bound::Frame(a), Bound::Frame(b));
+        let (secs, bytes, st) = run_reader_range(
+            &srv.host,
+            srv.port,
+            "bench",
+            Bound::Frame(a),
+            Bound::Frame(b),
+        );
         assert_eq!(bytes, (b - a) * 4, "reader output");
         println!(
             "reader, {what}: {:8.1} MB/s  ({} EXTRACTs, {} of them probes and checks; {} pauses; \

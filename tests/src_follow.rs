@@ -526,3 +526,146 @@ fn follower_survives_a_server_kill_and_restart() {
         panic!("the new recording as followed is not as stored: {d}");
     }
 }
+
+/// Holds the streaming thread of `f`'s sink for `stall` once, after `after` buffers.
+fn stall_once(f: &Follower, after: usize, stall: Duration) {
+    let sink = f
+        .src
+        .static_pad("src")
+        .unwrap()
+        .peer()
+        .expect("racssrc is linked");
+    let seen = AtomicU64::new(0);
+    sink.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+        if seen.fetch_add(1, Ordering::SeqCst) + 1 == after as u64 {
+            std::thread::sleep(stall);
+        }
+        gst::PadProbeReturn::Ok
+    });
+}
+
+fn qos_messages(messages: &[gst::Message]) -> Vec<(i64, u64)> {
+    messages
+        .iter()
+        .filter_map(|m| match m.view() {
+            gst::MessageView::Qos(q) => {
+                let (jitter, _, _) = q.values();
+                let (_, dropped) = q.stats();
+                Some((jitter, dropped.value() as u64))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_stalled_live_edge_follower_drops_to_the_live_edge_and_says_so() {
+    // Downstream stalls for 1.5 s: with catch-up=drop racssrc leaves out what was written
+    // meanwhile, posts a QoS message and a warning, marks the jump DISCONT, and the timestamps
+    // still follow the samples' capture.
+    let srv = TestServer::start();
+    let w = LiveWriter::start(&srv, "stall-drop", 1764);
+    w.wait_frames(u64::from(RATE) / 2);
+    let f = Follower::start(&srv, "stall-drop", &[("live-edge", "true")]);
+    stall_once(&f, 5, Duration::from_millis(1500));
+    let (ok, messages) = f.wait(Duration::from_secs(20), |o| o.len() >= 40);
+    let (out, rest) = f.stop();
+    w.finish();
+    let all: Vec<gst::Message> = messages.into_iter().chain(rest).collect();
+    assert!(ok, "{:?}", errors(&all));
+    let qos = qos_messages(&all);
+    assert!(!qos.is_empty(), "no QoS message after a 1.5 s stall");
+    assert!(qos.iter().any(|&(_, dropped)| dropped > 0), "{qos:?}");
+    let warnings = common::warning_texts(&all);
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("went on from it (catch-up=drop)")),
+        "{warnings:?}"
+    );
+    let jump = out
+        .windows(2)
+        .position(|p| {
+            let frames = (p[0].data.len() / BPF) as u64;
+            p[1].unix_ns > p[0].unix_ns + frames * 1_000_000_000 / u64::from(RATE) + 500_000_000
+        })
+        .expect("no audio was left out");
+    let (a, b) = (&out[jump], &out[jump + 1]);
+    assert!(b.discont, "the buffer after the jump is not a DISCONT");
+    assert!(
+        (b.pts - a.pts).abs_diff(b.unix_ns - a.unix_ns) < 1000,
+        "the PTS did not move with the audio left out"
+    );
+}
+
+#[test]
+fn a_stalled_follower_with_catch_up_keep_delivers_every_sample() {
+    let srv = TestServer::start();
+    let w = LiveWriter::start(&srv, "stall-keep", 1764);
+    w.wait_frames(u64::from(RATE) / 2);
+    let f = Follower::start(
+        &srv,
+        "stall-keep",
+        &[("live-edge", "true"), ("catch-up", "keep")],
+    );
+    stall_once(&f, 5, Duration::from_millis(1500));
+    let (ok, messages) = f.wait(Duration::from_secs(20), |o| o.len() >= 40);
+    let (out, rest) = f.stop();
+    w.finish();
+    let all: Vec<gst::Message> = messages.into_iter().chain(rest).collect();
+    assert!(ok, "{:?}", errors(&all));
+    assert!(
+        !qos_messages(&all).is_empty(),
+        "no QoS message after a 1.5 s stall"
+    );
+    let warnings = common::warning_texts(&all);
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("catch-up=keep delivers all of it")),
+        "{warnings:?}"
+    );
+    let first = out[0].unix_ns;
+    let got = joined(&out);
+    // The writer's frame index of the first sample, from its wall-clock time and the stream's.
+    let ref_ms = info_raw(srv.addr(), "stall-keep", "ref").unwrap() as u64;
+    let frame0 =
+        ((first - ref_ms * 1_000_000) as u128 * u128::from(RATE) + 500_000_000) / 1_000_000_000;
+    assert_eq!(
+        got,
+        clicks(frame0 as u64, got.len() / BPF, PERIOD, CH, 16),
+        "catch-up=keep left something out"
+    );
+    assert!(out.iter().skip(1).all(|o| !o.discont));
+}
+
+#[test]
+fn a_server_that_stays_down_ends_the_follower_after_retry_timeout() {
+    let mut srv = TestServer::start();
+    let w = LiveWriter::start(&srv, "gone", 1764);
+    w.wait_frames(u64::from(RATE) / 2);
+    let f = Follower::start(
+        &srv,
+        "gone",
+        &[("follow", "true"), ("retry-timeout", "700")],
+    );
+    let (ok, _) = f.wait(Duration::from_secs(20), |o| !o.is_empty());
+    assert!(ok);
+    srv.kill();
+    let t = Instant::now();
+    let (_, messages) = f.wait(Duration::from_secs(20), |_| false);
+    let took = t.elapsed();
+    let _ = f.stop();
+    let _ = w.finish();
+    let errs = errors(&messages);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].contains("retry-timeout"), "{errs:?}");
+    assert!(
+        errs[0].contains(&srv.addr().to_string()),
+        "the error names the server: {errs:?}"
+    );
+    assert!(
+        took < Duration::from_secs(15),
+        "gave up only after {took:?}"
+    );
+}

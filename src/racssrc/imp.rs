@@ -156,7 +156,7 @@ impl Settings {
         }
         if self.live_edge && (start.is_some() || relative) {
             return Err(
-                "live-edge=true starts at the stream's end as it is when racssrc starts: leave                  start, start-offset and duration unset (stop may be given)"
+                "live-edge=true starts at the stream's end as it is when racssrc starts: leave start, start-offset and duration unset (stop may be given)"
                     .into(),
             );
         }
@@ -844,7 +844,7 @@ impl ObjectImpl for RacsSrc {
                 glib::ParamSpecUInt::builder("poll-interval")
                     .nick("Poll interval")
                     .blurb(
-                        "Follow mode: milliseconds between two requests for the stream's size once                          the next block is due (before that it waits until the block is due by                          the stream's timeline, at most one block); part of the latency reported",
+                        "Follow mode: milliseconds between two requests for the stream's size once the next block is due (before that it waits until the block is due by the stream's timeline, at most one block); part of the latency reported",
                     )
                     .minimum(MIN_POLL_INTERVAL_MS)
                     .maximum(60_000)
@@ -1321,7 +1321,7 @@ impl PushSrcImpl for RacsSrc {
                         self,
                         gst::ResourceError::Read,
                         (
-                            "racssrc is {} ms behind the stream's live edge (stored audio not                              delivered yet); catch-up=keep delivers all of it, late",
+                            "racssrc is {} ms behind the stream's live edge (stored audio not delivered yet); catch-up=keep delivers all of it, late",
                             behind.as_millis()
                         )
                     );
@@ -1340,7 +1340,7 @@ impl PushSrcImpl for RacsSrc {
                         self,
                         gst::ResourceError::Read,
                         (
-                            "racssrc fell behind the stream's live edge and went on from it                              (catch-up=drop): {:.3} s of audio from {} left out",
+                            "racssrc fell behind the stream's live edge and went on from it (catch-up=drop): {:.3} s of audio from {} left out",
                             left_out.as_secs_f64(),
                             crate::client::reader::format_unix_ns(unix_ns)
                         )

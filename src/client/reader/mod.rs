@@ -106,9 +106,9 @@ pub struct ReaderConfig {
     pub follow: bool,
     /// Bound on every request and connect.
     pub timeout: Duration,
-    /// How often follow mode asks for the stream's size once a block is due (at least
-    /// [`MIN_POLL_INTERVAL`]). Until then it waits for the time the next block is due, from the
-    /// writer's block size and the stream's wall-clock timeline, but never longer than one block.
+    /// How often follow mode asks for the stream's size once a block is overdue (at least
+    /// [`MIN_POLL_INTERVAL`]). Until then, when the writer's block size and timeline are known,
+    /// it waits for the time the next block is due, but never longer than one block.
     pub poll_interval: Duration,
     /// Pause before asking again when the newest blocks are not all visible yet.
     pub retry_delay: Duration,
@@ -501,6 +501,82 @@ impl RangeReader {
         )
     }
 
+    /// Follow mode, the block at the cursor missed: the blocks read one by one from the
+    /// in-memory table (the trailing single-block runs) are filed, once that table is handed
+    /// over, under the name of its first block, and so is a block that was still in it. Finds
+    /// that table among them: the newest single whose key `k` gives a non-empty `Q(k, kcur)`
+    /// (the tables named in `[k, kcur]` hold none of this stream's blocks but those singles and
+    /// the cursor's) and names a table of its own (`Q(k, k)` holds it). Reading goes on from
+    /// that table's start, as for a table left open; its run is checked as any other.
+    async fn reach_back(&mut self) -> Result<bool, ReadError> {
+        let Some(cur) = self.cursor.filter(|c| c.unc == 0) else {
+            return Ok(false);
+        };
+        if self.open_table.is_some() {
+            return Ok(false);
+        }
+        let mut singles: Vec<known::Run> = self
+            .known
+            .runs()
+            .rev()
+            .take_while(|r| r.kind == known::Kind::Single)
+            .copied()
+            .collect();
+        singles.reverse();
+        if singles.is_empty() {
+            return Ok(false);
+        }
+        let kcur = self.key(cur.off);
+        // Q(k_i, kcur) is non-empty for the singles up to the table's first block, empty
+        // after: gallop back from the newest (the table is at most a few tables back, and a
+        // request reaching further back returns all of that), then halve.
+        let n = singles.len();
+        let mut hi = n;
+        let mut step = 1;
+        let mut lo = loop {
+            let i = n.saturating_sub(step);
+            let found = !self.q(singles[i].first_key, kcur).await?.is_empty();
+            self.stats.fallbacks += 1;
+            if found {
+                break i;
+            }
+            if i == 0 || step >= 4096 {
+                return Ok(false);
+            }
+            hi = i;
+            step *= 2;
+        };
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            let found = !self.q(singles[mid].first_key, kcur).await?.is_empty();
+            self.stats.fallbacks += 1;
+            if found {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        let i = lo;
+        let r = singles[i];
+        let own = self.q(r.first_key, r.first_key).await?;
+        self.stats.fallbacks += 1;
+        if own.is_empty() {
+            return Ok(false);
+        }
+        trace!(
+            "follow: the cursor's block may be in the table named {} from {}",
+            r.first_key - self.ref_ms,
+            r.start
+        );
+        self.open_table = Some(OpenTable {
+            name: r.first_key,
+            start: r.start,
+            first_key: r.first_key,
+            kind: known::Kind::Head,
+        });
+        Ok(true)
+    }
+
     /// What polls learned of the writer's timing, for a reader of the same stream that
     /// replaces `old`.
     fn inherit_timing(&mut self, old: &RangeReader) {
@@ -747,7 +823,12 @@ impl RangeReader {
         if ahead <= 0 {
             return p;
         }
-        (Duration::from_nanos(ahead.min(block_ns) as u64) + DUE_MARGIN).max(MIN_POLL_INTERVAL)
+        // Polled as each block lands, even when blocks are shorter than the poll interval: a
+        // follower that leaves the newest block unread when the server hands its table over
+        // finds it only in the table's file (hidden while written, and a descriptor the real
+        // server never closes).
+        let wait = ahead.min(block_ns);
+        (Duration::from_nanos(wait as u64) + DUE_MARGIN).max(MIN_POLL_INTERVAL)
     }
 
     async fn pause(&mut self, d: Duration) {
@@ -846,6 +927,11 @@ impl RangeReader {
                 steps::Step::Retry(why) => {
                     self.misses += 1;
                     self.stats.retries += 1;
+                    if self.cfg.follow && self.misses.is_multiple_of(4) && self.reach_back().await?
+                    {
+                        self.misses = 0;
+                        continue;
+                    }
                     if self.cfg.follow
                         && self.relocated != Some(self.next_out)
                         && self.cfg.retry_delay * self.misses >= self.cfg.hidden_window
