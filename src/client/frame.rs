@@ -45,6 +45,17 @@ pub struct StreamFormat {
     pub bit_depth: u16,
 }
 
+/// Nanoseconds of `frames` sample frames at `rate`, rounded down, so that spans computed from
+/// running frame counts join without gaps or overlaps.
+pub fn frames_to_ns(frames: u64, rate: u32) -> u64 {
+    (u128::from(frames) * 1_000_000_000 / u128::from(rate.max(1))) as u64
+}
+
+/// Sample frames at `rate` in `ns`, rounded to the nearest frame.
+pub fn ns_to_frames(ns: u64, rate: u32) -> u64 {
+    ((u128::from(ns) * u128::from(rate) + 500_000_000) / 1_000_000_000) as u64
+}
+
 impl StreamFormat {
     /// A format the plugin can write and read: 16 or 24-bit, at least one channel and 1 Hz.
     pub fn new(sample_rate: u32, channels: u16, bit_depth: u16) -> Result<Self> {
@@ -72,6 +83,16 @@ impl StreamFormat {
 
     pub fn bytes_per_second(&self) -> u64 {
         u64::from(self.sample_rate) * self.bytes_per_frame() as u64
+    }
+
+    /// Nanoseconds of `frames` sample frames; see [`frames_to_ns`].
+    pub fn frames_to_ns(&self, frames: u64) -> u64 {
+        frames_to_ns(frames, self.sample_rate)
+    }
+
+    /// Sample frames in `ns`; see [`ns_to_frames`].
+    pub fn ns_to_frames(&self, ns: u64) -> u64 {
+        ns_to_frames(ns, self.sample_rate)
     }
 
     /// The largest whole number of sample frames that fits in `wanted` bytes and in one frame.

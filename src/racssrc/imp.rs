@@ -17,6 +17,7 @@ use gst_base::subclass::prelude::*;
 
 use super::narrow::{narrow_to_s16le, narrow_to_s24le};
 use super::{CatchUp, HolePolicy};
+use crate::client::frame::{frames_to_ns, ns_to_frames};
 use crate::client::reader::{
     unix_now_ns, Bound, FollowConfig, Followed, Follower, Piece, RangeReader, ReadError,
     ReaderConfig, ReaderStats,
@@ -437,14 +438,6 @@ impl ObjectSubclass for RacsSrc {
     type Type = super::RacsSrc;
     type ParentType = gst_base::PushSrc;
     type Interfaces = (gst::URIHandler,);
-}
-
-fn ns_to_frames(ns: u64, rate: u32) -> u64 {
-    ((u128::from(ns) * u128::from(rate) + 500_000_000) / 1_000_000_000) as u64
-}
-
-fn frames_to_ns(frames: u64, rate: u32) -> u64 {
-    (u128::from(frames) * 1_000_000_000 / u128::from(rate)) as u64
 }
 
 impl RacsSrc {

@@ -80,12 +80,12 @@ impl Timeline {
 
     /// Nanoseconds of `frames` sample frames, rounded down.
     pub fn frames_to_ns(&self, frames: u64) -> u64 {
-        (u128::from(frames) * 1_000_000_000 / u128::from(self.rate)) as u64
+        crate::client::frame::frames_to_ns(frames, self.rate)
     }
 
     /// Sample frames in `ns`, rounded to the nearest frame.
     pub fn ns_to_frames(&self, ns: u64) -> u64 {
-        ((u128::from(ns) * u128::from(self.rate) + 500_000_000) / 1_000_000_000) as u64
+        crate::client::frame::ns_to_frames(ns, self.rate)
     }
 
     /// The wall-clock time (ns since the Unix epoch) of the sample frame at `offset` of an
