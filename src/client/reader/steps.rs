@@ -124,9 +124,28 @@ impl RangeReader {
     /// Puts the cursor at a block boundary at or before the first wanted byte.
     pub(super) async fn locate(&mut self) -> Result<(), ReadError> {
         let target = self.next_out;
+        // Starting again inside what was read (a follower that lost its place): the newest
+        // table run read before, at or before the target, starts at an offset that is known.
+        let again = self
+            .known
+            .runs()
+            .rev()
+            .find(|r| r.kind == Kind::Head && r.start <= target)
+            .copied();
         self.open_table = None;
         self.singles = false;
         self.misses = 0;
+        if let Some(r) = again.filter(|_| self.cursor.is_some_and(|c| c.unc == 0)) {
+            self.keyframe_at((
+                Cursor {
+                    off: r.start,
+                    unc: 0,
+                },
+                r.name,
+                r.first_key,
+            ));
+            return Ok(());
+        }
         let near_start = target / self.tl.bpf
             <= u64::from(self.format.sample_rate) * self.page_ms() as u64 / 1000;
         if target == 0 || near_start {
