@@ -984,6 +984,9 @@ impl URIHandlerImpl for RacsSrc {
         if s.follow {
             query.push("follow=true".into());
         }
+        if s.live_edge {
+            query.push("live-edge=true".into());
+        }
         if !query.is_empty() {
             uri.push('?');
             uri.push_str(&query.join("&"));

@@ -1360,6 +1360,7 @@ impl Follower {
                     if std::time::Instant::now() >= deadline {
                         return Err(e);
                     }
+                    self.reader.pause(pause).await;
                     continue;
                 }
                 Err(e) => return Err(e),
