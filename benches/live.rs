@@ -165,14 +165,13 @@ fn run(host: &str, port: u16, chunk: u32, seconds: u64) -> Run {
                     return gst::PadProbeReturn::Ok;
                 };
                 let map = buffer.map_readable().unwrap();
-                for (i, fr) in map.chunks_exact(4).enumerate() {
+                for fr in map.chunks_exact(4) {
                     let v = i16::from_le_bytes([fr[0], fr[1]]);
                     if v >= 1000 {
                         let frame = (v as u64 - 1000) * PERIOD;
                         // The marker's sample was due when the writer's clock reached it; its
                         // buffer is pushed 5 ms later at the latest, like a capture source.
                         let due = t0 + Duration::from_nanos(frame * 1_000_000_000 / RATE);
-                        let _ = i;
                         latencies
                             .lock()
                             .unwrap()

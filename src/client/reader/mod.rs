@@ -501,12 +501,13 @@ impl RangeReader {
         )
     }
 
-    /// Follow mode, the block at the cursor missed: the blocks read one by one from the
-    /// in-memory table (the trailing single-block runs) are filed, once that table is handed
+    /// Follow mode, the block at the cursor missed: the blocks read from the in-memory table
+    /// (the trailing runs that start at their own key) are filed, once that table is handed
     /// over, under the name of its first block, and so is a block that was still in it. Finds
-    /// that table among them: the newest single whose key `k` gives a non-empty `Q(k, kcur)`
-    /// (the tables named in `[k, kcur]` hold none of this stream's blocks but those singles and
-    /// the cursor's) and names a table of its own (`Q(k, k)` holds it). Reading goes on from
+    /// that table among them: the newest run whose first key `k` gives a non-empty `Q(k, kcur)`
+    /// (the tables named in `[k, kcur]` hold none of this stream's blocks but those runs' and
+    /// the cursor's), holding more than those runs, and naming a table of its own (`Q(k, k)`
+    /// holds its block). Reading goes on from
     /// that table's start, as for a table left open; its run is checked as any other.
     async fn reach_back(&mut self) -> Result<bool, ReadError> {
         let Some(cur) = self.cursor.filter(|c| c.unc == 0) else {
@@ -519,7 +520,12 @@ impl RangeReader {
             .known
             .runs()
             .rev()
-            .take_while(|r| r.kind == known::Kind::Single)
+            // Runs read from a table's first block on (one block of the in-memory table, or
+            // several); a table named before its blocks or after them ends the search.
+            .take_while(|r| {
+                r.kind == known::Kind::Single
+                    || (r.kind == known::Kind::Head && r.name == r.first_key)
+            })
             .copied()
             .collect();
         singles.reverse();
@@ -533,11 +539,14 @@ impl RangeReader {
         let n = singles.len();
         let mut hi = n;
         let mut step = 1;
+        // Stream bytes of the last non-empty answer, Q(k_lo, kcur).
+        let mut lo_len;
         let mut lo = loop {
             let i = n.saturating_sub(step);
-            let found = !self.q(singles[i].first_key, kcur).await?.is_empty();
+            let len = self.qlen(singles[i].first_key, kcur).await?;
             self.stats.fallbacks += 1;
-            if found {
+            if len > 0 {
+                lo_len = len;
                 break i;
             }
             if i == 0 || step >= 4096 {
@@ -548,15 +557,22 @@ impl RangeReader {
         };
         while hi - lo > 1 {
             let mid = lo + (hi - lo) / 2;
-            let found = !self.q(singles[mid].first_key, kcur).await?.is_empty();
+            let len = self.qlen(singles[mid].first_key, kcur).await?;
             self.stats.fallbacks += 1;
-            if found {
+            if len > 0 {
                 lo = mid;
+                lo_len = len;
             } else {
                 hi = mid;
             }
         }
         let i = lo;
+        // The table holds the cursor's block only if the answer holds more than the singles
+        // read from it (otherwise the newest table is still hidden, and this is the one before).
+        let known: u64 = singles[i..].iter().map(|r| r.len).sum();
+        if lo_len <= known {
+            return Ok(false);
+        }
         let r = singles[i];
         let own = self.q(r.first_key, r.first_key).await?;
         self.stats.fallbacks += 1;
@@ -927,7 +943,9 @@ impl RangeReader {
                 steps::Step::Retry(why) => {
                     self.misses += 1;
                     self.stats.retries += 1;
-                    if self.cfg.follow && self.misses.is_multiple_of(4) && self.reach_back().await?
+                    if self.cfg.follow
+                        && (self.misses <= 2 || self.misses.is_multiple_of(4))
+                        && self.reach_back().await?
                     {
                         self.misses = 0;
                         continue;
@@ -1332,6 +1350,7 @@ impl Follower {
                     if std::time::Instant::now() >= deadline {
                         return Err(e);
                     }
+                    self.reader.pause(pause).await;
                     continue;
                 }
                 Err(e) => return Err(e),
