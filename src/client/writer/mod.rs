@@ -1561,7 +1561,15 @@ impl StreamWriter {
         v
     }
 
+    /// Takes back a frame's buffer once nothing needs its bytes: it becomes the buffer the
+    /// next frame is gathered in when there is none yet (so a writer whose frames are
+    /// acknowledged before the next bytes arrive owns one buffer, not two), else a spare.
     fn recycle(&mut self, mut v: Vec<u8>) {
+        if self.held.capacity() == 0 && v.capacity() >= self.chunk {
+            v.clear();
+            self.held = v;
+            return;
+        }
         if self.spare.len() < 4 && v.capacity() <= 2 * MAX_BLOCK_BYTES {
             v.clear();
             self.spare.push(v);
@@ -1687,6 +1695,9 @@ impl StreamWriter {
             if self.held.is_empty() {
                 self.held_input = self.input;
                 self.held_capture = self.capture_of(self.input);
+                if self.held.capacity() == 0 {
+                    self.held = self.take_buffer();
+                }
             }
             let take = (self.chunk - self.held.len()).min(pcm.len());
             self.held.extend_from_slice(&pcm[..take]);
@@ -1705,8 +1716,9 @@ impl StreamWriter {
 
     /// Moves what is held into the queue as one frame.
     fn queue_held(&mut self) {
-        let mut data = self.take_buffer();
-        std::mem::swap(&mut data, &mut self.held);
+        // The buffer moves into the frame (and with it to the replay window): no copy. The
+        // next frame's buffer is taken when its first bytes arrive, by then often this one.
+        let data = std::mem::take(&mut self.held);
         self.queue.push_back(OutFrame {
             data,
             capture_us: self.held_capture,
