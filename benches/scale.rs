@@ -478,10 +478,10 @@ fn run_child(run: Run, target: &Target) {
             }
         };
         let mut sized_ok = 0;
-        for i in 0..run.n {
+        for (i, &want) in stream_bytes.iter().enumerate() {
             let id = format!("scale-{tag}-{i}");
             match block_on(&canceller, conn.info(&id, InfoAttr::Size)) {
-                Ok(size) if size.unwrap_or(0) as u64 == stream_bytes[i] => sized_ok += 1,
+                Ok(size) if size.unwrap_or(0) as u64 == want => sized_ok += 1,
                 Ok(size) if wrong.len() < 5 => wrong.push(format!("{id}: {size:?}")),
                 Ok(_) => {}
                 Err(e) => {
