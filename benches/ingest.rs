@@ -373,6 +373,12 @@ fn through_racssink(
     seconds: usize,
     buffers: &[gst::Buffer],
 ) -> u64 {
+    through_sink(Some((host, port, id)), seconds, buffers)
+}
+
+/// `appsrc ! racssink` (with a server), or `appsrc ! fakesink` (`None`: the same pipeline's
+/// cost without the element, the floor for the racssink contenders).
+fn through_sink(server: Option<(&str, u16, &str)>, seconds: usize, buffers: &[gst::Buffer]) -> u64 {
     let caps = bench_caps();
     let pipeline = gst::Pipeline::new();
     let src = gst::ElementFactory::make("appsrc")
@@ -382,7 +388,13 @@ fn through_racssink(
         .property("max-bytes", 1u64 << 20)
         .build()
         .unwrap();
-    let sink = make_racssink(host, port, id);
+    let sink = match server {
+        Some((host, port, id)) => make_racssink(host, port, id),
+        None => gst::ElementFactory::make("fakesink")
+            .property("sync", false)
+            .build()
+            .unwrap(),
+    };
     pipeline.add_many([&src, &sink]).unwrap();
     src.link(&sink).unwrap();
     pipeline.set_state(gst::State::Playing).unwrap();
@@ -401,9 +413,43 @@ fn through_racssink(
         i += 1;
     }
     let _ = src.emit_by_name::<gst::FlowReturn>("end-of-stream", &[]);
+    if server.is_none() {
+        wait_eos(&pipeline);
+        return pushed as u64;
+    }
     let acked = finish(&pipeline, &sink);
     assert_eq!(acked, pushed as u64, "every byte acknowledged");
     acked
+}
+
+/// Waits for EOS of a pipeline without racssink and stops it.
+fn wait_eos(pipeline: &gst::Pipeline) {
+    let msg = pipeline
+        .bus()
+        .unwrap()
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(600),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
+        .expect("EOS within 10 minutes");
+    if let gst::MessageView::Error(e) = msg.view() {
+        panic!("pipeline failed: {} ({:?})", e.error(), e.debug());
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+}
+
+/// `filesrc ! wavparse ! fakesink`: the file contender's pipeline without racssink.
+fn file_into_fakesink(wav: &std::path::Path) -> u64 {
+    let pipeline = gst::parse::launch(&format!(
+        "filesrc location={} ! wavparse ! fakesink sync=false",
+        wav.display()
+    ))
+    .expect("the file pipeline")
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    wait_eos(&pipeline);
+    std::fs::metadata(wav).map_or(0, |m| m.len().saturating_sub(44))
 }
 
 /// A WAV file of `seconds` of the pattern, for the file-transcoding contender.
@@ -446,7 +492,7 @@ fn file_into_racssink(host: &str, port: u16, id: &str, wav: &std::path::Path) ->
 }
 
 /// The contenders, in the order they run in the first round.
-const NAMES: [&str; 7] = [
+const NAMES: [&str; 10] = [
     "bare client (blocking socket, same frames)",
     "library client (Connection under block_on)",
     "appsrc ! racssink, 4096 byte buffers",
@@ -454,8 +500,13 @@ const NAMES: [&str; 7] = [
     "racssink alone, 32768 byte buffers",
     "filesrc ! wavparse ! racssink (WAV on tmpfs)",
     "library client, I/O on the runtime's threads",
+    "appsrc ! fakesink, 4096 byte buffers",
+    "appsrc ! fakesink, 32768 byte buffers",
+    "filesrc ! wavparse ! fakesink",
 ];
-const RUN_ORDER: [usize; 7] = [2, 3, 4, 5, 6, 1, 0];
+/// The fakesink pipelines: no server, the floor of the racssink contenders of the same shape.
+const BASELINES: [usize; 3] = [7, 8, 9];
+const RUN_ORDER: [usize; 10] = [2, 3, 4, 5, 6, 1, 0, 7, 8, 9];
 
 fn main() {
     gst::init().unwrap();
@@ -529,7 +580,10 @@ fn main() {
         // fresh server (unless one is given).
         let mut best: Vec<Option<Figures>> = (0..NAMES.len()).map(|_| None).collect();
         let wav = std::path::Path::new(&data_root).join(format!("racs-bench-{tag}.wav"));
-        if only.as_ref().is_none_or(|o| o.contains(&5)) {
+        if only
+            .as_ref()
+            .is_none_or(|o| o.contains(&5) || o.contains(&9))
+        {
             write_wav(&wav, seconds, &pattern);
         }
         for round in 0..rounds {
@@ -537,7 +591,7 @@ fn main() {
             // data is slower), and the order rotates from round to round.
             for k in 0..RUN_ORDER.len() {
                 let which = RUN_ORDER[(k + round) % RUN_ORDER.len()];
-                // RACS_BENCH_ONLY=1,6 runs those contenders (0..6); the others report 0.
+                // RACS_BENCH_ONLY=1,6 runs those contenders (0..9); the others report 0.
                 if only.as_ref().is_some_and(|o| !o.contains(&which)) {
                     best[which].get_or_insert(Figures::none());
                     continue;
@@ -556,7 +610,9 @@ fn main() {
                             }
                             4 => into_racssink_pad(&host, port, &id, seconds, &buffer_sets[1]),
                             5 => file_into_racssink(&host, port, &id, &wav),
-                            _ => runtime_client(&addr, &id, seconds, &pattern),
+                            6 => runtime_client(&addr, &id, seconds, &pattern),
+                            7 | 8 => through_sink(None, seconds, &buffer_sets[which - 7]),
+                            _ => file_into_fakesink(&wav),
                         })
                     }));
                     drop(srv);
@@ -599,7 +655,10 @@ fn main() {
                 f.cpu_per_audio_hour(),
             );
         }
-        for (name, f) in NAMES.iter().zip(&best).skip(1) {
+        for (i, (name, f)) in NAMES.iter().zip(&best).enumerate().skip(1) {
+            if BASELINES.contains(&i) {
+                continue;
+            }
             println!(
                 "  ratio {name:<46} / bare: {:.3}{}",
                 f.mb_per_s() / best[0].mb_per_s(),
@@ -608,6 +667,30 @@ fn main() {
                 } else {
                     ""
                 }
+            );
+        }
+        // What the element adds to the same pipeline with a fakesink, per buffer: the wall
+        // time (one streaming thread, frames acknowledged in between) and the CPU.
+        for (sink, base, size) in [(2, 7, BUFFER_BYTES), (3, 8, CHUNK), (5, 9, 0)] {
+            let (r, b) = (&best[sink], &best[base]);
+            if r.bytes == 0 || b.bytes == 0 {
+                continue;
+            }
+            let per = |f: &Figures| {
+                if size == 0 {
+                    f.bytes as f64 / 1e6
+                } else {
+                    (f.bytes / size as u64) as f64
+                }
+            };
+            println!(
+                "  {:<46} {:>7.2} us per buffer wall ({:.2} with fakesink), CPU {:.2} vs {:.2} s per audio hour{}",
+                NAMES[sink],
+                r.wall.as_secs_f64() * 1e6 / per(r),
+                b.wall.as_secs_f64() * 1e6 / per(b),
+                r.cpu_per_audio_hour(),
+                b.cpu_per_audio_hour(),
+                if size == 0 { " (per MB, not per buffer)" } else { "" }
             );
         }
         println!(

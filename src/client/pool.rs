@@ -224,6 +224,11 @@ impl Pool {
         self.state.lock().unwrap().size
     }
 
+    /// Whether a connection could be checked out now without waiting (a slot is free).
+    pub fn has_free_slot(&self) -> bool {
+        self.permits.available_permits() > 0
+    }
+
     /// Connections open and waiting to be checked out.
     pub fn idle(&self) -> usize {
         self.state.lock().unwrap().idle.len()

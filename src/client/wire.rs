@@ -234,6 +234,9 @@ pub struct Connection {
     /// The last reply's body, kept for the next one.
     body: Vec<u8>,
     broken: bool,
+    /// A frame sent with [`start_frame`](Connection::start_frame) whose reply is still to be
+    /// read, and when its time is up.
+    pending: Option<std::time::Instant>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -275,6 +278,7 @@ impl Connection {
             out: Vec::with_capacity(256),
             body: Vec::new(),
             broken: false,
+            pending: None,
         })
     }
 
@@ -707,6 +711,102 @@ impl Connection {
         }
     }
 
+    /// Sends one frame of PCM on the calling thread and returns without waiting for its
+    /// reply; [`finish_frame`](Connection::finish_frame) reads it. In between, the calling
+    /// thread can do other work (gather the next frame) while the server stores this one; the
+    /// connection stays in lock-step: no other request goes out before that reply is read, and
+    /// a connection dropped in between is not reused (it counts as broken until then).
+    ///
+    /// Only under [`block_on`](super::pool::block_on), which lets the calling thread drive the
+    /// socket; elsewhere it fails without sending anything. As in `send_frame`, the PCM is not
+    /// copied: prefix and header go out with it in one `sendmsg`.
+    pub fn start_frame(&mut self, session: &SessionId, stream_hash: u64, pcm: &[u8]) -> Result<()> {
+        let canceller = super::pool::direct_canceller().ok_or_else(|| Error::Io {
+            addr: self.addr.clone(),
+            reason: "a frame without waiting for its reply is sent only from a thread that \
+                     drives its own socket (block_on)"
+                .into(),
+        })?;
+        if self.broken {
+            return Err(Error::Io {
+                addr: self.addr.clone(),
+                reason: "the connection was already broken".into(),
+            });
+        }
+        let head = frame_head(session, stream_hash, pcm)?;
+        if self.body.capacity() > KEEP_BODY_BYTES {
+            self.body = Vec::new();
+        }
+        let sock = self.direct_socket()?;
+        if self.socket_timeout != Some(self.timeout) {
+            sock.set_read_timeout(Some(self.timeout).filter(|t| !t.is_zero()))
+                .and_then(|()| sock.set_write_timeout(Some(self.timeout).filter(|t| !t.is_zero())))
+                .map_err(|e| self.io_error(e))?;
+            self.socket_timeout = Some(self.timeout);
+        }
+        // Broken until the reply is read.
+        self.broken = true;
+        let deadline = std::time::Instant::now() + self.timeout;
+        let guard = canceller.guard_socket(&sock)?;
+        let sent = self.send_blocking(&sock, "a frame", Payload::Frame(&head, pcm));
+        drop(guard);
+        if canceller.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        sent?;
+        self.pending = Some(deadline);
+        Ok(())
+    }
+
+    /// Whether a frame sent with [`start_frame`](Connection::start_frame) awaits its reply.
+    pub fn frame_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Reads the reply to the frame sent with [`start_frame`](Connection::start_frame),
+    /// blocking the calling thread (under [`block_on`](super::pool::block_on); its canceller
+    /// ends the wait at once). Bounded by the connection's timeout from the send.
+    pub fn finish_frame(&mut self) -> Result<()> {
+        let Some(deadline) = self.pending.take() else {
+            return Err(Error::Io {
+                addr: self.addr.clone(),
+                reason: "no frame is waiting for its reply on this connection".into(),
+            });
+        };
+        let canceller = super::pool::direct_canceller().ok_or_else(|| Error::Io {
+            addr: self.addr.clone(),
+            reason: "a frame's reply is read only on a thread that drives its own socket \
+                     (block_on)"
+                .into(),
+        })?;
+        let Io::Direct(sock) = &self.io else {
+            return Err(Error::Io {
+                addr: self.addr.clone(),
+                reason: "the connection's socket was lost".into(),
+            });
+        };
+        let sock = sock.clone();
+        let guard = canceller.guard_socket(&sock)?;
+        let received = self.recv_blocking(&sock, "a frame", deadline);
+        drop(guard);
+        if canceller.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        self.broken = !matches!(received, Ok(false));
+        received?;
+        if self.body == NULL_REPLY {
+            return Ok(());
+        }
+        let reply = self.reply()?;
+        match self.value_of(reply)? {
+            Value::Null => Ok(()),
+            other => Err(Error::Protocol {
+                addr: self.addr.clone(),
+                reason: format!("unexpected reply {other:?} to a frame"),
+            }),
+        }
+    }
+
     pub async fn ping(&mut self) -> Result<()> {
         let cmd = Command::ping();
         match self.command(&cmd).await? {
@@ -986,6 +1086,33 @@ mod tests {
     }
 
     use super::super::pool::{block_on, runtime, Canceller};
+
+    fn null_reply() -> Vec<u8> {
+        [&(NULL_REPLY.len() as u64).to_le_bytes()[..], NULL_REPLY].concat()
+    }
+
+    #[test]
+    fn a_frame_sent_ahead_keeps_the_connection_in_lock_step_until_its_reply_is_read() {
+        let (addr, done, peer) = scripted_peer(vec![null_reply(), pong()]);
+        let c = Canceller::new();
+        let mut conn = connect_direct(&addr, &c);
+        let session = SessionId([7; 16]);
+        // Not on a thread that drives its own socket: refused, nothing sent.
+        let e = conn.start_frame(&session, 1, &[0u8; 64]).unwrap_err();
+        assert!(e.to_string().contains("block_on"), "{e}");
+        assert!(!conn.is_broken());
+        block_on(&c, async { conn.start_frame(&session, 1, &[0u8; 64]) }).unwrap();
+        assert!(conn.frame_pending() && conn.is_broken());
+        // No other request goes out before the reply is read.
+        assert!(block_on(&c, conn.ping()).is_err());
+        block_on(&c, async { conn.finish_frame() }).unwrap();
+        assert!(!conn.frame_pending() && !conn.is_broken());
+        block_on(&c, conn.ping()).unwrap();
+        // No frame waits: an error, not a read of someone else's reply.
+        assert!(block_on(&c, async { conn.finish_frame() }).is_err());
+        done.send(()).unwrap();
+        peer.join().unwrap();
+    }
 
     #[test]
     fn a_connection_moves_between_the_calling_thread_and_the_runtime() {

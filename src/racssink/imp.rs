@@ -803,8 +803,11 @@ impl RacsSink {
                 state.gap_policy = settings.gap_policy;
                 state.recovery_policy = settings.recovery_policy;
                 let mut w = self.new_writer(&settings, id)?;
-                if let Upstream::Settled { policy, .. } = state.upstream {
+                if let Upstream::Settled { policy, live, .. } = state.upstream {
                     w.set_policy(policy);
+                    // Back to back from a non-live source: each frame's acknowledgement is
+                    // collected while the next one is gathered.
+                    w.set_pipelined(!live);
                 }
                 *self.current_id.lock().unwrap() = Some(id.to_string());
                 w
@@ -955,6 +958,7 @@ impl RacsSink {
         );
         if let Some(w) = state.writer.as_mut() {
             w.set_policy(policy);
+            w.set_pipelined(!live);
             *self.recovery.lock().unwrap() = (policy, w.replay_window_bytes());
             gst::info!(
                 CAT,
@@ -1037,6 +1041,16 @@ impl RacsSink {
         format: StreamFormat,
         t_ns: i128,
     ) -> Result<bool, WriteError> {
+        if state.rotation.is_none() {
+            // The common case, per buffer and without allocating: one stream, open.
+            if let Some(w) = state.writer.as_ref().filter(|w| w.is_open()) {
+                let settings = self.settings.lock().unwrap();
+                let want = settings.stream_id.as_deref().unwrap_or_default();
+                if state.period.as_deref().unwrap_or(w.stream_id()) == want {
+                    return Ok(false);
+                }
+            }
+        }
         let t_ms = t_ns.div_euclid(1_000_000) as i64;
         let want = match &state.rotation {
             Some(r) => r.name_at(t_ms),

@@ -909,6 +909,41 @@ impl Ctx<'_> {
         Ok(Delivery::Acked { rtt, ref_ms })
     }
 
+    /// Sends `frame` (not in doubt) without waiting for its reply: the connection it went out
+    /// on, to [`collect`](Ctx::collect) the reply from.
+    async fn start(&self, frame: &[u8], sent: &Cell<bool>) -> Result<PooledConnection, WriteError> {
+        let mut conn = self.pool.checkout(self.timeout).await?;
+        self.count_send(frame.len());
+        sent.set(true);
+        conn.start_frame(self.session, self.hash, frame)?;
+        Ok(conn)
+    }
+
+    /// The reply to a frame sent with [`start`](Ctx::start), as [`deliver`](Ctx::deliver)
+    /// reads it.
+    async fn collect(
+        &self,
+        conn: &mut PooledConnection,
+        sent_at: Instant,
+        sent: &Cell<bool>,
+    ) -> Result<Delivery, WriteError> {
+        match conn.finish_frame() {
+            Ok(()) => Ok(Delivery::Acked {
+                rtt: sent_at.elapsed(),
+                ref_ms: None,
+            }),
+            Err(e) if refused(&e, Refusal::InUse) => {
+                sent.set(false);
+                match conn.open(self.id).await {
+                    Ok(()) => Ok(Delivery::Reopened),
+                    Err(e) if refused(&e, Refusal::AlreadyOpen) => Err(self.taken_over()),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Bytes of this stream EXTRACT returns for `[from, to]`, in the stream's sample width.
     async fn visible(
         &self,
@@ -1223,7 +1258,37 @@ pub struct StreamWriter {
     phase: Phase,
     stats: Arc<Mutex<WriterStats>>,
     observer: Option<Box<dyn FnMut(WriterEvent) + Send>>,
+    /// The last frame of a write may go out without waiting for its acknowledgement, which
+    /// the next call collects (see [`StreamWriter::set_pipelined`]).
+    pipelined: bool,
+    /// The queue's front frame, sent on this connection, its reply not read yet.
+    in_flight: Option<InFlight>,
+    /// Frames acknowledged back to back since the start or the last failure, and when the
+    /// last one was: a frame goes ahead only in a long back-to-back run.
+    streak: u32,
+    last_ack: Option<Instant>,
+    /// The streak a frame needs to go ahead ([`AHEAD_AFTER_FRAMES`]; lower in tests).
+    ahead_after: u32,
+    /// Frames sent ahead so far.
+    sent_ahead: u64,
 }
+
+/// A frame sent without waiting for its reply: the connection it went out on (held, in
+/// lock-step, until the reply is read) and when it was sent.
+#[derive(Debug)]
+struct InFlight {
+    conn: PooledConnection,
+    sent_at: Instant,
+}
+
+/// How long a frame sent ahead may keep its connection before a call that completes no
+/// frame collects its acknowledgement anyway (so a pooled connection is not held while
+/// upstream is slow).
+const IN_FLIGHT_HOLD: Duration = Duration::from_millis(2);
+/// Frames acknowledged back to back (each completed within [`IN_FLIGHT_HOLD`] of the previous
+/// acknowledgement) before frames go ahead: a short burst gains nothing from it, and what its
+/// writes return stays acknowledged.
+const AHEAD_AFTER_FRAMES: u32 = 32;
 
 impl std::fmt::Debug for StreamWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -1281,6 +1346,12 @@ impl StreamWriter {
             phase: Phase::Closed,
             stats,
             observer: None,
+            pipelined: false,
+            in_flight: None,
+            streak: 0,
+            last_ack: None,
+            ahead_after: AHEAD_AFTER_FRAMES,
+            sent_ahead: 0,
         })
     }
 
@@ -1297,6 +1368,29 @@ impl StreamWriter {
 
     pub fn policy(&self) -> RecoveryPolicy {
         self.config.policy
+    }
+
+    /// With `true`, a write that completes a frame sends it and returns without waiting for
+    /// the server's acknowledgement; the next call collects it (before it sends anything else,
+    /// so the connection stays in lock-step), which overlaps the server's work on one frame
+    /// with the caller gathering the next. Meant for a caller that writes back to back (a
+    /// non-live source): the frame's connection stays checked out until the next call, at
+    /// most [`IN_FLIGHT_HOLD`] after the send when that call completes no frame. Only under
+    /// keep-audio, only when the pool has another free connection at the send, and never for
+    /// a frame in doubt, a replay or the first frame of a timeline (those wait as before).
+    /// Nothing changes in what is stored or reported: a frame is acknowledged (ledger, replay
+    /// window, stats) only once its reply is read, and a reply that does not come is handled
+    /// as any lost reply.
+    pub fn set_pipelined(&mut self, pipelined: bool) {
+        self.pipelined = pipelined;
+    }
+
+    /// Collects the acknowledgement of a frame sent ahead, if any (blocking for it).
+    pub fn settle(&mut self) -> Result<(), WriteError> {
+        if self.in_flight.is_some() {
+            self.pump(true, false)?;
+        }
+        Ok(())
     }
 
     pub fn session(&self) -> SessionId {
@@ -1353,7 +1447,7 @@ impl StreamWriter {
         self.ensure_writable()?;
         if self.fresh && self.queue.is_empty() && self.held.is_empty() {
             self.push_bind();
-            self.pump(true)?;
+            self.pump(true, false)?;
         }
         Ok(())
     }
@@ -1467,7 +1561,15 @@ impl StreamWriter {
         v
     }
 
+    /// Takes back a frame's buffer once nothing needs its bytes: it becomes the buffer the
+    /// next frame is gathered in when there is none yet (so a writer whose frames are
+    /// acknowledged before the next bytes arrive owns one buffer, not two), else a spare.
     fn recycle(&mut self, mut v: Vec<u8>) {
+        if self.held.capacity() == 0 && v.capacity() >= self.chunk {
+            v.clear();
+            self.held = v;
+            return;
+        }
         if self.spare.len() < 4 && v.capacity() <= 2 * MAX_BLOCK_BYTES {
             v.clear();
             self.spare.push(v);
@@ -1555,15 +1657,24 @@ impl StreamWriter {
         if let Some(c) = capture_us {
             self.capture_base = Some((self.input, c));
         }
-        self.pump(true)
-            .map_err(|e| self.add_unstored(e, pcm.len()))?;
+        // A frame sent ahead is collected when the next one is ready, or once it held its
+        // connection too long; anything else queued (after a failure) goes out now.
+        let ahead_only = self.queue.len() == 1
+            && self
+                .in_flight
+                .as_ref()
+                .is_some_and(|f| f.sent_at.elapsed() < IN_FLIGHT_HOLD);
+        if !ahead_only {
+            self.pump(true, false)
+                .map_err(|e| self.add_unstored(e, pcm.len()))?;
+        }
         let mut pcm = pcm;
         if self.keep_time() && self.capture_base.is_some() {
             if self.fresh && self.queue.is_empty() {
                 // Start the server's timeline now, at the live edge, instead of at the arrival
                 // of the first full frame (a chunk later than its first sample).
                 self.push_bind();
-                self.pump(true)
+                self.pump(true, false)
                     .map_err(|e| self.add_unstored(e, pcm.len()))?;
             }
             let late = self.late_bytes(pcm.len() as u64);
@@ -1584,6 +1695,9 @@ impl StreamWriter {
             if self.held.is_empty() {
                 self.held_input = self.input;
                 self.held_capture = self.capture_of(self.input);
+                if self.held.capacity() == 0 {
+                    self.held = self.take_buffer();
+                }
             }
             let take = (self.chunk - self.held.len()).min(pcm.len());
             self.held.extend_from_slice(&pcm[..take]);
@@ -1591,7 +1705,9 @@ impl StreamWriter {
             pcm = &pcm[take..];
             if self.held.len() == self.chunk {
                 self.queue_held();
-                self.pump(true)
+                // The last frame of this write may go out ahead of its acknowledgement.
+                let ahead = self.pipelined && pcm.is_empty();
+                self.pump(true, ahead)
                     .map_err(|e| self.add_unstored(e, pcm.len()))?;
             }
         }
@@ -1600,8 +1716,9 @@ impl StreamWriter {
 
     /// Moves what is held into the queue as one frame.
     fn queue_held(&mut self) {
-        let mut data = self.take_buffer();
-        std::mem::swap(&mut data, &mut self.held);
+        // The buffer moves into the frame (and with it to the replay window): no copy. The
+        // next frame's buffer is taken when its first bytes arrive, by then often this one.
+        let data = std::mem::take(&mut self.held);
         self.queue.push_back(OutFrame {
             data,
             capture_us: self.held_capture,
@@ -1661,8 +1778,16 @@ impl StreamWriter {
     fn drop_unsent(&mut self, n: u64) -> u64 {
         let mut left = n;
         let bps = self.bps();
+        // A frame sent ahead is on its way: it cannot be dropped any more.
+        let first = usize::from(self.in_flight.is_some());
         while left > 0 {
-            let Some(i) = self.queue.iter().position(|f| f.kind == FrameKind::Audio) else {
+            let Some(i) = self
+                .queue
+                .iter()
+                .skip(first)
+                .position(|f| f.kind == FrameKind::Audio)
+                .map(|i| i + first)
+            else {
                 break;
             };
             let f = &mut self.queue[i];
@@ -1781,10 +1906,10 @@ impl StreamWriter {
             return Ok(());
         }
         self.flush_drops();
-        self.pump(retry)?;
+        self.pump(retry, false)?;
         if !self.held.is_empty() {
             self.queue_held();
-            self.pump(retry)?;
+            self.pump(retry, false)?;
         }
         // A CLOSE that finds the stream not open: the server forgot it since the last frame (a
         // restart, whose losses nothing else would reveal now). Reopen, establish the truth,
@@ -1809,7 +1934,7 @@ impl StreamWriter {
                 }
             }
             self.recover(&mut retrier)?;
-            self.pump(retry)?;
+            self.pump(retry, false)?;
         }
         if self.recovering {
             // Reopened with nothing left to send: the recovery is complete all the same.
@@ -1863,8 +1988,10 @@ impl StreamWriter {
         .map_err(WriteError::from)
     }
 
-    /// Sends the queued frames, reconnecting and recovering within the retry policy.
-    fn pump(&mut self, retry: bool) -> Result<(), WriteError> {
+    /// Sends the queued frames, reconnecting and recovering within the retry policy. A frame
+    /// sent ahead is collected first. With `ahead`, the last frame may be sent without
+    /// waiting for its reply (see [`set_pipelined`](Self::set_pipelined)).
+    fn pump(&mut self, retry: bool, ahead: bool) -> Result<(), WriteError> {
         let mut retrier = Retrier::new(if retry {
             self.config.retry_timeout
         } else {
@@ -1874,11 +2001,63 @@ impl StreamWriter {
             let want_ref = !self.ref_reported;
             let check = front.maybe_sent && front.kind != FrameKind::Bind;
             let sent = Cell::new(front.maybe_sent);
+            if let Some(flight) = self.in_flight.take() {
+                let result = self.collect(flight, &sent);
+                if let Some(front) = self.queue.front_mut() {
+                    front.maybe_sent = sent.get();
+                }
+                match result {
+                    Ok(Delivery::Acked { rtt, ref_ms }) => {
+                        self.ack_front(Some(rtt), ref_ms, retrier.failures > 0);
+                        retrier = retrier.restart();
+                    }
+                    Ok(Delivery::AlreadyStored { ref_ms }) => {
+                        self.ack_front(None, ref_ms, retrier.failures > 0);
+                        retrier = retrier.restart();
+                    }
+                    Ok(Delivery::Reopened) => self.recover(&mut retrier)?,
+                    Err(e) => self.on_failure(e, &mut retrier)?,
+                }
+                continue;
+            }
+            let send_ahead = ahead
+                && self.queue.len() == 1
+                && front.kind == FrameKind::Audio
+                && !check
+                && !want_ref
+                && !self.recovering
+                && !self.keep_time()
+                && retrier.failures == 0
+                && self.streak >= self.ahead_after
+                && self.last_ack.is_some_and(|t| t.elapsed() < IN_FLIGHT_HOLD)
+                && self.pool.has_free_slot();
             if let Some(ledger) = self.ledger.as_mut() {
                 ledger.note_sent(now_ms());
             }
             let ctx = self.ctx();
             let front = self.queue.front().expect("checked above");
+            if send_ahead {
+                let started = run(&self.canceller, async {
+                    ctx.start(&front.data, &sent).await
+                });
+                if let Some(front) = self.queue.front_mut() {
+                    front.maybe_sent = sent.get();
+                }
+                match started {
+                    Ok(conn) => {
+                        self.sent_ahead += 1;
+                        self.in_flight = Some(InFlight {
+                            conn,
+                            sent_at: Instant::now(),
+                        });
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        self.on_failure(e, &mut retrier)?;
+                        continue;
+                    }
+                }
+            }
             let result = run(&self.canceller, async {
                 ctx.deliver(&front.data, self.server_size, check, want_ref, &sent)
                     .await
@@ -1904,8 +2083,22 @@ impl StreamWriter {
         Ok(())
     }
 
+    /// Reads the acknowledgement of the frame sent ahead (the queue's front). Its connection is
+    /// dropped, not reused, if the wait does not end in a reply (a cancel, a timeout).
+    fn collect(&mut self, flight: InFlight, sent: &Cell<bool>) -> Result<Delivery, WriteError> {
+        let InFlight { mut conn, sent_at } = flight;
+        let ctx = self.ctx();
+        let result = run(&self.canceller, async {
+            ctx.collect(&mut conn, sent_at, sent).await
+        });
+        // A connection whose reply was not read is broken and goes back to no pool.
+        drop(conn);
+        result
+    }
+
     /// A failed try: retried within the budget, or the error that ends the run.
     fn on_failure(&mut self, e: WriteError, retrier: &mut Retrier) -> Result<(), WriteError> {
+        self.streak = 0;
         match e {
             WriteError::Cancelled => Err(WriteError::Cancelled),
             e if e.is_retryable() => {
@@ -1991,6 +2184,18 @@ impl StreamWriter {
         }
         self.server_size += len;
         self.fresh = false;
+        if len > 0 {
+            let now = Instant::now();
+            let back_to_back = self
+                .last_ack
+                .is_some_and(|t| now.duration_since(t) < IN_FLIGHT_HOLD);
+            self.streak = if back_to_back && !after_failures && !self.recovering {
+                self.streak.saturating_add(1)
+            } else {
+                0
+            };
+            self.last_ack = Some(now);
+        }
         if after_failures || self.recovering {
             self.recovering = false;
             self.emit(WriterEvent::Recovered);
@@ -2070,8 +2275,9 @@ impl StreamWriter {
     fn rechunk(&mut self) {
         let mut fresh: VecDeque<OutFrame> = VecDeque::new();
         let mut keep = VecDeque::new();
-        for f in self.queue.drain(..) {
-            if f.kind != FrameKind::Audio {
+        let sent_ahead = self.in_flight.is_some();
+        for (i, f) in self.queue.drain(..).enumerate() {
+            if f.kind != FrameKind::Audio || (i == 0 && sent_ahead) {
                 keep.push_back(f);
             } else {
                 fresh.push_back(f);
@@ -2804,7 +3010,7 @@ mod tests {
             seed ^= seed << 17;
             seed % n
         };
-        let (mut all_lost, mut all_replayed) = (0, 0);
+        let (mut all_lost, mut all_replayed, mut all_ahead) = (0, 0, 0);
         for round in 0..10 {
             let entries = 2 + rnd(10) as usize;
             let mut srv = racs_lite::TestServer::start_with(|c| c.entries = entries);
@@ -2830,10 +3036,22 @@ mod tests {
                 }
             });
             w.prepare(S16_MONO_8K).unwrap();
+            // Every other round sends each write's last frame ahead of its acknowledgement,
+            // in writes of a few samples as a streaming thread makes them, so that the faults
+            // also meet a frame whose reply is still on its way.
+            let ahead = round % 2 == 1;
+            w.set_pipelined(ahead);
+            w.ahead_after = 2;
             let mut fed = Vec::new();
             let mut feed = |w: &mut StreamWriter, n: usize, seed: u8| {
                 let data = pcm(n, seed);
-                w.write(&data).unwrap();
+                if ahead {
+                    for piece in data.chunks(112) {
+                        w.write(piece).unwrap();
+                    }
+                } else {
+                    w.write(&data).unwrap();
+                }
                 fed.extend_from_slice(&data);
             };
             feed(&mut w, 16 * (1 + rnd(600) as usize), round as u8);
@@ -2871,7 +3089,7 @@ mod tests {
             let st = w.stats();
             assert!(
                 got == want,
-                "round {round} (fault {fault}, {config:?}): {} bytes stored, {} expected; \
+                "round {round} (fault {fault}, ahead {ahead}, {config:?}): {} bytes stored, {} expected; \
                  losses {losses:?}; {st:?}",
                 got.len(),
                 want.len()
@@ -2889,10 +3107,12 @@ mod tests {
             }
             all_lost += lost;
             all_replayed += st.replayed_bytes;
+            all_ahead += w.sent_ahead;
+            assert!(ahead || w.sent_ahead == 0, "round {round}");
         }
         assert!(
-            all_lost > 0 && all_replayed > 0,
-            "{all_lost} {all_replayed}"
+            all_lost > 0 && all_replayed > 0 && all_ahead > 0,
+            "{all_lost} {all_replayed} {all_ahead}"
         );
     }
 
