@@ -69,7 +69,8 @@ pub use arith::{format_unix_ms, format_unix_ns, Timeline};
 
 /// Audio asked for per EXTRACT unless configured otherwise.
 pub const DEFAULT_PAGE_MS: u64 = 10_000;
-/// How often follow mode asks for the stream's size unless configured otherwise.
+/// How often follow mode asks for the stream's size unless configured otherwise (racssrc's
+/// `poll-interval` default).
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// The shortest wait between two polls of the stream's size: below it a follower costs the
 /// server more requests than it saves latency.
@@ -533,42 +534,43 @@ impl RangeReader {
             return Ok(false);
         }
         let kcur = self.key(cur.off);
-        // Q(k_i, kcur) is non-empty for the singles up to the table's first block, empty
-        // after: gallop back from the newest (the table is at most a few tables back, and a
-        // request reaching further back returns all of that), then halve.
+        // The newest run whose key names a visible table: `Q(k_a, k_b - 1)` (keys of runs
+        // a..b only, so an answer holds at most those runs' blocks, and nothing where no table
+        // is named among them) is non-empty iff a visible table is named in that window. Gallop
+        // back from the newest run in growing windows, then halve the window that has one.
         let n = singles.len();
-        let mut hi = n;
-        let mut step = 1;
-        // Stream bytes of the last non-empty answer, Q(k_lo, kcur).
-        let mut lo_len;
-        let mut lo = loop {
-            let i = n.saturating_sub(step);
-            let len = self.qlen(singles[i].first_key, kcur).await?;
+        let key_at = |i: usize| if i < n { singles[i].first_key } else { kcur };
+        let mut b = n;
+        let mut size = 1;
+        let (mut lo, mut hi) = loop {
+            let a = b.saturating_sub(size);
+            let found = self.qlen(key_at(a), key_at(b) - 1).await? > 0;
             self.stats.fallbacks += 1;
-            if len > 0 {
-                lo_len = len;
-                break i;
+            if found {
+                break (a, b);
             }
-            if i == 0 || step >= 4096 {
+            if a == 0 || size >= 4096 {
                 return Ok(false);
             }
-            hi = i;
-            step *= 2;
+            b = a;
+            size *= 2;
         };
+        // A table is named in [k_lo, k_hi - 1]: find the newest such run.
         while hi - lo > 1 {
             let mid = lo + (hi - lo) / 2;
-            let len = self.qlen(singles[mid].first_key, kcur).await?;
+            let found = self.qlen(key_at(mid), key_at(hi) - 1).await? > 0;
             self.stats.fallbacks += 1;
-            if len > 0 {
+            if found {
                 lo = mid;
-                lo_len = len;
             } else {
                 hi = mid;
             }
         }
         let i = lo;
-        // The table holds the cursor's block only if the answer holds more than the singles
-        // read from it (otherwise the newest table is still hidden, and this is the one before).
+        // The table holds the cursor's block only if it answers for more than the runs read
+        // from it (otherwise the newest table is still hidden, and this is the one before).
+        let lo_len = self.qlen(singles[i].first_key, kcur).await?;
+        self.stats.fallbacks += 1;
         let known: u64 = singles[i..].iter().map(|r| r.len).sum();
         if lo_len <= known {
             return Ok(false);
