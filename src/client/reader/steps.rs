@@ -519,21 +519,27 @@ impl RangeReader {
     /// See `step`: the first of the blocks read one by one just before the cursor, when its
     /// own key returns it, heads a table whose run may go on past the cursor.
     async fn try_flushed_singles(&mut self, cur: Cursor) -> Result<Option<Step>, ReadError> {
-        let mut first = None;
-        for r in self.known.runs().rev() {
-            if r.kind != Kind::Single {
+        // The newest of them whose own key returns it names the table that may hold the block
+        // at the cursor; older ones name tables before it.
+        let singles: Vec<Run> = self
+            .known
+            .runs()
+            .rev()
+            .take_while(|r| r.kind == Kind::Single)
+            .copied()
+            .collect();
+        let mut found = None;
+        for r in singles {
+            let own = self.q(r.first_key, r.first_key).await?;
+            self.stats.fallbacks += 1;
+            if !own.is_empty() && self.tl.wide_to_stream(own.len()) <= r.len {
+                found = Some((r, own));
                 break;
             }
-            first = Some(*r);
         }
-        let Some(r) = first else {
+        let Some((r, own)) = found else {
             return Ok(None);
         };
-        let own = self.q(r.first_key, r.first_key).await?;
-        self.stats.fallbacks += 1;
-        if own.is_empty() || self.tl.wide_to_stream(own.len()) > r.len {
-            return Ok(None);
-        }
         let kmax = self.cand_keys(cur).1;
         let y = self.upper(kmax, Some(r.first_key));
         match self.head(r.first_key, y, r.start).await? {
