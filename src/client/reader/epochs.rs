@@ -49,19 +49,17 @@ impl RangeReader {
         }
         let everything = self.qlen(0, FAR).await?;
         self.stats.fallbacks += 1;
-        let runs_into = || {
-            ReadError::Missing(format!(
-                "{} holds {} bytes of audio from before its current reference time {} (a \
+        let runs_into = ReadError::Missing(format!(
+            "{} holds {} bytes of audio from before its current reference time {} (a \
                  recording cut short when the server restarted) whose times run into the current \
                  recording, so blocks of both answer for the same times; racssrc cannot tell them \
                  apart and reads neither",
-                self.who(),
-                earlier,
-                format_unix_ms(current)
-            ))
-        };
+            self.who(),
+            earlier,
+            format_unix_ms(current)
+        ));
         if everything > earlier + self.size {
-            return Err(runs_into());
+            return Err(runs_into);
         }
         // The earlier recording's first block carries its `ref` as its key. The smallest `c`
         // for which `Q(0, c)` holds anything is the smallest max(key, table name) of its
@@ -81,6 +79,13 @@ impl RangeReader {
         let first = hi;
         let all = self.qlen(first, current - 1).await?;
         self.stats.fallbacks += 1;
+        // The server loses a recording's newest blocks, never older ones alone: what it kept is
+        // a prefix. A block of it right after the bytes counted here would carry this key; at
+        // or after the current `ref`, such blocks may exist and answer for the current
+        // recording's times (losses of the current recording hide them from the count above).
+        if self.tl.key(first, earlier) >= current {
+            return Err(runs_into);
+        }
         let last_key = self.tl.key(first, earlier.saturating_sub(self.tl.bpf));
         let base = base_of(&self.tl, first, current, earlier / self.tl.bpf);
         let (true, Some(base), true) = (all == earlier, base, last_key < current) else {
