@@ -49,3 +49,68 @@ pub fn server_properties() -> [glib::ParamSpec; 4] {
             .build(),
     ]
 }
+
+/// The settings behind [`server_properties`] and the `uri` property's refusal, as both elements
+/// keep them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    pub host: String,
+    pub port: u16,
+    pub pool_size: u32,
+    pub timeout_ms: u32,
+    /// Why the last `uri` set as a property was refused: starting fails with it.
+    pub uri_error: Option<String>,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            host: DEFAULT_HOST.into(),
+            port: DEFAULT_PORT as u16,
+            pool_size: DEFAULT_POOL_SIZE,
+            timeout_ms: DEFAULT_TIMEOUT_MS,
+            uri_error: None,
+        }
+    }
+}
+
+impl Server {
+    /// Sets one of [`server_properties`]; false for any other property.
+    pub fn set(&mut self, name: &str, value: &glib::Value) -> bool {
+        match name {
+            "host" => {
+                self.host = value
+                    .get::<Option<String>>()
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| DEFAULT_HOST.into())
+            }
+            "port" => self.port = value.get::<u32>().map_or(self.port, |p| p as u16),
+            "pool-size" => self.pool_size = value.get().unwrap_or(self.pool_size),
+            "timeout" => self.timeout_ms = value.get().unwrap_or(self.timeout_ms),
+            _ => return false,
+        }
+        true
+    }
+
+    /// One of [`server_properties`]; `None` for any other property.
+    pub fn get(&self, name: &str) -> Option<glib::Value> {
+        Some(match name {
+            "host" => self.host.to_value(),
+            "port" => u32::from(self.port).to_value(),
+            "pool-size" => self.pool_size.to_value(),
+            "timeout" => self.timeout_ms.to_value(),
+            _ => return None,
+        })
+    }
+
+    /// The plugin-global pool for this server.
+    pub fn pool(&self) -> std::sync::Arc<crate::client::Pool> {
+        crate::client::Pool::get(&self.host, self.port, self.pool_size as usize)
+    }
+
+    /// The limit for connecting and for each request.
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(u64::from(self.timeout_ms.max(1)))
+    }
+}

@@ -21,10 +21,7 @@ use crate::client::writer::{
     self, Loss, LossKind, ReplayWindow, Restart, StreamWriter, WriteError, WriterConfig,
     WriterEvent, WriterStats, DEFAULT_CHUNK_BYTES, DEFAULT_SETTLE,
 };
-use crate::client::{
-    block_on, host_port, validate_stream_id, Canceller, Error, Pool, StreamFormat,
-};
-use crate::props::{DEFAULT_HOST, DEFAULT_POOL_SIZE, DEFAULT_PORT, DEFAULT_TIMEOUT_MS};
+use crate::client::{block_on, host_port, validate_stream_id, Canceller, Error, StreamFormat};
 use crate::uri;
 
 static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
@@ -54,15 +51,12 @@ const TIMELINE_REPORT_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, PartialEq)]
 struct Settings {
-    host: String,
-    port: u16,
+    server: crate::props::Server,
     stream_id: Option<String>,
-    pool_size: u32,
     chunk_size: u32,
     create_if_missing: bool,
     if_exists: IfExists,
     takeover: bool,
-    timeout_ms: u32,
     retry_timeout_ms: u32,
     gap_policy: GapPolicy,
     /// As set; parsed when the element starts (an invalid value is a settings error then).
@@ -73,22 +67,17 @@ struct Settings {
     max_fill_ns: u64,
     /// Seconds per rotated stream; 0: no fixed period.
     rotate_s: u32,
-    /// Why the last URI set through the `uri` property was refused (starting fails with it).
-    uri_error: Option<String>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            host: DEFAULT_HOST.into(),
-            port: DEFAULT_PORT as u16,
+            server: Default::default(),
             stream_id: None,
-            pool_size: DEFAULT_POOL_SIZE,
             chunk_size: DEFAULT_CHUNK_SIZE,
             create_if_missing: DEFAULT_CREATE_IF_MISSING,
             if_exists: IfExists::default(),
             takeover: DEFAULT_TAKEOVER,
-            timeout_ms: DEFAULT_TIMEOUT_MS,
             retry_timeout_ms: DEFAULT_RETRY_TIMEOUT_MS,
             gap_policy: GapPolicy::default(),
             replay_window: DEFAULT_REPLAY_WINDOW.into(),
@@ -97,14 +86,13 @@ impl Default for Settings {
             max_drift_ns: DEFAULT_MAX_DRIFT_NS,
             max_fill_ns: DEFAULT_MAX_FILL_NS,
             rotate_s: 0,
-            uri_error: None,
         }
     }
 }
 
 impl Settings {
     fn timeout(&self) -> Duration {
-        Duration::from_millis(self.timeout_ms.into())
+        self.server.timeout()
     }
 
     /// The rotation asked for by strftime fields in the stream id or by `rotate`.
@@ -126,7 +114,7 @@ impl Settings {
     }
 
     fn addr(&self) -> String {
-        host_port(&self.host, self.port)
+        host_port(&self.server.host, self.server.port)
     }
 }
 
@@ -688,13 +676,17 @@ impl RacsSink {
             // Rotated: the stream id is a pattern; each period's stream takes the caps.
             return None;
         }
-        let key = (settings.host.clone(), settings.port, id.clone());
+        let key = (
+            settings.server.host.clone(),
+            settings.server.port,
+            id.clone(),
+        );
         if let Some(cache) = self.caps_cache.lock().unwrap().as_ref() {
             if cache.key == key {
                 return cache.format;
             }
         }
-        let pool = Pool::get(&settings.host, settings.port, settings.pool_size as usize);
+        let pool = settings.server.pool();
         let timeout = settings.timeout().min(CAPS_QUERY_TIMEOUT);
         let result = block_on(&self.canceller, async {
             let mut conn = pool.checkout(timeout).await?;
@@ -725,7 +717,7 @@ impl RacsSink {
     }
 
     fn settings_error(&self, settings: &Settings) -> Option<String> {
-        if let Some(e) = &settings.uri_error {
+        if let Some(e) = &settings.server.uri_error {
             return Some(format!("Invalid uri: {e}"));
         }
         let Some(id) = settings.stream_id.as_ref() else {
@@ -738,7 +730,7 @@ impl RacsSink {
         if let Err(e) = validate_stream_id(id) {
             return Some(format!("Invalid stream-id: {e}"));
         }
-        if settings.host.is_empty() {
+        if settings.server.host.is_empty() {
             return Some("The host property is empty".into());
         }
         if let Err(e) = ReplayWindow::parse(&settings.replay_window) {
@@ -762,7 +754,7 @@ impl RacsSink {
         if let Some(msg) = self.settings_error(settings) {
             return Err(WriteError::InvalidSettings(msg));
         }
-        let pool = Pool::get(&settings.host, settings.port, settings.pool_size as usize);
+        let pool = settings.server.pool();
         let config = WriterConfig {
             stream_id: id.to_string(),
             chunk_bytes: settings.chunk_size as usize,
@@ -854,7 +846,7 @@ impl RacsSink {
                 let settings = self.settings.lock().unwrap().clone();
                 if let Some(id) = settings.stream_id.filter(|_| state.rotation.is_none()) {
                     *self.caps_cache.lock().unwrap() = Some(CapsCache {
-                        key: (settings.host, settings.port, id),
+                        key: (settings.server.host, settings.server.port, id),
                         format: Some(format),
                     });
                 }
@@ -1535,18 +1527,14 @@ impl ObjectImpl for RacsSink {
             if let Some(e) = &refused {
                 gst::error!(CAT, imp = self, "{e}");
             }
-            self.settings.lock().unwrap().uri_error = refused;
+            self.settings.lock().unwrap().server.uri_error = refused;
             return;
         }
         let mut settings = self.settings.lock().unwrap();
+        if settings.server.set(pspec.name(), value) {
+            return;
+        }
         match pspec.name() {
-            "host" => {
-                settings.host = value
-                    .get::<Option<String>>()
-                    .expect("type checked upstream")
-                    .unwrap_or_else(|| DEFAULT_HOST.into());
-            }
-            "port" => settings.port = value.get::<u32>().expect("type checked upstream") as u16,
             "stream-id" => {
                 let id = value
                     .get::<Option<String>>()
@@ -1557,14 +1545,12 @@ impl ObjectImpl for RacsSink {
                 }
                 settings.stream_id = id;
             }
-            "pool-size" => settings.pool_size = value.get().expect("type checked upstream"),
             "chunk-size" => settings.chunk_size = value.get().expect("type checked upstream"),
             "create-if-missing" => {
                 settings.create_if_missing = value.get().expect("type checked upstream")
             }
             "takeover" => settings.takeover = value.get().expect("type checked upstream"),
             "if-exists" => settings.if_exists = value.get().expect("type checked upstream"),
-            "timeout" => settings.timeout_ms = value.get().expect("type checked upstream"),
             "retry-timeout" => {
                 settings.retry_timeout_ms = value.get().expect("type checked upstream")
             }
@@ -1600,16 +1586,15 @@ impl ObjectImpl for RacsSink {
             return URIHandlerImpl::uri(self).to_value();
         }
         let settings = self.settings.lock().unwrap();
+        if let Some(v) = settings.server.get(pspec.name()) {
+            return v;
+        }
         match pspec.name() {
-            "host" => settings.host.to_value(),
-            "port" => u32::from(settings.port).to_value(),
             "stream-id" => settings.stream_id.to_value(),
-            "pool-size" => settings.pool_size.to_value(),
             "chunk-size" => settings.chunk_size.to_value(),
             "create-if-missing" => settings.create_if_missing.to_value(),
             "takeover" => settings.takeover.to_value(),
             "if-exists" => settings.if_exists.to_value(),
-            "timeout" => settings.timeout_ms.to_value(),
             "retry-timeout" => settings.retry_timeout_ms.to_value(),
             "gap-policy" => settings.gap_policy.to_value(),
             "replay-window" => settings.replay_window.to_value(),
@@ -1684,7 +1669,7 @@ impl BaseSinkImpl for RacsSink {
             return Err(gst::error_msg!(gst::ResourceError::Settings, ("{}", msg)));
         }
         // Creates the shared pool now; connections are made lazily at the first caps.
-        let _ = Pool::get(&settings.host, settings.port, settings.pool_size as usize);
+        let _ = settings.server.pool();
         self.canceller.reset();
         *self.stats.lock().unwrap() = WriterStats::default();
         *self.outage.lock().unwrap() = None;
@@ -1972,7 +1957,7 @@ impl URIHandlerImpl for RacsSink {
             "replay-window" => ReplayWindow::parse(text).map(|_| ()),
             _ => Ok(()),
         })?;
-        self.settings.lock().unwrap().uri_error = None;
+        self.settings.lock().unwrap().server.uri_error = None;
         gst::info!(CAT, imp = self, "URI {uri} applied");
         Ok(())
     }

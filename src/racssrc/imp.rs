@@ -24,7 +24,6 @@ use crate::client::reader::{
 };
 use crate::client::rotation::{AnyRange, RotatedRange, Rotation};
 use crate::client::{block_on, runtime, validate_stream_id, Canceller, Error, Pool, StreamFormat};
-use crate::props::{DEFAULT_HOST, DEFAULT_POOL_SIZE, DEFAULT_PORT, DEFAULT_TIMEOUT_MS};
 use crate::uri;
 
 static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
@@ -54,10 +53,8 @@ const TIME_FORM: &str = "YYYY-MM-DDTHH:MM:SS[.fff]Z (RFC 3339, UTC), e.g. 2026-0
 
 #[derive(Debug, Clone)]
 struct Settings {
-    host: String,
-    port: u32,
+    server: crate::props::Server,
     stream_id: Option<String>,
-    pool_size: u32,
     start: Option<String>,
     stop: Option<String>,
     start_offset: u64,
@@ -69,19 +66,14 @@ struct Settings {
     catch_up: CatchUp,
     latency: u32,
     retry_timeout: u32,
-    timeout: u32,
     hole_policy: HolePolicy,
-    /// Why the last `uri` set as a property was refused: starting fails with it.
-    uri_error: Option<String>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            host: DEFAULT_HOST.into(),
-            port: DEFAULT_PORT,
+            server: Default::default(),
             stream_id: None,
-            pool_size: DEFAULT_POOL_SIZE,
             start: None,
             stop: None,
             start_offset: DEFAULT_START_OFFSET,
@@ -93,9 +85,7 @@ impl Default for Settings {
             catch_up: CatchUp::default(),
             latency: DEFAULT_LATENCY_MS,
             retry_timeout: DEFAULT_RETRY_TIMEOUT_MS,
-            timeout: DEFAULT_TIMEOUT_MS,
             hole_policy: HolePolicy::default(),
-            uri_error: None,
         }
     }
 }
@@ -173,7 +163,7 @@ impl Settings {
             let window = Duration::from_secs(3).as_millis() as u32;
             cfg.retries = (window / cfg.retry_delay.as_millis().max(1) as u32 / 5).max(4);
         }
-        cfg.timeout = Duration::from_millis(u64::from(self.timeout.max(1)));
+        cfg.timeout = self.server.timeout();
         if relative {
             // Frames need the rate, which only INFO tells; the reader gets ns offsets as
             // wall-clock times later. Keep them here as relative marks.
@@ -896,20 +886,15 @@ impl ObjectImpl for RacsSrc {
             if let Some(e) = &refused {
                 gst::error!(CAT, imp = self, "{e}");
             }
-            self.settings.lock().unwrap().uri_error = refused;
+            self.settings.lock().unwrap().server.uri_error = refused;
             return;
         }
         let mut settings = self.settings.lock().unwrap();
+        if settings.server.set(pspec.name(), value) {
+            return;
+        }
         match pspec.name() {
-            "host" => {
-                settings.host = value
-                    .get::<Option<String>>()
-                    .unwrap()
-                    .unwrap_or_else(|| DEFAULT_HOST.into())
-            }
-            "port" => settings.port = value.get().unwrap(),
             "stream-id" => settings.stream_id = value.get().unwrap(),
-            "pool-size" => settings.pool_size = value.get().unwrap(),
             "start" => settings.start = value.get().unwrap(),
             "stop" => settings.stop = value.get().unwrap(),
             "start-offset" => settings.start_offset = value.get().unwrap(),
@@ -921,7 +906,6 @@ impl ObjectImpl for RacsSrc {
             "catch-up" => settings.catch_up = value.get().unwrap(),
             "latency" => settings.latency = value.get().unwrap(),
             "retry-timeout" => settings.retry_timeout = value.get().unwrap(),
-            "timeout" => settings.timeout = value.get().unwrap(),
             "hole-policy" => settings.hole_policy = value.get().unwrap(),
             _ => unimplemented!(),
         }
@@ -935,11 +919,11 @@ impl ObjectImpl for RacsSrc {
             return URIHandlerImpl::uri(self).to_value();
         }
         let settings = self.settings.lock().unwrap();
+        if let Some(v) = settings.server.get(pspec.name()) {
+            return v;
+        }
         match pspec.name() {
-            "host" => settings.host.to_value(),
-            "port" => settings.port.to_value(),
             "stream-id" => settings.stream_id.to_value(),
-            "pool-size" => settings.pool_size.to_value(),
             "start" => settings.start.to_value(),
             "stop" => settings.stop.to_value(),
             "start-offset" => settings.start_offset.to_value(),
@@ -951,7 +935,6 @@ impl ObjectImpl for RacsSrc {
             "catch-up" => settings.catch_up.to_value(),
             "latency" => settings.latency.to_value(),
             "retry-timeout" => settings.retry_timeout.to_value(),
-            "timeout" => settings.timeout.to_value(),
             "hole-policy" => settings.hole_policy.to_value(),
             _ => unimplemented!(),
         }
@@ -1033,7 +1016,7 @@ impl URIHandlerImpl for RacsSrc {
             "start" | "stop" => parse_time(key, text).map(|_| ()),
             _ => Ok(()),
         })?;
-        self.settings.lock().unwrap().uri_error = None;
+        self.settings.lock().unwrap().server.uri_error = None;
         gst::info!(CAT, imp = self, "URI {uri} applied");
         Ok(())
     }
@@ -1042,7 +1025,7 @@ impl URIHandlerImpl for RacsSrc {
 impl BaseSrcImpl for RacsSrc {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
-        if let Some(e) = &settings.uri_error {
+        if let Some(e) = &settings.server.uri_error {
             return Err(gst::error_msg!(
                 gst::ResourceError::Settings,
                 ("the uri property was refused: {}", e)
@@ -1064,11 +1047,7 @@ impl BaseSrcImpl for RacsSrc {
             ));
         }
         // The pool connects lazily: nothing here waits on the network.
-        let pool = Pool::get(
-            &settings.host,
-            settings.port as u16,
-            settings.pool_size as usize,
-        );
+        let pool = settings.server.pool();
         *self.stats.lock().unwrap() = ReaderStats::default();
         *self.state.lock().unwrap() = State {
             pool: Some(pool),
@@ -1489,7 +1468,7 @@ impl RacsSrc {
             imp = self,
             "rotated streams '{}' on {}: {format}, {} s from {} to {}",
             settings.stream_id.as_deref().unwrap_or_default(),
-            settings.host,
+            settings.server.host,
             frames as f64 / f64::from(format.sample_rate),
             crate::client::reader::format_unix_ns(from),
             crate::client::reader::format_unix_ns(to)
