@@ -968,7 +968,7 @@ impl ElementImpl for RacsSrc {
             let caps = gst::Caps::builder("audio/x-raw")
                 .field("format", gst::List::new(["S16LE", "S24LE"]))
                 .field("rate", gst::IntRange::new(1, i32::MAX))
-                .field("channels", gst::IntRange::new(1, i32::MAX))
+                .field("channels", gst::IntRange::new(1, i32::from(u16::MAX)))
                 .field("layout", "interleaved")
                 .build();
             vec![gst::PadTemplate::new(
