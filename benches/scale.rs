@@ -555,12 +555,44 @@ struct Figures {
 fn spawn(racs: bool, n: usize, seconds: u64, retry: bool) -> Figures {
     let exe = std::env::current_exe().expect("own executable");
     let kind = if racs { "racssink" } else { "fakesink" };
+    // A child gets its run, the warm-up, the EOS and the checks, and a few minutes more; one
+    // that is still going then (1000 sinks retrying against a server that died) is ended, and
+    // that run counts as failed.
+    let limit = Duration::from_secs(seconds * 2 + 240);
     let run = || {
-        std::process::Command::new(&exe)
+        use std::io::Read;
+        let mut child = std::process::Command::new(&exe)
             .env("RACS_SCALE_CHILD", format!("{kind}:{n}:{seconds}"))
+            .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
-            .output()
-            .expect("run the benchmark as a child")
+            .spawn()
+            .expect("run the benchmark as a child");
+        let mut stdout = child.stdout.take().expect("piped");
+        let reader = std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = stdout.read_to_end(&mut text);
+            text
+        });
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for the child") {
+                break status;
+            }
+            if started.elapsed() > limit {
+                let _ = child.kill();
+                eprintln!(
+                    "  the {kind} run with N = {n} did not end within {} s; ended it",
+                    limit.as_secs()
+                );
+                break child.wait().expect("wait for the ended child");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        std::process::Output {
+            status,
+            stdout: reader.join().unwrap_or_default(),
+            stderr: Vec::new(),
+        }
     };
     let mut out = run();
     let failed = |out: &std::process::Output| {
