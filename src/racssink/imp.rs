@@ -795,11 +795,8 @@ impl RacsSink {
                 state.gap_policy = settings.gap_policy;
                 state.recovery_policy = settings.recovery_policy;
                 let mut w = self.new_writer(&settings, id)?;
-                if let Upstream::Settled { policy, live, .. } = state.upstream {
+                if let Upstream::Settled { policy, .. } = state.upstream {
                     w.set_policy(policy);
-                    // Back to back from a non-live source: each frame's acknowledgement is
-                    // collected while the next one is gathered.
-                    w.set_pipelined(!live);
                 }
                 *self.current_id.lock().unwrap() = Some(id.to_string());
                 w
@@ -950,7 +947,9 @@ impl RacsSink {
         );
         if let Some(w) = state.writer.as_mut() {
             w.set_policy(policy);
-            w.set_pipelined(!live);
+            // Frames sent ahead of their acknowledgement (StreamWriter::set_pipelined) stay
+            // off: on the real server a kill during a fast import then left the stored blocks
+            // in another order in 2 of 4 runs of sink_crash, not understood yet.
             *self.recovery.lock().unwrap() = (policy, w.replay_window_bytes());
             gst::info!(
                 CAT,
