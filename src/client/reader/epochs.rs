@@ -99,7 +99,7 @@ impl RangeReader {
                 format_unix_ms(current)
             )));
         };
-        self.later.push_back(super::epochs::Epoch {
+        self.later.push_back(Epoch {
             ref_ms: current,
             size: self.size,
             base,

@@ -136,14 +136,7 @@ impl RangeReader {
         self.singles = false;
         self.misses = 0;
         if let Some(r) = again.filter(|_| self.cursor.is_some_and(|c| c.unc == 0)) {
-            self.keyframe_at((
-                Cursor {
-                    off: r.start,
-                    unc: 0,
-                },
-                r.name,
-                r.first_key,
-            ));
+            self.keyframe_at(r.start, r.name, r.first_key);
             return Ok(());
         }
         let near_start = target / self.tl.bpf
@@ -197,9 +190,8 @@ impl RangeReader {
                 t = k0 - 1;
                 continue;
             }
-            let keyframe = |off| (Cursor { off, unc: 0 }, a, k0);
             if lo == hi {
-                self.keyframe_at(keyframe(lo));
+                self.keyframe_at(lo, a, k0);
                 return Ok(());
             }
             // The key puts the block within a millisecond; counting to the stream's end says
@@ -217,7 +209,7 @@ impl RangeReader {
                     kind: Kind::Head,
                 });
                 if let Some(off) = self.count_to_end().await? {
-                    self.keyframe_at(keyframe(off));
+                    self.keyframe_at(off, a, k0);
                     return Ok(());
                 }
             }
@@ -240,11 +232,11 @@ impl RangeReader {
 
     /// A pass from the first block of ours in the table named `name`, keyed `key`, whose
     /// offset is proven.
-    fn keyframe_at(&mut self, (cur, name, key): (Cursor, i64, i64)) {
-        self.start_at(cur.off, key);
+    fn keyframe_at(&mut self, off: u64, name: i64, key: i64) {
+        self.start_at(off, key);
         self.open_table = Some(OpenTable {
             name,
-            start: cur.off,
+            start: off,
             first_key: key,
             kind: Kind::Head,
         });
@@ -487,8 +479,8 @@ impl RangeReader {
             return self.read_head(cur, x, kmin, own).await;
         }
         if !cheap {
-            if let Some((n, block)) = self.search_above(cur, kmin, kmax, kmax + LOCAL_MS).await? {
-                return self.read_tail(cur, n, kmin, block).await;
+            if let Some(n) = self.search_above(cur, kmin, kmax, kmax + LOCAL_MS).await? {
+                return self.read_tail(cur, n, kmin).await;
             }
         }
         // When the cursor may already be at the stream's end (its position is known to within
@@ -509,8 +501,8 @@ impl RangeReader {
             }
         }
         if self.probe_above(FAR, kmin, kmax).await? != 0 {
-            if let Some((n, block)) = self.search_above(cur, kmin, kmax, FAR).await? {
-                return self.read_tail(cur, n, kmin, block).await;
+            if let Some(n) = self.search_above(cur, kmin, kmax, FAR).await? {
+                return self.read_tail(cur, n, kmin).await;
             }
         }
         self.hole(cur, kmin, kmax).await
@@ -760,15 +752,8 @@ impl RangeReader {
     }
 
     /// Reads the run of the table named `n`, after the cursor's block's key: the piece by which
-    /// `Q(k, n)` exceeds `Q(k, n - 1)`, wherever it sits. `block` is the length of the block at
-    /// the cursor.
-    async fn read_tail(
-        &mut self,
-        cur: Cursor,
-        n: i64,
-        kmin: i64,
-        block: u64,
-    ) -> Result<Step, ReadError> {
+    /// `Q(k, n)` exceeds `Q(k, n - 1)`, wherever it sits.
+    async fn read_tail(&mut self, cur: Cursor, n: i64, kmin: i64) -> Result<Step, ReadError> {
         let recent = self.recent(cur.off);
         let short = self.q(kmin, n - 1).await?;
         let long = self.q(kmin, n).await?;
@@ -822,7 +807,6 @@ impl RangeReader {
                 ))
             }
         };
-        let _ = block;
         if !self.no_block_keyed(n) && !self.run_starts_the_piece(cur, n, &long, at).await? {
             return Err(self.missing(
                 cur.off,
@@ -954,7 +938,7 @@ impl RangeReader {
         kmin: i64,
         kmax: i64,
         cap: i64,
-    ) -> Result<Option<(i64, u64)>, ReadError> {
+    ) -> Result<Option<i64>, ReadError> {
         let recent = self.recent(cur.off);
         let mut empty = kmax;
         let mut step = 1i64;
@@ -990,7 +974,7 @@ impl RangeReader {
                 return Ok(None);
             }
         }
-        Ok(Some((hi, block)))
+        Ok(Some(hi))
     }
 
     /// Bytes of blocks with `lo` in `[kmin, kmax]` and `hi <= c`.
