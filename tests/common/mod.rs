@@ -373,3 +373,142 @@ pub fn first_difference(got: &[u8], want: &[u8]) -> Option<String> {
         want.len()
     ))
 }
+
+// ---------------------------------------------------------------------------------------
+// racssrc probe pipelines
+
+/// One buffer that reached a [`SrcProbe`]: PTS and duration (ns), its `timestamp/x-unix`
+/// reference timestamp (ns) when it carries one, and its size in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SrcBuffer {
+    pub pts: u64,
+    pub duration: u64,
+    pub unix: Option<u64>,
+    pub size: usize,
+}
+
+/// What a [`SrcProbe`] received, in order.
+#[derive(Debug, Default, Clone)]
+pub struct Received {
+    /// Every byte of every buffer.
+    pub data: Vec<u8>,
+    pub buffers: Vec<SrcBuffer>,
+    /// GAP events as (pts, duration) in ns.
+    pub gaps: Vec<(u64, u64)>,
+    /// Tag events.
+    pub tags: Vec<gst::TagList>,
+}
+
+/// `racssrc ! fakesink sync=false` with a probe on the sink pad that collects every buffer,
+/// GAP event and tag event.
+pub struct SrcProbe {
+    pub pipeline: gst::Pipeline,
+    pub src: gst::Element,
+    pub received: std::sync::Arc<std::sync::Mutex<Received>>,
+}
+
+/// The properties that point a racssrc at stream `id` on `srv`.
+pub fn src_props(srv: &TestServer, id: &str) -> Vec<(&'static str, glib::Value)> {
+    vec![
+        ("host", srv.host().to_value()),
+        ("port", u32::from(srv.port()).to_value()),
+        ("stream-id", id.to_value()),
+    ]
+}
+
+/// Sets `props` on `element` in order; a string given for an enum property is its nick.
+pub fn set_props(element: &gst::Element, props: &[(&str, glib::Value)]) {
+    for (k, v) in props {
+        let spec = element
+            .find_property(k)
+            .unwrap_or_else(|| panic!("{} has no property {k}", element.name()));
+        match v.get::<&str>() {
+            Ok(text) if spec.value_type().is_a(glib::Type::ENUM) => {
+                element.set_property_from_str(k, text)
+            }
+            _ => element.set_property_from_value(k, v),
+        }
+    }
+}
+
+impl SrcProbe {
+    /// A racssrc with `props` (see [`src_props`], [`set_props`]) in a probe pipeline.
+    pub fn new(props: &[(&str, glib::Value)]) -> SrcProbe {
+        init();
+        let src = gst::ElementFactory::make("racssrc").build().unwrap();
+        set_props(&src, props);
+        SrcProbe::around(src)
+    }
+
+    /// A probe pipeline around an element made by the test.
+    pub fn around(src: gst::Element) -> SrcProbe {
+        init();
+        let pipeline = gst::Pipeline::new();
+        let sink = gst::ElementFactory::make("fakesink")
+            .property("sync", false)
+            .build()
+            .unwrap();
+        pipeline.add_many([&src, &sink]).unwrap();
+        src.link(&sink).unwrap();
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Received::default()));
+        let r = received.clone();
+        let unix_caps = gst::Caps::new_empty_simple("timestamp/x-unix");
+        sink.static_pad("sink").unwrap().add_probe(
+            gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
+            move |_, info| {
+                let mut r = r.lock().unwrap();
+                if let Some(buf) = info.buffer() {
+                    r.data.extend_from_slice(&buf.map_readable().unwrap());
+                    let unix = buf
+                        .iter_meta::<gst::ReferenceTimestampMeta>()
+                        .find(|m| m.reference().can_intersect(&unix_caps))
+                        .map(|m| m.timestamp().nseconds());
+                    r.buffers.push(SrcBuffer {
+                        pts: buf.pts().unwrap().nseconds(),
+                        duration: buf.duration().unwrap().nseconds(),
+                        unix,
+                        size: buf.size(),
+                    });
+                }
+                match info.event().map(|e| e.view()) {
+                    Some(gst::EventView::Gap(g)) => {
+                        let (pts, dur) = g.get();
+                        r.gaps
+                            .push((pts.nseconds(), dur.map_or(0, |d| d.nseconds())));
+                    }
+                    Some(gst::EventView::Tag(t)) => r.tags.push(t.tag_owned()),
+                    _ => {}
+                }
+                gst::PadProbeReturn::Ok
+            },
+        );
+        SrcProbe {
+            pipeline,
+            src,
+            received,
+        }
+    }
+
+    /// What arrived so far.
+    pub fn received(&self) -> std::sync::MutexGuard<'_, Received> {
+        self.received.lock().unwrap()
+    }
+
+    /// What arrived so far, leaving the probe empty (as before a seek).
+    pub fn take(&self) -> Received {
+        std::mem::take(&mut *self.received())
+    }
+
+    /// [`play`]s the pipeline.
+    pub fn play(&self) -> Ended {
+        play(self.pipeline.upcast_ref())
+    }
+}
+
+/// [`wait_end`] (up to [`WAIT`]) on a pipeline the test set playing itself, with
+/// [`assert_tidy_messages`] on what it posted.
+pub fn wait_pipeline_end(pipeline: &gst::Pipeline) -> Ended {
+    let ended = wait_end(&pipeline.bus().expect("a pipeline has a bus"), WAIT);
+    assert_tidy_messages(&ended.messages);
+    ended
+}
