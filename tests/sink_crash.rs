@@ -1839,23 +1839,86 @@ impl Stall {
     }
 }
 
-/// A live rig writing through a stalling relay: 1 s of audio, a stall of `stall` while it
-/// keeps pushing, then `after_ms` more. Returns the run and the relay.
-fn stalled_run(
-    srv: &TestServer,
-    id: &str,
+/// A stall of the server while a live rig writes: its stream id and content, how long the
+/// stall lasts, racssink's `timeout` and `retry-timeout` (ms), and how much audio follows (ms).
+#[derive(Clone, Copy)]
+struct StallCase {
+    id: &'static str,
     signal: Signal,
     stall: Duration,
-    timeout_ms: &str,
-    retry_ms: &str,
+    timeout_ms: &'static str,
+    retry_ms: &'static str,
     after_ms: u64,
-) -> Run {
+}
+
+impl StallCase {
+    const fn new(
+        id: &'static str,
+        signal: Signal,
+        stall: Duration,
+        timeout_ms: &'static str,
+        retry_ms: &'static str,
+        after_ms: u64,
+    ) -> StallCase {
+        StallCase {
+            id,
+            signal,
+            stall,
+            timeout_ms,
+            retry_ms,
+            after_ms,
+        }
+    }
+}
+
+const STALLS: &[StallCase] = &[
+    StallCase::new(
+        "stall-short",
+        Signal::Silence,
+        ms(200),
+        "1000",
+        "2000",
+        1000,
+    ),
+    StallCase::new(
+        "stall-retry",
+        Signal::Clicks(800),
+        ms(1500),
+        "300",
+        "4000",
+        1500,
+    ),
+    StallCase::new(
+        "stall-gone",
+        Signal::Tone(300.0),
+        ms(2500),
+        "300",
+        "700",
+        1500,
+    ),
+];
+
+/// On a fresh server, the stall case `name`: a live rig writing through a stalling relay, 1 s
+/// of audio, a stall while it keeps pushing, then more. Returns the server and the run.
+fn stalled_run(name: &str) -> (TestServer, Run) {
+    let srv = TestServer::start();
+    let StallCase {
+        id,
+        signal,
+        stall,
+        timeout_ms,
+        retry_ms,
+        after_ms,
+    } = *STALLS
+        .iter()
+        .find(|c| c.id == name)
+        .unwrap_or_else(|| panic!("no stall case {name}"));
     let relay = Stall::start(srv.addr());
     let fmt = F8K;
     let chunk = fmt.ms(100).to_string();
     let rig = Arc::new(Rig::via(
         relay.addr.port(),
-        srv,
+        &srv,
         id,
         fmt,
         signal,
@@ -1886,21 +1949,13 @@ fn stalled_run(
     std::thread::sleep(stall);
     relay.thaw();
     let ok = feeder.join().unwrap();
-    Arc::into_inner(rig).unwrap().finish(ok)
+    let run = Arc::into_inner(rig).unwrap().finish(ok);
+    (srv, run)
 }
 
 #[test]
 fn a_stall_shorter_than_the_timeout_goes_unnoticed() {
-    let srv = TestServer::start();
-    let run = stalled_run(
-        &srv,
-        "stall-short",
-        Signal::Silence,
-        Duration::from_millis(200),
-        "1000",
-        "2000",
-        1000,
-    );
+    let (srv, run) = stalled_run("stall-short");
     check(&srv, &run);
     assert!(run.expected() == run.fed);
     assert_eq!(run.stat("reconnects"), 0, "{}", run.stats);
@@ -1908,18 +1963,9 @@ fn a_stall_shorter_than_the_timeout_goes_unnoticed() {
 
 #[test]
 fn a_stall_within_the_retry_timeout_stores_everything_once() {
-    let srv = TestServer::start();
     // The frame in flight times out and is executed when the server wakes; INFO size tells
     // the writer so, and it is not sent twice.
-    let run = stalled_run(
-        &srv,
-        "stall-retry",
-        Signal::Clicks(800),
-        Duration::from_millis(1500),
-        "300",
-        "4000",
-        1500,
-    );
+    let (srv, run) = stalled_run("stall-retry");
     let diffs = check(&srv, &run);
     assert!(run.expected() == run.fed, "{}", run.stats);
     assert!(run.stat("reconnects") >= 1, "{}", run.stats);
@@ -1945,16 +1991,7 @@ fn bytes_before(text: &str, what: &str) -> u64 {
 
 #[test]
 fn a_stall_past_the_retry_timeout_says_what_is_stored_unknown_and_not_stored() {
-    let srv = TestServer::start();
-    let run = stalled_run(
-        &srv,
-        "stall-gone",
-        Signal::Tone(300.0),
-        Duration::from_millis(2500),
-        "300",
-        "700",
-        1500,
-    );
+    let (srv, run) = stalled_run("stall-gone");
     let err = run.error.clone().expect("the writer gave up");
     assert!(err.contains("gave up after 700 ms of retrying"), "{err}");
     let not_stored = bytes_before(&err, " bytes) were not stored");
@@ -1993,7 +2030,7 @@ fn an_invalid_replay_window_is_a_settings_error_naming_the_forms() {
     let pipeline = gst::Pipeline::new();
     pipeline.add(&sink).unwrap();
     assert!(pipeline.set_state(gst::State::Playing).is_err());
-    let ended = common::wait_end(&pipeline.bus().unwrap(), WAIT);
+    let ended = common::wait_pipeline_end(&pipeline);
     pipeline.set_state(gst::State::Null).unwrap();
     let (err, _) = ended.error.expect("a settings error");
     assert!(err.matches(gst::ResourceError::Settings), "{err:?}");

@@ -754,27 +754,9 @@ fn bad_settings_are_settings_errors_with_the_reason() {
         let mut props = common::src_props(&srv, "s");
         props.extend(extra);
         let run = common::SrcProbe::new(&props);
-        let res = run.pipeline.set_state(gst::State::Paused);
-        assert!(res.is_err(), "{needle}: the state change succeeded");
-        let msg = run
-            .pipeline
-            .bus()
-            .unwrap()
-            .timed_pop_filtered(gst::ClockTime::from_seconds(5), &[gst::MessageType::Error])
-            .expect("an error message");
-        let gst::MessageView::Error(e) = msg.view() else {
-            unreachable!()
-        };
-        assert!(
-            e.error().matches(gst::ResourceError::Settings),
-            "{needle}: {}",
-            e.error()
-        );
-        assert!(
-            e.error().to_string().contains(needle),
-            "{needle}: {}",
-            e.error()
-        );
+        let e = common::refused(&run.pipeline, gst::State::Paused);
+        assert!(e.matches(gst::ResourceError::Settings), "{needle}: {e}");
+        assert!(e.to_string().contains(needle), "{needle}: {e}");
         run.pipeline.set_state(gst::State::Null).unwrap();
     }
 }

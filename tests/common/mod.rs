@@ -96,11 +96,13 @@ pub fn warning_texts(messages: &[gst::Message]) -> Vec<String> {
 }
 
 /// Panics when a message a user reads has the marks of careless text: doubled spaces, a
-/// line-continuation leftover (a newline followed by indentation), or blank ends.
+/// line-continuation leftover (a newline followed by indentation, or a backslash at the end
+/// of a line or of the text; a backslash the text names, such as a character it refuses, is
+/// no leftover), or blank ends.
 pub fn assert_tidy(what: &str, text: &str) {
     assert!(!text.contains("  "), "{what} has doubled spaces: {text:?}");
     assert!(
-        !text.contains("\n  ") && !text.contains('\\'),
+        !text.contains("\n  ") && !text.contains("\\\n") && !text.ends_with('\\'),
         "{what} has a line-continuation leftover: {text:?}"
     );
     assert_eq!(text.trim(), text, "{what} has blank ends: {text:?}");
@@ -511,4 +513,76 @@ pub fn wait_pipeline_end(pipeline: &gst::Pipeline) -> Ended {
     let ended = wait_end(&pipeline.bus().expect("a pipeline has a bus"), WAIT);
     assert_tidy_messages(&ended.messages);
     ended
+}
+
+/// [`caps`] of a stream format.
+pub fn format_caps(f: &gstracs::client::StreamFormat) -> gst::Caps {
+    caps(f.sample_rate, f.channels, f.bit_depth)
+}
+
+/// Sets `element` to `state`, which must fail, and returns the error it posted, after
+/// [`assert_tidy_messages`] on everything it posted. An element outside a pipeline gets a bus
+/// of its own first. The element is left in the state it reached.
+pub fn refused(element: &impl IsA<gst::Element>, state: gst::State) -> glib::Error {
+    let element = element.upcast_ref::<gst::Element>();
+    let bus = element.bus().unwrap_or_else(|| {
+        let bus = gst::Bus::new();
+        element.set_bus(Some(&bus));
+        bus
+    });
+    assert!(
+        element.set_state(state).is_err(),
+        "{} reached {state:?}",
+        element.name()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut messages = Vec::new();
+    let error = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(m) = bus.timed_pop(gst::ClockTime::from_nseconds(left.as_nanos() as u64)) else {
+            panic!("{} posted no error within 5 s", element.name());
+        };
+        messages.push(m.clone());
+        if let gst::MessageView::Error(e) = m.view() {
+            break e.error();
+        }
+    };
+    messages.extend(std::iter::from_fn(|| bus.pop()));
+    assert_tidy_messages(&messages);
+    error
+}
+
+/// [`assert_tidy`] for every error and warning a command-line program printed: gst-launch-1.0's
+/// `ERROR: from element <path>: <text>` and `WARNING: ...` lines, and the examples' and
+/// scripts' `error: <text>`, `<name>: error: <text>`, `warning: ...` and `FAILED: <text>`
+/// lines; and no element error printed twice.
+pub fn assert_tidy_output(outputs: &[&str]) {
+    let mut errors: Vec<&str> = Vec::new();
+    for line in outputs.iter().flat_map(|o| o.lines()) {
+        let element = ["ERROR: from element ", "WARNING: from element "]
+            .iter()
+            .find_map(|p| line.strip_prefix(p))
+            .map(|rest| rest.split_once(": ").map_or(rest, |(_path, text)| text));
+        if let Some(text) = element {
+            assert_tidy(line, text);
+            if line.starts_with("ERROR") {
+                assert!(
+                    !errors.contains(&text),
+                    "the same error was printed twice: {text:?}\n{}",
+                    outputs.join("\n")
+                );
+                errors.push(text);
+            }
+            continue;
+        }
+        let program = ["error: ", "warning: ", "FAILED: "].iter().find_map(|m| {
+            let at = line.find(m)?;
+            let before = &line[..at];
+            let marks_it = before.is_empty() || before.ends_with(": ") || m == &"FAILED: ";
+            marks_it.then(|| &line[at + m.len()..])
+        });
+        if let Some(text) = program {
+            assert_tidy(line, text);
+        }
+    }
 }
