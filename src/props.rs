@@ -114,3 +114,67 @@ impl Server {
         std::time::Duration::from_millis(u64::from(self.timeout_ms.max(1)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A value of one of these properties as text, for comparing.
+    fn text(v: &glib::Value) -> String {
+        match v.get::<Option<String>>() {
+            Ok(s) => format!("{s:?}"),
+            Err(_) => v.get::<u32>().unwrap().to_string(),
+        }
+    }
+
+    #[test]
+    fn the_shared_properties_are_listed_with_their_defaults_and_ranges() {
+        let specs = server_properties();
+        let names: Vec<&str> = specs.iter().map(|p| p.name()).collect();
+        assert_eq!(names, ["host", "port", "pool-size", "timeout"]);
+        let s = Server::default();
+        for p in &specs {
+            assert!(
+                p.flags().contains(glib::ParamFlags::READWRITE),
+                "{}",
+                p.name()
+            );
+            // The default the property advertises is the one the settings start with.
+            let default = p.default_value();
+            let start = s.get(p.name()).unwrap();
+            assert_eq!(text(default), text(&start), "{}", p.name());
+        }
+        let pool = specs[2].downcast_ref::<glib::ParamSpecUInt>().unwrap();
+        assert_eq!((pool.minimum(), pool.maximum()), (1, MAX_POOL_SIZE));
+        let port = specs[1].downcast_ref::<glib::ParamSpecUInt>().unwrap();
+        assert_eq!((port.minimum(), port.maximum()), (1, 65535));
+    }
+
+    #[test]
+    fn settings_round_trip_through_values() {
+        let mut s = Server::default();
+        for (name, value) in [
+            ("host", "::1".to_value()),
+            ("port", 7000u32.to_value()),
+            ("pool-size", 8u32.to_value()),
+            ("timeout", 250u32.to_value()),
+        ] {
+            assert!(s.set(name, &value), "{name}");
+            assert_eq!(text(&s.get(name).unwrap()), text(&value), "{name}");
+        }
+        assert_eq!(
+            (s.host.as_str(), s.port, s.pool_size, s.timeout_ms),
+            ("::1", 7000, 8, 250)
+        );
+        assert_eq!(s.timeout(), std::time::Duration::from_millis(250));
+        // Other properties are not these settings'.
+        assert!(!s.set("stream-id", &"x".to_value()));
+        assert!(s.get("stream-id").is_none());
+        // An unset host is the default one.
+        assert!(s.set("host", &None::<String>.to_value()));
+        assert_eq!(s.host, DEFAULT_HOST);
+        // A zero timeout (no property allows it) still waits a millisecond, never forever.
+        s.timeout_ms = 0;
+        assert_eq!(s.timeout(), std::time::Duration::from_millis(1));
+    }
+}

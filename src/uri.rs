@@ -405,3 +405,98 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod value_tests {
+    use super::*;
+
+    #[test]
+    fn lists_read_as_prose() {
+        assert_eq!(one_of(&[], "or"), "");
+        assert_eq!(one_of(&["auto"], "or"), "auto");
+        assert_eq!(one_of(&["a", "b"], "or"), "a or b");
+        assert_eq!(
+            one_of(&["auto", "samples", "wall-clock"], "or"),
+            "auto, samples or wall-clock"
+        );
+    }
+
+    #[test]
+    fn values_are_read_the_way_their_property_says() {
+        let boolean = glib::ParamSpecBoolean::builder("takeover").build();
+        for (text, want) in [("true", true), ("YES", true), ("1", true), ("no", false)] {
+            let v = parse_value(&boolean, "takeover", text).unwrap();
+            assert_eq!(v.get::<bool>().unwrap(), want, "{text}");
+        }
+        let e = parse_value(&boolean, "takeover", "maybe").unwrap_err();
+        assert_eq!(e, "takeover=\"maybe\": expected true or false");
+
+        let uint = glib::ParamSpecUInt::builder("chunk-size")
+            .minimum(1)
+            .maximum(65535)
+            .default_value(4096)
+            .build();
+        let v = parse_value(&uint, "chunk-size", "65535").unwrap();
+        assert_eq!(v.get::<u32>().unwrap(), 65535);
+        for bad in ["0", "65536", "-1", "4k", ""] {
+            let e = parse_value(&uint, "chunk-size", bad).unwrap_err();
+            assert_eq!(
+                e,
+                format!("chunk-size={bad:?}: expected a number in 1..=65535")
+            );
+        }
+        let uint64 = glib::ParamSpecUInt64::builder("duration").build();
+        let v = parse_value(&uint64, "duration", "18446744073709551615").unwrap();
+        assert_eq!(v.get::<u64>().unwrap(), u64::MAX);
+        let int = glib::ParamSpecInt::builder("i")
+            .minimum(-5)
+            .maximum(5)
+            .build();
+        assert_eq!(
+            parse_value(&int, "i", "-5").unwrap().get::<i32>().unwrap(),
+            -5
+        );
+        assert!(parse_value(&int, "i", "-6").is_err());
+        let int64 = glib::ParamSpecInt64::builder("j").build();
+        assert_eq!(
+            parse_value(&int64, "j", "-9000000000")
+                .unwrap()
+                .get::<i64>()
+                .unwrap(),
+            -9_000_000_000
+        );
+        let string = glib::ParamSpecString::builder("start").build();
+        let v = parse_value(&string, "start", "2026-01-09T10:00:00Z").unwrap();
+        assert_eq!(
+            v.get::<Option<String>>().unwrap().as_deref(),
+            Some("2026-01-09T10:00:00Z")
+        );
+    }
+
+    #[test]
+    fn enums_are_read_and_written_by_nick() {
+        let state = glib::ParamSpecEnum::builder_with_default("state", gst::State::Null).build();
+        let v = parse_value(&state, "state", "paused").unwrap();
+        assert_eq!(v.get::<gst::State>().unwrap(), gst::State::Paused);
+        assert_eq!(value_text(&v).as_deref(), Some("paused"));
+        let e = parse_value(&state, "state", "Paused").unwrap_err();
+        assert_eq!(
+            e,
+            "state=\"Paused\": expected void-pending, null, ready, paused or playing"
+        );
+    }
+
+    #[test]
+    fn values_are_written_as_gst_launch_takes_them() {
+        assert_eq!(value_text(&true.to_value()).as_deref(), Some("true"));
+        assert_eq!(value_text(&4096u32.to_value()).as_deref(), Some("4096"));
+        assert_eq!(
+            value_text(&u64::MAX.to_value()).as_deref(),
+            Some("18446744073709551615")
+        );
+        assert_eq!(value_text(&(-3i32).to_value()).as_deref(), Some("-3"));
+        assert_eq!(value_text(&(-3i64).to_value()).as_deref(), Some("-3"));
+        assert_eq!(value_text(&"a b".to_value()).as_deref(), Some("a b"));
+        assert_eq!(value_text(&None::<String>.to_value()), None, "unset");
+    }
+}

@@ -93,8 +93,7 @@ fn wait_done(
     pipeline: &gst::Pipeline,
     messages: &mut Vec<gst::Message>,
 ) -> Option<(glib::Error, String)> {
-    let ended = common::wait_end(&pipeline.bus().unwrap(), WAIT);
-    common::assert_tidy_messages(&ended.messages);
+    let ended = common::wait_pipeline_end(pipeline);
     messages.extend(ended.messages);
     ended.error
 }
@@ -427,9 +426,8 @@ fn converters_negotiate_to_the_stored_format() {
     .downcast::<gst::Pipeline>()
     .unwrap();
     pipeline.set_state(gst::State::Playing).unwrap();
-    let mut messages = Vec::new();
-    let error = wait_done(&pipeline, &mut messages);
-    assert!(error.is_none(), "{error:?}");
+    let ended = common::wait_pipeline_end(&pipeline);
+    assert!(ended.error.is_none(), "{}", ended.error_text());
     let sink = pipeline.by_name("sink").unwrap();
     let caps = sink.static_pad("sink").unwrap().current_caps().unwrap();
     let s = caps.structure(0).unwrap();
@@ -486,8 +484,9 @@ fn a_fixed_mismatching_format_names_both_formats() {
     .downcast::<gst::Pipeline>()
     .unwrap();
     pipeline.set_state(gst::State::Playing).unwrap();
-    let mut messages = Vec::new();
-    let (err, _) = wait_done(&pipeline, &mut messages).expect("a format error");
+    let (err, _) = common::wait_pipeline_end(&pipeline)
+        .error
+        .expect("a format error");
     set_null_within(&pipeline, Duration::from_secs(10));
     assert!(
         err.to_string()
@@ -579,6 +578,7 @@ fn a_stream_left_open_needs_takeover() {
         err.to_string().contains("closed or currently in use"),
         "{err}"
     );
+    common::assert_tidy("client error", &err.to_string());
 }
 
 #[test]
@@ -688,6 +688,7 @@ fn uri_handler_sets_and_reports_the_settings() {
             "{uri}: {err:?}"
         );
         assert!(err.to_string().contains(needle), "{uri}: {err}");
+        common::assert_tidy("URI error", &err.to_string());
     }
     // A failed URI changes nothing.
     assert_eq!(sink.property::<String>("host"), "::1");
@@ -725,6 +726,7 @@ fn uri_cannot_change_while_writing() {
         .unwrap_err();
     assert!(err.matches(gst::URIError::BadState), "{err:?}");
     assert!(err.to_string().contains("while it is writing"), "{err}");
+    common::assert_tidy("URI error", &err.to_string());
     feeder.stop();
 }
 
@@ -1285,9 +1287,8 @@ fn the_caps_query_answers_the_stored_format() {
     .downcast::<gst::Pipeline>()
     .unwrap();
     pipeline.set_state(gst::State::Playing).unwrap();
-    let mut messages = Vec::new();
-    let error = wait_done(&pipeline, &mut messages);
-    assert!(error.is_none(), "{error:?}");
+    let ended = common::wait_pipeline_end(&pipeline);
+    assert!(ended.error.is_none(), "{}", ended.error_text());
     let caps = pipeline
         .by_name("sink")
         .unwrap()
@@ -1509,9 +1510,8 @@ fn if_exists_error_needs_create_if_missing() {
     let pipeline = gst::Pipeline::new();
     pipeline.add(&sink).unwrap();
     assert!(pipeline.set_state(gst::State::Playing).is_err());
-    let ended = common::wait_end(&pipeline.bus().unwrap(), WAIT);
+    let ended = common::wait_pipeline_end(&pipeline);
     pipeline.set_state(gst::State::Null).unwrap();
-    common::assert_tidy_messages(&ended.messages);
     let (err, _) = ended.error.expect("a settings error");
     assert!(err.matches(gst::ResourceError::Settings), "{err:?}");
     let text = err.to_string();
@@ -1541,6 +1541,7 @@ fn if_exists_is_set_and_reported_through_the_uri() {
         .set_uri("racs://h:7/imp?if-exists=overwrite")
         .unwrap_err();
     assert!(e.to_string().contains("if-exists"), "{e}");
+    common::assert_tidy("URI error", &e.to_string());
     handler.set_uri("racs://h:7/imp?if-exists=append").unwrap();
     assert_eq!(handler.uri().unwrap(), "racs://h:7/imp");
 }

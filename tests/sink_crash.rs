@@ -2047,6 +2047,7 @@ fn an_invalid_replay_window_is_a_settings_error_naming_the_forms() {
         .set_uri("racs://127.0.0.1:6381/x?replay-window=lots")
         .unwrap_err();
     assert!(e.to_string().contains("expected auto"), "{e}");
+    common::assert_tidy("URI error", &e.to_string());
     handler
         .set_uri("racs://127.0.0.1:6381/x?replay-window=10s&recovery-policy=keep-time")
         .unwrap();

@@ -726,6 +726,7 @@ fn timeline_and_rotation_settings_round_trip_through_the_uri() {
         .set_uri("racs://h/air?timeline=sometimes")
         .unwrap_err();
     assert!(e.to_string().contains("auto, samples or wall-clock"), "{e}");
+    common::assert_tidy("URI error", &e.to_string());
 }
 
 #[test]

@@ -921,6 +921,7 @@ fn uri_sets_properties_and_plays_through_uridecodebin() {
     )
     .unwrap_err();
     assert!(bad.to_string().contains("no-such-thing"), "{bad}");
+    common::assert_tidy("URI error", &bad.to_string());
 
     let pipeline = gst::parse::launch(&format!(
         "uridecodebin uri=\"{uri}\" ! audioconvert ! audio/x-raw,format=S16LE ! fakesink name=sink sync=false"

@@ -11,11 +11,6 @@ use std::sync::Arc;
 use common::TestServer;
 use gst::prelude::*;
 
-/// Plays `pipeline` to EOS; panics with the error message or on a timeout.
-fn run_to_eos(pipeline: &gst::Element) {
-    common::play_to_eos(pipeline);
-}
-
 /// Records `secs` seconds of a sine, S16LE stereo 44.1 kHz, into `id`.
 fn record(srv: &TestServer, id: &str, secs: u32) {
     let p = gst::parse::launch(&format!(
@@ -24,7 +19,7 @@ fn record(srv: &TestServer, id: &str, secs: u32) {
         srv.port()
     ))
     .unwrap();
-    run_to_eos(&p);
+    common::play_to_eos(&p);
 }
 
 /// A fakesink that counts the sample frames reaching it.
@@ -58,7 +53,7 @@ fn playbin_plays_a_racs_uri() {
         .property("audio-sink", &sink)
         .build()
         .unwrap();
-    run_to_eos(&playbin);
+    common::play_to_eos(&playbin);
     assert_eq!(
         frames.load(Ordering::SeqCst),
         88_200,
@@ -84,7 +79,7 @@ fn playbin_plays_a_time_range_given_in_the_uri() {
         .property("audio-sink", &sink)
         .build()
         .unwrap();
-    run_to_eos(&playbin);
+    common::play_to_eos(&playbin);
     let n = frames.load(Ordering::SeqCst);
     assert!(
         n.abs_diff(88_200) <= 88,
@@ -116,7 +111,7 @@ fn uridecodebin_plays_a_racs_uri() {
             }
             gst::PadProbeReturn::Ok
         });
-    run_to_eos(&pipeline);
+    common::play_to_eos(&pipeline);
     assert_eq!(frames.load(Ordering::SeqCst), 44_100);
 }
 
@@ -160,7 +155,7 @@ fn racssink_made_from_a_uri_records() {
         .unwrap();
     pipeline.add_many([&src, &caps, &sink]).unwrap();
     gst::Element::link_many([&src, &caps, &sink]).unwrap();
-    run_to_eos(pipeline.upcast_ref());
+    common::play_to_eos(pipeline.upcast_ref());
     assert_eq!(
         tools::info(srv.addr(), "from-uri", "size"),
         Some(44_100 * 2)
@@ -204,6 +199,7 @@ fn a_uri_without_a_stream_id_is_refused_with_a_reason() {
             err.to_string().to_lowercase().contains("stream"),
             "the error does not say the stream id is missing: {err}"
         );
+        common::assert_tidy("URI error", &err.to_string());
     }
 }
 
@@ -336,7 +332,7 @@ fn racssink_uri_property_works_from_gst_launch_and_a_bad_one_fails_at_start() {
         .by_name("sink")
         .unwrap();
     assert_eq!(sink.property::<u32>("chunk-size"), 4410);
-    run_to_eos(&pipeline);
+    common::play_to_eos(&pipeline);
     assert_eq!(
         tools::info(srv.addr(), "by property", "size"),
         Some(44_100 * 2)

@@ -172,3 +172,76 @@ mod tests {
         assert!(Command::open("séance * 1").is_ok());
     }
 }
+
+#[cfg(test)]
+mod more_command_tests {
+    use super::*;
+
+    #[test]
+    fn every_command_quotes_its_literals() {
+        assert_eq!(Command::close("a b").unwrap().as_str(), "CLOSE 'a b'");
+        assert_eq!(
+            Command::search("air-*").unwrap().payload(),
+            b"SEARCH 'air-*'\0"
+        );
+        for (attr, name) in [
+            (InfoAttr::SampleRate, "sample_rate"),
+            (InfoAttr::Channels, "channels"),
+            (InfoAttr::BitDepth, "bit_depth"),
+            (InfoAttr::Size, "size"),
+            (InfoAttr::Ref, "ref"),
+        ] {
+            assert_eq!(attr.name(), name);
+            assert_eq!(
+                Command::info("s", attr).unwrap().as_str(),
+                format!("INFO 's' '{name}'")
+            );
+        }
+        let f = StreamFormat::new(48000, 6, 24).unwrap();
+        assert_eq!(
+            Command::create("x", &f).unwrap().as_str(),
+            "CREATE 'x' 48000 6 24"
+        );
+    }
+
+    #[test]
+    fn every_command_refuses_what_it_cannot_quote() {
+        let f = StreamFormat::new(8000, 1, 16).unwrap();
+        for result in [
+            Command::create("a'b", &f),
+            Command::open("a'b"),
+            Command::close("a'b"),
+            Command::info("a'b", InfoAttr::Ref),
+            Command::extract("a'b", 0, 1),
+        ] {
+            let e = result.unwrap_err().to_string();
+            assert!(
+                e.contains("stream-id \"a'b\"") && e.contains("single quote"),
+                "{e}"
+            );
+        }
+        let e = Command::search("x\\*").unwrap_err().to_string();
+        assert!(e.starts_with("search pattern"), "{e}");
+        assert!(e.contains("backslash"), "{e}");
+    }
+
+    #[test]
+    fn the_refusal_names_the_byte_and_says_what_is_allowed() {
+        // 'é' takes two bytes: the quote is at byte 2.
+        let e = validate_stream_id("é'x").unwrap_err().to_string();
+        assert!(e.contains("at byte 2"), "{e}");
+        assert!(
+            e.contains("Use letters, digits, spaces and punctuation other than ' \\ and |>"),
+            "{e}"
+        );
+        let e = validate_literal("what", "tab\there")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("control character at byte 3"), "{e}");
+        assert!(
+            validate_stream_id("a|").is_ok(),
+            "a pipe at the end is harmless"
+        );
+        assert!(validate_stream_id(">|").is_ok());
+    }
+}

@@ -244,3 +244,97 @@ mod tests {
         assert_eq!(f.block_time_ms(0, 2 * 32768), 371);
     }
 }
+
+#[cfg(test)]
+mod time_and_format_tests {
+    use super::*;
+
+    #[test]
+    fn frames_to_ns_rounds_down_so_running_spans_join() {
+        assert_eq!(frames_to_ns(0, 44100), 0);
+        assert_eq!(frames_to_ns(44100, 44100), 1_000_000_000);
+        // One frame at 44.1 kHz is 22675.73 ns: rounded down.
+        assert_eq!(frames_to_ns(1, 44100), 22675);
+        // Spans from running frame counts add up to the span of the total: no gap, no overlap.
+        let mut end = 0;
+        for n in [1u64, 37, 1001, 4097, 333] {
+            let before: u64 = end;
+            end += n;
+            let (a, b) = (frames_to_ns(before, 44100), frames_to_ns(end, 44100));
+            assert!(b > a);
+        }
+        assert_eq!(frames_to_ns(end, 44100), frames_to_ns(5469, 44100));
+        // No overflow for a year of 192 kHz audio; a zero rate is no division by zero.
+        let year = 365 * 24 * 3600 * 192_000u64;
+        assert_eq!(frames_to_ns(year, 192_000), 365 * 24 * 3600 * 1_000_000_000);
+        assert_eq!(frames_to_ns(5, 0), 5_000_000_000);
+    }
+
+    #[test]
+    fn ns_to_frames_rounds_to_the_nearest_frame() {
+        assert_eq!(ns_to_frames(1_000_000_000, 48000), 48000);
+        // 10.4 us is 0.4992 frames at 48 kHz, 10.5 us 0.504.
+        assert_eq!(ns_to_frames(10_400, 48000), 0);
+        assert_eq!(ns_to_frames(10_500, 48000), 1);
+        // Round trip of every frame count through ns and back.
+        for rate in [8000u32, 44100, 48000, 96000] {
+            for frames in [0u64, 1, 2, 441, 44099, 1_000_003] {
+                assert_eq!(ns_to_frames(frames_to_ns(frames, rate), rate), frames);
+            }
+        }
+        let f = StreamFormat::new(44100, 2, 16).unwrap();
+        assert_eq!(f.frames_to_ns(441), 10_000_000);
+        assert_eq!(f.ns_to_frames(10_000_000), 441);
+    }
+
+    #[test]
+    fn sizes_and_names_of_a_format() {
+        let f = StreamFormat::new(48000, 6, 24).unwrap();
+        assert_eq!(f.bytes_per_sample(), 3);
+        assert_eq!(f.bytes_per_frame(), 18);
+        assert_eq!(f.bytes_per_second(), 864_000);
+        assert_eq!(f.to_string(), "48000 Hz, 6 channels, 24-bit");
+        assert_eq!(
+            StreamFormat::new(8000, 1, 16).unwrap().to_string(),
+            "8000 Hz, 1 channel, 16-bit"
+        );
+        // 1 ms at 44.1 kHz is 44.1 frames: the shortest block covering it has 45.
+        assert_eq!(f.min_chunk_bytes(), 48 * 18);
+        assert_eq!(
+            StreamFormat::new(1, 1, 16).unwrap().min_chunk_bytes(),
+            2,
+            "at least one frame"
+        );
+    }
+
+    #[test]
+    fn unsupported_formats_say_what_is_supported() {
+        for (rate, channels, bits) in [(0, 2, 16), (44100, 0, 16), (44100, 2, 32), (44100, 2, 8)] {
+            let e = StreamFormat::new(rate, channels, bits)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("{rate} Hz, {channels} channels, {bits}-bit"))
+                    && e.contains("16 or 24-bit"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_frame_of_the_largest_block_fits_its_size_field() {
+        let mut out = vec![0xAA];
+        let pcm = vec![7u8; MAX_BLOCK_BYTES];
+        encode_frame_into(&mut out, &SessionId([1; 16]), 42, &pcm).unwrap();
+        // Appended after what was there, header then PCM.
+        assert_eq!(out.len(), 1 + HEADER_LEN + MAX_BLOCK_BYTES);
+        assert_eq!(out[0], 0xAA);
+        assert_eq!(&out[1..4], b"rsp");
+        assert_eq!(u16::from_le_bytes([out[1 + 31], out[1 + 32]]), 65535);
+        assert_eq!(
+            u32::from_le_bytes(out[1 + 27..1 + 31].try_into().unwrap()),
+            crc32c(&pcm)
+        );
+        assert_eq!(out[1 + 33], 0, "flags");
+    }
+}

@@ -1070,3 +1070,60 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod field_tests {
+    use super::*;
+
+    #[test]
+    fn a_rotation_knows_its_finest_field() {
+        let p = |s: &str| Rotation::from_pattern(s).unwrap().unwrap();
+        assert_eq!(p("a-%Y%m%d-%H").unit(), Some(Unit::Hour));
+        assert_eq!(p("a-%Y-%j").unit(), Some(Unit::Day));
+        assert_eq!(p("a-%y%m").unit(), Some(Unit::Month));
+        assert_eq!(p("a-%Y%m%d%H%M%S").unit(), Some(Unit::Second));
+        assert_eq!(Rotation::every("a", 1000).unwrap().unit(), None);
+        // %% is a percent sign, not a field.
+        assert_eq!(Rotation::from_pattern("50%%").unwrap(), None);
+        assert_eq!(p("50%%-%Y").name_at(0), "50%-1970");
+        let e = Rotation::every("a", 999).unwrap_err();
+        assert!(
+            e.contains("999 ms is too short") && e.contains("1000 ms"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn fields_have_fixed_widths_and_globs_escape_literal_wildcards() {
+        assert_eq!(field_width('Y'), 4);
+        assert_eq!(field_width('j'), 3);
+        for f in ['y', 'm', 'd', 'H', 'M', 'S'] {
+            assert_eq!(field_width(f), 2, "%{f}");
+        }
+        let p = Rotation::from_pattern("a*b?[c]-%Y%j").unwrap().unwrap();
+        assert_eq!(p.glob().unwrap(), "a[*]b[?][[]c]-???????");
+        assert_eq!(Rotation::every("a", 1000).unwrap().glob(), None);
+    }
+
+    #[test]
+    fn fixed_periods_are_named_after_their_start() {
+        let r = Rotation::every("air", 3_600_000).unwrap();
+        // 2026-01-09T10:30:00Z.
+        let t = 1_767_954_600_000;
+        assert_eq!(r.name_at(t), "air-20260109T100000Z");
+        assert_eq!(r.period_start(t), 1_767_952_800_000);
+        assert_eq!(r.next_boundary(t), 1_767_956_400_000);
+        // Before the epoch too, aligned downwards.
+        assert_eq!(r.period_start(-1), -3_600_000);
+        assert_eq!(r.parse_name("air-20260109T100000Z"), None, "no pattern");
+    }
+
+    #[test]
+    fn durations_become_whole_frames_never_negative() {
+        assert_eq!(frames_in(1_000_000_000, 44_100), 44_100);
+        // 11.3 us is 0.498 frames, 11.4 us 0.503.
+        assert_eq!(frames_in(11_300, 44_100), 0);
+        assert_eq!(frames_in(11_400, 44_100), 1);
+        assert_eq!(frames_in(-5_000_000_000, 44_100), 0);
+    }
+}

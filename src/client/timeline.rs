@@ -153,3 +153,39 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod correction_tests {
+    use super::*;
+
+    #[test]
+    fn the_stored_time_counts_from_ref_in_whole_nanoseconds() {
+        let w = WallClock {
+            rate: 44_100,
+            max_drift_ns: 0,
+        };
+        assert_eq!(w.stored_ns(1000, 0), 1_000_000_000);
+        // One frame at 44.1 kHz: 22675.73 ns, rounded down.
+        assert_eq!(w.stored_ns(0, 1), 22_675);
+        assert_eq!(w.stored_ns(-1000, 44_100), 0, "a ref before the epoch");
+    }
+
+    #[test]
+    fn beyond_the_bound_the_whole_difference_is_corrected_to_the_nearest_frame() {
+        let w = WallClock {
+            rate: 8000,
+            max_drift_ns: 0,
+        };
+        // One frame is 125 us: 62.4 us rounds to none, 62.5 us to one.
+        assert_eq!(w.correct(0, 62_499), Correction::Keep);
+        assert_eq!(w.correct(0, 62_500), Correction::Fill(1));
+        assert_eq!(w.correct(62_500, 0), Correction::Drop(1));
+        assert_eq!(w.correct(0, 0), Correction::Keep);
+        // A second either way.
+        assert_eq!(w.correct(0, 1_000_000_000), Correction::Fill(8000));
+        assert_eq!(w.correct(1_000_000_000, 0), Correction::Drop(8000));
+        // A difference of more frames than a u64 counts saturates instead of wrapping.
+        assert_eq!(w.correct(0, 10i128.pow(25)), Correction::Fill(u64::MAX));
+        assert_eq!(w.correct(10i128.pow(25), 0), Correction::Drop(u64::MAX));
+    }
+}
