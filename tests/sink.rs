@@ -117,7 +117,13 @@ fn set_null_within(pipeline: &gst::Pipeline, limit: Duration) -> Duration {
 }
 
 /// `appsrc ! racssink`: pushes `buffers` (with PTS from the byte count when `timed`), then EOS.
-fn run_appsrc(sink: gst::Element, caps: &gst::Caps, buffers: &[&[u8]], timed: bool) -> Outcome {
+fn run_appsrc(
+    sink: gst::Element,
+    format: &StreamFormat,
+    buffers: &[&[u8]],
+    timed: bool,
+) -> Outcome {
+    let caps = &common::format_caps(format);
     let started = Instant::now();
     let pipeline = gst::Pipeline::new();
     let src = gst::ElementFactory::make("appsrc")
@@ -161,6 +167,13 @@ fn run_appsrc(sink: gst::Element, caps: &gst::Caps, buffers: &[&[u8]], timed: bo
         stats,
         took: started.elapsed(),
     }
+}
+
+/// [`run_appsrc`] without timestamps, which must reach EOS.
+fn import_ok(sink: gst::Element, format: &StreamFormat, buffers: &[&[u8]]) -> Outcome {
+    let out = run_appsrc(sink, format, buffers, false);
+    assert!(out.error.is_none(), "{}", out.error_text());
+    out
 }
 
 /// Splits `data` into buffers of whole frames with odd, varying frame counts.
@@ -312,7 +325,7 @@ fn round_trips_are_byte_exact_across_formats() {
         let sink = make_sink(&srv, &id, &[("chunk-size", &chunk.to_string())]);
         let out = run_appsrc(
             sink,
-            &common::format_caps(format),
+            format,
             &odd_splits(&data, format.bytes_per_frame()),
             true,
         );
@@ -354,13 +367,7 @@ fn buffers_split_mid_frame_are_stored_whole() {
         buffers.push(&data[at..at + n]);
         at += n;
     }
-    let out = run_appsrc(
-        make_sink(&srv, "split", &[]),
-        &common::format_caps(&format),
-        &buffers,
-        false,
-    );
-    assert!(out.error.is_none(), "{}", out.error_text());
+    let out = import_ok(make_sink(&srv, "split", &[]), &format, &buffers);
     assert!(common::read_back(srv.addr(), "split", 24, data.len()) == data);
     // Every frame but the last is exactly one chunk of whole sample frames.
     let chunk = 32768 / 6 * 6;
@@ -373,20 +380,8 @@ fn appends_to_an_existing_stream_and_reports_its_ref() {
     let format = fmt(16000, 1, 16);
     let a = noise(16000 * 4, 1);
     let b = noise(16000 * 4, 2);
-    let first = run_appsrc(
-        make_sink(&srv, "append", &[]),
-        &common::format_caps(&format),
-        &[&a],
-        false,
-    );
-    assert!(first.error.is_none(), "{}", first.error_text());
-    let second = run_appsrc(
-        make_sink(&srv, "append", &[]),
-        &common::format_caps(&format),
-        &[&b],
-        false,
-    );
-    assert!(second.error.is_none(), "{}", second.error_text());
+    let first = import_ok(make_sink(&srv, "append", &[]), &format, &[&a]);
+    let second = import_ok(make_sink(&srv, "append", &[]), &format, &[&b]);
     let mut all = a.clone();
     all.extend_from_slice(&b);
     assert!(common::read_back(srv.addr(), "append", 16, all.len()) == all);
@@ -406,13 +401,7 @@ fn converters_negotiate_to_the_stored_format() {
     let srv = TestServer::start();
     let stored = fmt(44100, 2, 16);
     let seed = noise(44100 * 4, 3);
-    let out = run_appsrc(
-        make_sink(&srv, "conv", &[]),
-        &common::format_caps(&stored),
-        &[&seed],
-        false,
-    );
-    assert!(out.error.is_none(), "{}", out.error_text());
+    import_ok(make_sink(&srv, "conv", &[]), &stored, &[&seed]);
 
     common::init();
     let pipeline = gst::parse::launch(&format!(
@@ -446,7 +435,7 @@ fn a_fixed_mismatching_format_names_both_formats() {
     let stored = fmt(44100, 2, 16);
     let out = run_appsrc(
         make_sink(&srv, "fixed", &[]),
-        &common::format_caps(&stored),
+        &stored,
         &[&noise(4000, 1)],
         false,
     );
@@ -454,7 +443,7 @@ fn a_fixed_mismatching_format_names_both_formats() {
     // Through appsrc...
     let out = run_appsrc(
         make_sink(&srv, "fixed", &[]),
-        &common::format_caps(&fmt(48000, 1, 16)),
+        &fmt(48000, 1, 16),
         &[&noise(4000, 1)],
         false,
     );
@@ -499,12 +488,7 @@ fn a_fixed_mismatching_format_names_both_formats() {
 fn a_missing_stream_without_create_if_missing_is_not_found() {
     let srv = TestServer::start();
     let sink = make_sink(&srv, "nowhere", &[("create-if-missing", "false")]);
-    let out = run_appsrc(
-        sink,
-        &common::format_caps(&fmt(8000, 1, 16)),
-        &[&noise(1600, 1)],
-        false,
-    );
+    let out = run_appsrc(sink, &fmt(8000, 1, 16), &[&noise(1600, 1)], false);
     let (err, _) = out.error.expect("not found");
     assert!(err.matches(gst::ResourceError::NotFound), "{err:?}");
     let text = err.to_string();
@@ -539,12 +523,7 @@ fn a_stream_left_open_needs_takeover() {
     let session = crashed_writer(srv.addr(), "left-open", &format, &before);
 
     let data = noise(8000, 2);
-    let out = run_appsrc(
-        make_sink(&srv, "left-open", &[]),
-        &common::format_caps(&format),
-        &[&data],
-        false,
-    );
+    let out = run_appsrc(make_sink(&srv, "left-open", &[]), &format, &[&data], false);
     let (err, _) = out.error.expect("busy");
     assert!(err.matches(gst::ResourceError::Busy), "{err:?}");
     let text = err.to_string();
@@ -555,13 +534,11 @@ fn a_stream_left_open_needs_takeover() {
         before.len() as u64
     );
 
-    let out = run_appsrc(
+    import_ok(
         make_sink(&srv, "left-open", &[("takeover", "true")]),
-        &common::format_caps(&format),
+        &format,
         &[&data],
-        false,
     );
-    assert!(out.error.is_none(), "{}", out.error_text());
     let mut all = before.clone();
     all.extend_from_slice(&data);
     assert!(common::read_back(srv.addr(), "left-open", 16, all.len()) == all);
@@ -702,13 +679,7 @@ fn uri_handler_sets_and_reports_the_settings() {
     )
     .unwrap();
     let data = noise(8000, 5);
-    let out = run_appsrc(
-        sink.clone(),
-        &common::format_caps(&fmt(8000, 1, 16)),
-        &[&data],
-        false,
-    );
-    assert!(out.error.is_none(), "{}", out.error_text());
+    let out = import_ok(sink.clone(), &fmt(8000, 1, 16), &[&data]);
     assert_eq!(out.stat("frames-acked"), 10);
     assert!(common::read_back(srv.addr(), "via uri", 16, data.len()) == data);
 }
@@ -743,12 +714,7 @@ fn server_down_at_start_is_a_clear_error_without_a_hang() {
         .property("stream-id", "down")
         .build()
         .unwrap();
-    let out = run_appsrc(
-        sink,
-        &common::format_caps(&fmt(8000, 1, 16)),
-        &[&noise(1600, 1)],
-        false,
-    );
+    let out = run_appsrc(sink, &fmt(8000, 1, 16), &[&noise(1600, 1)], false);
     let (err, _) = out.error.expect("connect error");
     assert!(err.matches(gst::ResourceError::OpenWrite), "{err:?}");
     let text = err.to_string();
@@ -805,12 +771,7 @@ fn sink_at(addr: SocketAddr, id: &str, props: &[(&str, &str)]) -> gst::Element {
 fn a_stalled_server_times_out() {
     let (addr, _server) = fake_server(false);
     let sink = sink_at(addr, "stall", &[("timeout", "300")]);
-    let out = run_appsrc(
-        sink,
-        &common::format_caps(&fmt(8000, 1, 16)),
-        &[&noise(1600, 1)],
-        false,
-    );
+    let out = run_appsrc(sink, &fmt(8000, 1, 16), &[&noise(1600, 1)], false);
     let (err, _) = out.error.expect("timeout");
     assert!(err.matches(gst::ResourceError::OpenWrite), "{err:?}");
     let text = err.to_string();
@@ -860,12 +821,7 @@ fn stopping_while_waiting_on_a_stalled_server_is_immediate() {
 fn a_garbage_answering_server_is_a_protocol_error() {
     let (addr, _server) = fake_server(true);
     let sink = sink_at(addr, "garbage", &[("timeout", "2000")]);
-    let out = run_appsrc(
-        sink,
-        &common::format_caps(&fmt(8000, 1, 16)),
-        &[&noise(1600, 1)],
-        false,
-    );
+    let out = run_appsrc(sink, &fmt(8000, 1, 16), &[&noise(1600, 1)], false);
     let (err, _) = out.error.expect("protocol error");
     let text = err.to_string();
     assert!(text.contains("does not speak the RACS protocol"), "{text}");
@@ -1162,7 +1118,7 @@ fn progress_ref_messages_and_stats() {
     let data = noise(44100 * 4, 21); // 1 s
     let out = run_appsrc(
         make_sink(&srv, "msgs", &[]),
-        &common::format_caps(&format),
+        &format,
         &odd_splits(&data, 4),
         true,
     );
@@ -1415,7 +1371,7 @@ fn if_exists_error_refuses_an_existing_stream_and_writes_nothing() {
     let import = |data: &[u8]| {
         run_appsrc(
             make_sink(&srv, "import", &[("if-exists", "error")]),
-            &common::format_caps(&format),
+            &format,
             &[data],
             false,
         )
@@ -1452,7 +1408,7 @@ fn if_exists_error_refuses_an_existing_stream_and_writes_nothing() {
     assert!(runtime().block_on(conn.create("empty", &format)).unwrap());
     let out = run_appsrc(
         make_sink(&srv, "empty", &[("if-exists", "error")]),
-        &common::format_caps(&format),
+        &format,
         &[&a],
         false,
     );
@@ -1463,13 +1419,7 @@ fn if_exists_error_refuses_an_existing_stream_and_writes_nothing() {
     );
 
     // The default appends (what run twice would do by accident).
-    let third = run_appsrc(
-        make_sink(&srv, "import", &[]),
-        &common::format_caps(&format),
-        &[&a],
-        false,
-    );
-    assert!(third.error.is_none(), "{}", third.error_text());
+    import_ok(make_sink(&srv, "import", &[]), &format, &[&a]);
     assert_eq!(info(srv.addr(), "import").unwrap().size, 2 * size);
 }
 
@@ -1509,10 +1459,8 @@ fn if_exists_error_needs_create_if_missing() {
     );
     let pipeline = gst::Pipeline::new();
     pipeline.add(&sink).unwrap();
-    assert!(pipeline.set_state(gst::State::Playing).is_err());
-    let ended = common::wait_pipeline_end(&pipeline);
+    let err = common::refused(&pipeline, gst::State::Playing);
     pipeline.set_state(gst::State::Null).unwrap();
-    let (err, _) = ended.error.expect("a settings error");
     assert!(err.matches(gst::ResourceError::Settings), "{err:?}");
     let text = err.to_string();
     assert!(

@@ -212,6 +212,19 @@ fn offsets(
 /// Capture times are read by the sink and by the test at slightly different moments.
 const JITTER_NS: i128 = 1_500_000;
 
+/// Every `(buffer, stored - captured)` of [`offsets`] within `max_drift_ns` (and the jitter of
+/// reading capture times); `what` names the run.
+fn assert_within(offs: impl IntoIterator<Item = (u64, i128)>, max_drift_ns: i128, what: &str) {
+    for (i, d) in offs {
+        assert!(
+            d.abs() <= max_drift_ns + JITTER_NS,
+            "{what}buffer {i} stored {:.3} ms from its capture (max-drift {} ms)",
+            d as f64 / 1e6,
+            max_drift_ns / 1_000_000
+        );
+    }
+}
+
 #[test]
 fn drift_of_100_and_1000_ppm_either_way_stays_within_max_drift() {
     let srv = TestServer::start();
@@ -266,14 +279,11 @@ fn drift_of_100_and_1000_ppm_either_way_stays_within_max_drift() {
             "{ppm} ppm: only {} buffers stored, {dropped} frames dropped",
             offs.len()
         );
-        for (i, d) in &offs {
-            assert!(
-                d.abs() <= i128::from(max_drift) + JITTER_NS,
-                "{ppm} ppm: buffer {i} stored {:.3} ms from its capture (max-drift {} ms)",
-                *d as f64 / 1e6,
-                max_drift / 1_000_000
-            );
-        }
+        assert_within(
+            offs.iter().copied(),
+            i128::from(max_drift),
+            &format!("{ppm} ppm: "),
+        );
         // The corrections add up to the drift, less what the bound lets stand and the start-up
         // offset (the first sample is stored up to a buffer after its capture).
         let drift_frames = (seconds as f64 * f64::from(RATE) * ppm.abs() / 1e6) as u64;
@@ -357,16 +367,13 @@ fn a_restart_after_a_pause_within_max_fill_is_filled_with_silence() {
         "filled {filled} frames for a pause of {pause_frames}"
     );
     let (r, samples) = stored(srv.addr(), &id);
-    for (i, d) in offsets(r, &samples, &c1, 0, 0.0)
-        .into_iter()
-        .chain(offsets(r, &samples, &c2, 100, 0.0))
-    {
-        assert!(
-            d.abs() <= 20_000_000 + JITTER_NS,
-            "buffer {i} stored {:.3} ms from its capture",
-            d as f64 / 1e6
-        );
-    }
+    assert_within(
+        offsets(r, &samples, &c1, 0, 0.0)
+            .into_iter()
+            .chain(offsets(r, &samples, &c2, 100, 0.0)),
+        20_000_000,
+        "",
+    );
     // Between the two runs: silence only.
     let end1 = samples.iter().rposition(|v| *v == 100).unwrap();
     let start2 = samples.iter().position(|v| *v == 101).unwrap();
@@ -684,13 +691,7 @@ fn skipped_cycles_are_filled_with_silence_and_later_audio_stays_on_time() {
         "{} buffers",
         offs.len()
     );
-    for (i, d) in offs {
-        assert!(
-            d.abs() <= 20_000_000 + JITTER_NS,
-            "buffer {i} stored {:.3} ms from its capture",
-            d as f64 / 1e6
-        );
-    }
+    assert_within(offs, 20_000_000, "");
     // Where the second three cycles were lost (buffers 200-202, marked 201-203): silence, as
     // long as they were give or take the bound (where each buffer lies is checked above).
     let end = samples.iter().rposition(|v| *v == 200).unwrap();
@@ -816,16 +817,13 @@ fn a_pause_beyond_max_fill_with_rotation_continues_in_a_new_stream_read_back_as_
         let (r2, s2) = stored(srv.addr(), &cont);
         assert_eq!(s1.len() as u64 * 2, first.stat("bytes-acked"));
         assert_eq!(s2.len() as u64 * 2, second.stat("bytes-acked"));
-        for (i, d) in offsets(r1, &s1, &c1, 0, 0.0)
-            .into_iter()
-            .chain(offsets(r2, &s2, &c2, 50, 0.0))
-        {
-            assert!(
-                d.abs() <= 20_000_000 + JITTER_NS,
-                "{rotate}: buffer {i} stored {:.3} ms from its capture",
-                d as f64 / 1e6
-            );
-        }
+        assert_within(
+            offsets(r1, &s1, &c1, 0, 0.0)
+                .into_iter()
+                .chain(offsets(r2, &s2, &c2, 50, 0.0)),
+            20_000_000,
+            &format!("{rotate}: "),
+        );
         // racssrc reads the range across both through the pattern: the first run's audio, a
         // gap for the pause, the second run's audio.
         let end2 = r2 + (s2.len() as i64 * 1000 + i64::from(RATE) - 1) / i64::from(RATE);
