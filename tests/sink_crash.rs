@@ -1830,77 +1830,29 @@ impl Stall {
 
 /// A stall of the server while a live rig writes: its stream id and content, how long the
 /// stall lasts, racssink's `timeout` and `retry-timeout` (ms), and how much audio follows (ms).
-#[derive(Clone, Copy)]
-struct StallCase {
-    id: &'static str,
-    signal: Signal,
-    stall: Duration,
-    timeout_ms: &'static str,
-    retry_ms: &'static str,
-    after_ms: u64,
-}
+type StallCase = (
+    &'static str,
+    Signal,
+    Duration,
+    &'static str,
+    &'static str,
+    u64,
+);
 
-impl StallCase {
-    const fn new(
-        id: &'static str,
-        signal: Signal,
-        stall: Duration,
-        timeout_ms: &'static str,
-        retry_ms: &'static str,
-        after_ms: u64,
-    ) -> StallCase {
-        StallCase {
-            id,
-            signal,
-            stall,
-            timeout_ms,
-            retry_ms,
-            after_ms,
-        }
-    }
-}
-
+#[rustfmt::skip]
 const STALLS: &[StallCase] = &[
-    StallCase::new(
-        "stall-short",
-        Signal::Silence,
-        ms(200),
-        "1000",
-        "2000",
-        1000,
-    ),
-    StallCase::new(
-        "stall-retry",
-        Signal::Clicks(800),
-        ms(1500),
-        "300",
-        "4000",
-        1500,
-    ),
-    StallCase::new(
-        "stall-gone",
-        Signal::Tone(300.0),
-        ms(2500),
-        "300",
-        "700",
-        1500,
-    ),
+    ("stall-short", Signal::Silence, ms(200), "1000", "2000", 1000),
+    ("stall-retry", Signal::Clicks(800), ms(1500), "300", "4000", 1500),
+    ("stall-gone", Signal::Tone(300.0), ms(2500), "300", "700", 1500),
 ];
 
 /// On a fresh server, the stall case `name`: a live rig writing through a stalling relay, 1 s
 /// of audio, a stall while it keeps pushing, then more. Returns the server and the run.
 fn stalled_run(name: &str) -> (TestServer, Run) {
     let srv = TestServer::start();
-    let StallCase {
-        id,
-        signal,
-        stall,
-        timeout_ms,
-        retry_ms,
-        after_ms,
-    } = *STALLS
+    let (id, signal, stall, timeout_ms, retry_ms, after_ms) = *STALLS
         .iter()
-        .find(|c| c.id == name)
+        .find(|c| c.0 == name)
         .unwrap_or_else(|| panic!("no stall case {name}"));
     let relay = Stall::start(srv.addr());
     let fmt = F8K;

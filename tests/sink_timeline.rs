@@ -45,6 +45,12 @@ struct Live {
 
 impl Live {
     fn new(srv: &TestServer, props: &[(&str, &str)]) -> Live {
+        Live::at(&srv.host(), srv.port(), props)
+    }
+
+    /// `appsrc ! racssink` writing to the server at `host`:`port` (from a thread that does not
+    /// hold the server), racssink's `props` set after host, port and a 1920-byte chunk-size.
+    fn at(host: &str, port: u16, props: &[(&str, &str)]) -> Live {
         common::init();
         let pipeline = gst::Pipeline::new();
         let src = gst::ElementFactory::make("appsrc")
@@ -54,8 +60,8 @@ impl Live {
             .build()
             .unwrap();
         let mut b = gst::ElementFactory::make("racssink")
-            .property("host", srv.host())
-            .property("port", u32::from(srv.port()))
+            .property("host", host)
+            .property("port", u32::from(port))
             .property("chunk-size", 1920u32);
         for (k, v) in props {
             b = b.property_from_str(k, v);
@@ -246,8 +252,12 @@ fn drift_of_100_and_1000_ppm_either_way_stays_within_max_drift() {
             let handle = std::thread::spawn({
                 let id = id.clone();
                 move || {
-                    let srv_addr: (String, u16) = (host, port);
-                    let live = Live::new_at(&srv_addr, &id, max_drift);
+                    let max_drift = max_drift.to_string();
+                    let live = Live::at(
+                        &host,
+                        port,
+                        &[("stream-id", &id), ("max-drift", &max_drift)],
+                    );
                     let (captures, ended) = live.run(seconds * 100, ppm, marked);
                     let t = live.sink.property::<gst::Structure>("stats");
                     (captures, ended, t)
@@ -311,34 +321,6 @@ fn drift_of_100_and_1000_ppm_either_way_stays_within_max_drift() {
             !messages.is_empty(),
             "{ppm} ppm: no racssink-timeline message"
         );
-    }
-}
-
-impl Live {
-    fn new_at(srv: &(String, u16), id: &str, max_drift: u64) -> Live {
-        common::init();
-        let pipeline = gst::Pipeline::new();
-        let src = gst::ElementFactory::make("appsrc")
-            .property("caps", common::caps(RATE, 1, 16))
-            .property("is-live", true)
-            .property_from_str("format", "time")
-            .build()
-            .unwrap();
-        let sink = gst::ElementFactory::make("racssink")
-            .property("host", srv.0.clone())
-            .property("port", u32::from(srv.1))
-            .property("stream-id", id)
-            .property("chunk-size", 1920u32)
-            .property("max-drift", max_drift)
-            .build()
-            .unwrap();
-        pipeline.add_many([&src, &sink]).unwrap();
-        src.link(&sink).unwrap();
-        Live {
-            pipeline,
-            src,
-            sink,
-        }
     }
 }
 

@@ -223,17 +223,20 @@ fn check_range(f: &StreamFormat, got: &[u64], first: u64, end: u64, exact: bool,
 }
 
 /// Reads frames `[first, end)` of `id` in `page_ms` pages and checks them with `check_range`.
-fn expect_frames(
+/// Reads each `(first, end, page_ms)` of stream `id` with the reader and checks it with
+/// [`check_range`] (`exact` for streams in fixed-size blocks).
+fn expect_ranges(
     srv: &TestServer,
     id: &str,
     f: &StreamFormat,
-    (first, end): (u64, u64),
-    page_ms: u64,
     exact: bool,
-    what: &str,
+    ranges: impl IntoIterator<Item = (u64, u64, u64)>,
 ) {
-    let (got, _) = read_range(srv, id, Bound::Frame(first), Bound::Frame(end), page_ms);
-    check_range(f, &got, first, end, exact, what);
+    for (first, end, page_ms) in ranges {
+        let (got, _) = read_range(srv, id, Bound::Frame(first), Bound::Frame(end), page_ms);
+        let what = format!("{id} [{first}, {end}) / {page_ms} ms pages");
+        check_range(f, &got, first, end, exact, &what);
+    }
 }
 
 #[test]
@@ -245,28 +248,24 @@ fn reader_extracts_exact_ranges_across_many_tables() {
     // 32768-byte blocks: 8192 frames, 185.76 ms, not a whole number of ms.
     w.ramp(44100 * 12, 8192);
     let total = w.frames;
-    for (first, end, page_ms) in [
-        (0, total, 10_000),               // whole stream
-        (0, total, 700),                  // whole stream in small pages
-        (44100, 2 * 44100, 1000),         // aligned to seconds
-        (8192 * 5, 8192 * 6, 10_000),     // exactly one block
-        (8192 * 5 + 1, 8192 * 6 - 1, 50), // inside one block, tiny pages
-        (12_345, 300_001, 333),           // unaligned both ends
-        (400_000, total, 1500),           // to the end
-        (total - 1, total, 1000),         // last frame
-        (250_000, 250_001, 1000),         // one frame in the middle
-        (100_000, 500_000, 10_000),       // far from the start (located by bisection)
-    ] {
-        expect_frames(
-            &srv,
-            "ramp",
-            &f,
-            (first, end),
-            page_ms,
-            true,
-            &format!("[{first}, {end}) in {page_ms} ms pages"),
-        );
-    }
+    expect_ranges(
+        &srv,
+        "ramp",
+        &f,
+        true,
+        [
+            (0, total, 10_000),               // whole stream
+            (0, total, 700),                  // whole stream in small pages
+            (44100, 2 * 44100, 1000),         // aligned to seconds
+            (8192 * 5, 8192 * 6, 10_000),     // exactly one block
+            (8192 * 5 + 1, 8192 * 6 - 1, 50), // inside one block, tiny pages
+            (12_345, 300_001, 333),           // unaligned both ends
+            (400_000, total, 1500),           // to the end
+            (total - 1, total, 1000),         // last frame
+            (250_000, 250_001, 1000),         // one frame in the middle
+            (100_000, 500_000, 10_000),       // far from the start (located by bisection)
+        ],
+    );
 }
 
 #[test]
@@ -282,26 +281,23 @@ fn reader_handles_mixed_chunk_sizes_and_sessions() {
     w.ramp(20_000, 45); // ~1 ms blocks, the smallest that keep distinct keys
     w.ramp(44100, 7000);
     let total = w.frames;
-    for (first, end) in [
+    let ranges = [
         (0, total),
         (44_000, 46_000),
         (88_000, 120_000),
         (120_000, 140_000),
         (150_000, total),
         (1, total - 1),
-    ] {
-        for page_ms in [80, 1000, 10_000] {
-            expect_frames(
-                &srv,
-                "mixed",
-                &f,
-                (first, end),
-                page_ms,
-                false,
-                &format!("mixed [{first}, {end}) / {page_ms} ms"),
-            );
-        }
-    }
+    ];
+    expect_ranges(
+        &srv,
+        "mixed",
+        &f,
+        false,
+        ranges
+            .into_iter()
+            .flat_map(|(first, end)| [80, 1000, 10_000].map(|page_ms| (first, end, page_ms))),
+    );
 }
 
 #[test]
@@ -1056,26 +1052,22 @@ fn a_stream_started_after_a_bulk_import_reads_back_whole() {
     let late = rt(w.conn.extract("second", 0, import_ref + 100_000)).unwrap();
     assert_eq!(late.len(), wide(total));
     assert_ne!(decode_wide(&f, &late[..wide(1)]), vec![0], "not rotated");
-    for (first, end, page_ms) in [
-        (0, total, 10_000),      // whole stream
-        (0, total, 300),         // whole stream, pages shorter than X
-        (0, 3000, 10_000),       // inside X
-        (1234, 4000, 10_000),    // to the end of X exactly
-        (2000, 9000, 10_000),    // across the end of X
-        (3999, 4001, 200),       // the last frame of X and the next one
-        (30_000, 70_000, 1000),  // later, in small pages
-        (100_000, total, 2_000), // later, located by bisection
-    ] {
-        expect_frames(
-            &srv,
-            "second",
-            &f,
-            (first, end),
-            page_ms,
-            true,
-            &format!("second [{first}, {end}) / {page_ms} ms"),
-        );
-    }
+    expect_ranges(
+        &srv,
+        "second",
+        &f,
+        true,
+        [
+            (0, total, 10_000),      // whole stream
+            (0, total, 300),         // whole stream, pages shorter than X
+            (0, 3000, 10_000),       // inside X
+            (1234, 4000, 10_000),    // to the end of X exactly
+            (2000, 9000, 10_000),    // across the end of X
+            (3999, 4001, 200),       // the last frame of X and the next one
+            (30_000, 70_000, 1000),  // later, in small pages
+            (100_000, total, 2_000), // later, located by bisection
+        ],
+    );
     // And through racssrc, as in the report.
     let run = common::SrcProbe::new(&common::src_props(&srv, "second"));
     expect_eos(&run);
@@ -1104,23 +1096,19 @@ fn a_stream_that_outruns_the_imports_table_reads_back_whole() {
     let all = rt(w.conn.extract("next", 0, ref_ms + 20_000)).unwrap();
     assert_eq!(all.len(), wide(total));
     assert_ne!(decode_wide(&f, &all[..wide(1)]), vec![0], "not rotated");
-    for (first, end, page_ms) in [
-        (0, total, 10_000),
-        (0, total, 1000),
-        (0, total, 4000),
-        (5000, total, 2500),
-        (70_000, total, 1000),
-    ] {
-        expect_frames(
-            &srv,
-            "next",
-            &f,
-            (first, end),
-            page_ms,
-            true,
-            &format!("next [{first}, {end}) / {page_ms} ms"),
-        );
-    }
+    expect_ranges(
+        &srv,
+        "next",
+        &f,
+        true,
+        [
+            (0, total, 10_000),
+            (0, total, 1000),
+            (0, total, 4000),
+            (5000, total, 2500),
+            (70_000, total, 1000),
+        ],
+    );
 }
 
 #[test]
