@@ -1969,10 +1969,7 @@ fn an_invalid_replay_window_is_a_settings_error_naming_the_forms() {
         .property("replay-window", "ten")
         .build()
         .unwrap();
-    let pipeline = gst::Pipeline::new();
-    pipeline.add(&sink).unwrap();
-    let err = common::refused(&pipeline, gst::State::Playing);
-    pipeline.set_state(gst::State::Null).unwrap();
+    let err = common::refused_alone(&sink, gst::State::Playing);
     assert!(err.matches(gst::ResourceError::Settings), "{err:?}");
     let text = err.to_string();
     assert!(

@@ -586,3 +586,22 @@ pub fn assert_tidy_output(outputs: &[&str]) {
         }
     }
 }
+
+/// Panics unless stream `id` holds exactly `want` (read back with [`read_back`] in the stream's
+/// `bit_depth`), naming the first difference.
+pub fn assert_stored(addr: SocketAddr, id: &str, bit_depth: u16, want: &[u8]) {
+    let got = read_back(addr, id, bit_depth, want.len());
+    if let Some(d) = first_difference(&got, want) {
+        panic!("stream {id:?}: {d}");
+    }
+}
+
+/// `element` alone in a pipeline, set to `state`, which must fail: the error it posted (see
+/// [`refused`]); the pipeline is set back to NULL.
+pub fn refused_alone(element: &gst::Element, state: gst::State) -> glib::Error {
+    let pipeline = gst::Pipeline::new();
+    pipeline.add(element).unwrap();
+    let err = refused(&pipeline, state);
+    pipeline.set_state(gst::State::Null).unwrap();
+    err
+}
