@@ -1416,7 +1416,23 @@ impl PushSrcImpl for RacsSrc {
                 }
                 Some(Fetched::End(empty)) => {
                     o.feed = Feed::Ended;
+                    // The range asked for holds no audio: an error, so that an export fails
+                    // instead of writing an empty file. After a seek, the end of the stream.
+                    let asked = o.fresh;
                     let warn = match empty {
+                        Some(reason) if asked => {
+                            drop(guard);
+                            gst::element_imp_error!(
+                                self,
+                                gst::ResourceError::NotFound,
+                                (
+                                    "nothing to read: {}; ask for a range inside it (start/stop \
+                                     or start-offset/duration), or set follow=true to wait for it",
+                                    reason
+                                )
+                            );
+                            return Err(gst::FlowError::Error);
+                        }
                         Some(reason) if !s.out.warned => {
                             s.out.warned = true;
                             Some(reason)
