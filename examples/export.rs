@@ -185,6 +185,7 @@ fn run() -> Result<(), String> {
     if pipeline.set_state(gst::State::Playing).is_err() {
         let msg = first_error(&pipeline).unwrap_or_else(|| "the pipeline did not start".into());
         let _ = pipeline.set_state(gst::State::Null);
+        let _ = std::fs::remove_file(&args.output);
         return Err(msg);
     }
     let bus = pipeline.bus().unwrap();
@@ -211,15 +212,17 @@ fn run() -> Result<(), String> {
     };
     let position = src.query_position::<gst::ClockTime>();
     let _ = pipeline.set_state(gst::State::Null);
-    result?;
     if delivered.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        // racssrc refuses a range that holds no audio with an error: no file is left behind.
         let _ = std::fs::remove_file(&args.output);
+        result?;
         return Err(format!(
             "nothing exported, {} not written: {}",
             args.output,
             last_warning.unwrap_or_else(|| "the range holds no audio".into())
         ));
     }
+    result?;
     let bytes = std::fs::metadata(&args.output)
         .map(|m| m.len())
         .unwrap_or(0);

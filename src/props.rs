@@ -114,3 +114,42 @@ impl Server {
         std::time::Duration::from_millis(u64::from(self.timeout_ms.max(1)))
     }
 }
+
+/// An element's settings, which hold a [`Server`].
+pub trait HasServer {
+    fn server(&mut self) -> &mut Server;
+}
+
+/// Sets a property both elements share: one of [`server_properties`], or `uri` (which sets the
+/// others through the element's own property definitions; a refused URI is kept, so that
+/// starting fails with it). False for the element's own properties.
+pub fn set_shared<S: HasServer>(
+    obj: &(impl IsA<gst::URIHandler> + IsA<gst::Object>),
+    cat: gst::DebugCategory,
+    settings: &std::sync::Mutex<S>,
+    pspec: &glib::ParamSpec,
+    value: &glib::Value,
+) -> bool {
+    if pspec.name() == "uri" {
+        // Not under the settings lock: the URI sets properties one by one.
+        let refused = crate::uri::set_property(obj, value);
+        if let Some(e) = &refused {
+            gst::error!(cat, obj = obj, "{e}");
+        }
+        settings.lock().unwrap().server().uri_error = refused;
+        return true;
+    }
+    settings.lock().unwrap().server().set(pspec.name(), value)
+}
+
+/// A property both elements share (see [`set_shared`]); `None` for the element's own.
+pub fn get_shared<S: HasServer>(
+    obj: &impl IsA<glib::Object>,
+    settings: &std::sync::Mutex<S>,
+    pspec: &glib::ParamSpec,
+) -> Option<glib::Value> {
+    if pspec.name() == "uri" {
+        return Some(crate::uri::format(obj).to_value());
+    }
+    settings.lock().unwrap().server().get(pspec.name())
+}

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use common::TestServer;
 use tools::{
-    decode_to_wav, element_exists, gst_command, gst_launch, gst_launch_error, gst_launch_ok, info,
-    read_wav, run,
+    decode_to_wav, element_exists, gst_command, gst_launch_error, gst_launch_ok, info, read_wav,
+    run,
 };
 
 const T: Duration = Duration::from_secs(60);
@@ -451,22 +451,22 @@ fn racssrc_errors_say_what_is_wrong() {
         "the error shows the expected time form: {line}"
     );
 
-    // A range after the end of the stream: a warning saying what the stream holds, then EOS.
-    let out = gst_launch(
+    // A range after the end of the stream: an error saying what the stream holds.
+    let out = gst_launch_error(
         &format!(
             "racssrc host=127.0.0.1 port={port} stream-id=short start-offset=60000000000 ! fakesink"
         ),
-        T,
+        TE,
     );
     assert!(
-        out.success(),
-        "a range past the end must end cleanly:\n{}",
+        !out.success(),
+        "a range past the end must fail:\n{}",
         out.dump()
     );
-    let line = first_line(&out, "WARNING");
+    let line = first_line(&out, "ERROR");
     assert!(
-        line.contains("after the end of the stream"),
-        "the warning says the range is past the end: {line}"
+        line.contains("after the end of the stream") && line.contains("holds"),
+        "the error says the range is past the end: {line}"
     );
 }
 
@@ -726,7 +726,7 @@ fn record_and_export_examples_round_trip() {
     let out = run(cmd, T);
     assert_eq!(out.status.code(), Some(1), "{}", out.dump());
     assert!(
-        out.stderr.contains("export: error: nothing exported")
+        out.stderr.contains("export: error: nothing to read")
             && out.stderr.contains("after the end of the stream"),
         "{}",
         out.dump()

@@ -24,7 +24,7 @@ use crate::client::reader::{
 };
 use crate::client::rotation::{AnyRange, RotatedRange, Rotation};
 use crate::client::{block_on, runtime, validate_stream_id, Canceller, Error, Pool, StreamFormat};
-use crate::uri;
+use crate::{props, uri};
 
 static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
     gst::DebugCategory::new(
@@ -53,7 +53,7 @@ const TIME_FORM: &str = "YYYY-MM-DDTHH:MM:SS[.fff]Z (RFC 3339, UTC), e.g. 2026-0
 
 #[derive(Debug, Clone)]
 struct Settings {
-    server: crate::props::Server,
+    server: props::Server,
     stream_id: Option<String>,
     start: Option<String>,
     stop: Option<String>,
@@ -67,6 +67,12 @@ struct Settings {
     latency: u32,
     retry_timeout: u32,
     hole_policy: HolePolicy,
+}
+
+impl props::HasServer for Settings {
+    fn server(&mut self) -> &mut props::Server {
+        &mut self.server
+    }
 }
 
 impl Default for Settings {
@@ -852,7 +858,7 @@ fn caps_for(format: &StreamFormat) -> gst::Caps {
 impl ObjectImpl for RacsSrc {
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: Lazy<Vec<glib::ParamSpec>> = Lazy::new(|| {
-            let mut props = crate::props::server_properties().to_vec();
+            let mut props = props::server_properties().to_vec();
             props.extend([
                 glib::ParamSpecString::builder("stream-id")
                     .nick("Stream ID")
@@ -981,18 +987,10 @@ impl ObjectImpl for RacsSrc {
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
-        if pspec.name() == "uri" {
-            let refused = uri::set_property(&*self.obj(), value);
-            if let Some(e) = &refused {
-                gst::error!(CAT, imp = self, "{e}");
-            }
-            self.settings.lock().unwrap().server.uri_error = refused;
+        if props::set_shared(&*self.obj(), *CAT, &self.settings, pspec, value) {
             return;
         }
         let mut settings = self.settings.lock().unwrap();
-        if settings.server.set(pspec.name(), value) {
-            return;
-        }
         match pspec.name() {
             "stream-id" => settings.stream_id = value.get().unwrap(),
             "start" => settings.start = value.get().unwrap(),
@@ -1015,13 +1013,10 @@ impl ObjectImpl for RacsSrc {
         if pspec.name() == "stats" {
             return stats_structure(&self.stats.lock().unwrap()).to_value();
         }
-        if pspec.name() == "uri" {
-            return URIHandlerImpl::uri(self).to_value();
-        }
-        let settings = self.settings.lock().unwrap();
-        if let Some(v) = settings.server.get(pspec.name()) {
+        if let Some(v) = props::get_shared(&*self.obj(), &self.settings, pspec) {
             return v;
         }
+        let settings = self.settings.lock().unwrap();
         match pspec.name() {
             "stream-id" => settings.stream_id.to_value(),
             "start" => settings.start.to_value(),
