@@ -241,6 +241,8 @@ struct Timing {
     block: Option<Duration>,
     /// One request's round trip.
     request: Duration,
+    /// Stored audio not read yet, as the stream's size was last asked (the `live-lag` stat).
+    lag: Duration,
 }
 
 /// A range (of one stream, or across rotated streams), or a followed stream.
@@ -277,6 +279,7 @@ impl Source {
             Source::Follow(f) => Timing {
                 block: f.reader().block_duration(),
                 request: f.reader().request_time(),
+                lag: f.reader().backlog(),
             },
         }
     }
@@ -813,14 +816,15 @@ impl RacsSrc {
             st.retries,
             st.holes
         );
-        let msg = gst::message::Element::builder(stats_structure(&st))
+        let timing = *self.timing.lock().unwrap();
+        let msg = gst::message::Element::builder(stats_structure(&st, timing))
             .src(&*self.obj())
             .build();
         let _ = self.obj().post_message(msg);
     }
 }
 
-fn stats_structure(st: &ReaderStats) -> gst::Structure {
+fn stats_structure(st: &ReaderStats, timing: Timing) -> gst::Structure {
     gst::Structure::builder("racssrc-stats")
         .field("requests", st.queries + st.infos)
         .field("extra-requests", st.fallbacks)
@@ -828,6 +832,7 @@ fn stats_structure(st: &ReaderStats) -> gst::Structure {
         .field("waits", st.waits)
         .field("retries", st.retries)
         .field("holes", st.holes)
+        .field("live-lag", timing.lag.as_nanos() as u64)
         .build()
 }
 
@@ -920,7 +925,8 @@ impl ObjectImpl for RacsSrc {
                     .blurb(
                         "racssrc-stats: requests (EXTRACT and INFO), extra-requests (probes and \
                          checks beyond the pages), bytes (int32 bytes received), waits, retries, \
-                         holes, since the element started",
+                         holes, since the element started; live-lag (ns): follow mode, stored \
+                         audio not read yet",
                     )
                     .read_only()
                     .build(),
@@ -1011,7 +1017,8 @@ impl ObjectImpl for RacsSrc {
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         if pspec.name() == "stats" {
-            return stats_structure(&self.stats.lock().unwrap()).to_value();
+            let timing = *self.timing.lock().unwrap();
+            return stats_structure(&self.stats.lock().unwrap(), timing).to_value();
         }
         if let Some(v) = props::get_shared(&*self.obj(), &self.settings, pspec) {
             return v;
@@ -1144,6 +1151,7 @@ impl BaseSrcImpl for RacsSrc {
         // The pool connects lazily: nothing here waits on the network.
         let pool = settings.server.pool();
         *self.stats.lock().unwrap() = ReaderStats::default();
+        *self.timing.lock().unwrap() = Timing::default();
         *self.state.lock().unwrap() = State::Started(Box::new(Started {
             pool,
             base: cfg,
