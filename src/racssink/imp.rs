@@ -169,6 +169,9 @@ struct Run {
     anchor_ns: Option<i128>,
     frames_total: u64,
     last_report: Option<std::time::Instant>,
+    /// Caps refused with an error: basesink offers the sticky caps event again with the next
+    /// buffer or event, which must not post the error (or connect) again.
+    refused: Option<gst::Caps>,
 }
 
 impl Run {
@@ -1760,6 +1763,11 @@ impl BaseSinkImpl for RacsSink {
         let (Some(audio_format), Some(rate), Some(channels)) = parsed else {
             return Err(gst::loggable_error!(CAT, "incomplete caps {caps}"));
         };
+        if let State::Started(run) = &*self.state.lock().unwrap() {
+            if run.refused.as_ref() == Some(caps) {
+                return Err(gst::loggable_error!(CAT, "{caps} refused already"));
+            }
+        }
         let Some(bit_depth) = bit_depth_of(gst_audio::AudioFormat::from_string(audio_format))
         else {
             return Err(gst::loggable_error!(CAT, "unsupported format in {caps}"));
@@ -1771,6 +1779,9 @@ impl BaseSinkImpl for RacsSink {
             Ok(format) => format,
             Err(e) => {
                 gst::element_imp_error!(self, gst::StreamError::Format, ("{}", e));
+                if let State::Started(run) = &mut *self.state.lock().unwrap() {
+                    run.refused = Some(caps.clone());
+                }
                 return Err(gst::loggable_error!(CAT, "{e}"));
             }
         };
@@ -1778,22 +1789,25 @@ impl BaseSinkImpl for RacsSink {
         let State::Started(state) = &mut *guard else {
             return Err(gst::loggable_error!(CAT, "caps before start"));
         };
-        if state.rotation.is_some() {
+        let res = if state.rotation.is_some() {
             // Each period's stream is opened when its first sample arrives.
-            if let Some(w) = state.writer.as_mut() {
-                if let Err(e) = w.prepare(format) {
-                    self.post_write_error(&e, true);
-                    return Err(gst::loggable_error!(CAT, "{e}"));
-                }
+            let prepared = match state.writer.as_mut() {
+                Some(w) => w.prepare(format).map(|_| ()),
+                None => Ok(()),
+            };
+            if prepared.is_ok() {
+                state.format = Some(format);
             }
-            state.format = Some(format);
-            return Ok(());
-        }
-        let id = self.stream_id();
-        match self.open(state, format, &id) {
+            prepared
+        } else {
+            let id = self.stream_id();
+            self.open(state, format, &id)
+        };
+        match res {
             Ok(()) => Ok(()),
             Err(WriteError::Cancelled) => Err(gst::loggable_error!(CAT, "cancelled")),
             Err(e) => {
+                state.refused = Some(caps.clone());
                 self.post_write_error(&e, true);
                 Err(gst::loggable_error!(CAT, "{e}"))
             }
