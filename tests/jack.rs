@@ -110,6 +110,7 @@ fn jack_recipes_need_audioconvert_both_ways_and_work_with_it() {
         &format!("jackaudiosrc server={j} num-buffers=10 ! racssink {server} stream-id=raw"),
         T,
     );
+    common::assert_tidy_output(&[&out.stdout, &out.stderr]);
     assert!(
         out.stderr.contains("Internal data stream error")
             || out.stderr.contains("not-negotiated")
@@ -146,6 +147,7 @@ fn jack_recipes_need_audioconvert_both_ways_and_work_with_it() {
         &format!("racssrc {server} stream-id=jack ! jackaudiosink server={j}"),
         T,
     );
+    common::assert_tidy_output(&[&out.stdout, &out.stderr]);
     assert!(out.stderr.contains("could not link"), "{}", out.dump());
     let started = Instant::now();
     gst_launch_ok(

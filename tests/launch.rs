@@ -403,8 +403,10 @@ fn export_to_mp3_and_opus_decodes_to_the_right_length() {
     }
 }
 
-/// The first line gst-launch-1.0 prints for an element's error or warning.
+/// The first line gst-launch-1.0 prints for an element's error or warning (every error and
+/// warning it printed checked with `common::assert_tidy_output`).
 fn first_line(out: &tools::Output, kind: &str) -> String {
+    common::assert_tidy_output(&[&out.stdout, &out.stderr]);
     out.stderr
         .lines()
         .chain(out.stdout.lines())
@@ -445,6 +447,7 @@ fn racssrc_errors_say_what_is_wrong() {
         TE,
     );
     assert!(!out.success(), "{}", out.dump());
+    common::assert_tidy_output(&[&out.stdout, &out.stderr]);
     let line = first_line(&out, "ERROR");
     assert!(
         line.contains("'yesterday'") && line.contains("YYYY-MM-DDTHH:MM:SS"),
@@ -520,6 +523,7 @@ fn stream_in_use_and_format_mismatch_say_what_to_do() {
         TE,
     );
     assert!(!out.success(), "{}", out.dump());
+    common::assert_tidy_output(&[&out.stdout, &out.stderr]);
     assert!(
         out.stderr.contains("44100 Hz, 2 channels, 16-bit")
             && out.stderr.contains("48000 Hz, 1 channel, 16-bit")
@@ -539,6 +543,7 @@ fn stream_in_use_and_format_mismatch_say_what_to_do() {
         TE,
     );
     assert!(!out.success(), "{}", out.dump());
+    common::assert_tidy_output(&[&out.stdout, &out.stderr]);
     assert!(
         out.stderr.contains("already open") && out.stderr.contains("takeover=true"),
         "the stream-in-use error says how to take the stream over:\n{}",
@@ -629,6 +634,7 @@ fn ls_example_lists_streams_with_slashes_and_says_what_it_cannot_know() {
     srv.kill();
     let out = ls(&[]);
     assert_eq!(out.status.code(), Some(1), "{}", out.dump());
+    common::assert_tidy_output(&[&out.stdout, &out.stderr]);
     assert!(
         out.stderr
             .contains("cannot connect to the RACS server at 127.0.0.1:"),
@@ -711,6 +717,7 @@ fn record_and_export_examples_round_trip() {
     ]);
     let out = run(cmd, T);
     assert_eq!(out.status.code(), Some(1), "{}", out.dump());
+    common::assert_tidy_output(&[&out.stdout, &out.stderr]);
     assert!(
         out.stderr
             .contains("export: error: stream 'nosuch' does not exist"),
@@ -725,6 +732,7 @@ fn record_and_export_examples_round_trip() {
         .args(["--offset", "60", "--host", "127.0.0.1", "--port", &port]);
     let out = run(cmd, T);
     assert_eq!(out.status.code(), Some(1), "{}", out.dump());
+    common::assert_tidy_output(&[&out.stdout, &out.stderr]);
     assert!(
         out.stderr.contains("export: error: nothing to read")
             && out.stderr.contains("after the end of the stream"),
@@ -740,6 +748,7 @@ fn record_and_export_examples_round_trip() {
     cmd.args(["show"]).arg(work.path().join("x.aiff"));
     let out = run(cmd, T);
     assert_eq!(out.status.code(), Some(1), "{}", out.dump());
+    common::assert_tidy_output(&[&out.stdout, &out.stderr]);
     assert!(out.stderr.contains("unknown extension"), "{}", out.dump());
 }
 
@@ -785,6 +794,7 @@ fn quickstart_example_checks_what_came_back() {
         .env("RACS_ADDR", format!("127.0.0.1:{port}"));
     let out = run(cmd, T);
     assert_eq!(out.status.code(), Some(1), "{}", out.dump());
+    common::assert_tidy_output(&[&out.stdout, &out.stderr]);
     assert!(
         out.stderr.contains(&format!(
             "quickstart FAILED: recording: cannot connect to the RACS server at 127.0.0.1:{port}"

@@ -95,6 +95,7 @@ fn python_sees_the_error_message_when_the_server_is_down() {
         .args(["--host", "127.0.0.1", "--port", &port.to_string()]);
     let out = run(cmd, Duration::from_secs(120));
     assert_eq!(out.status.code(), Some(1), "{}", out.dump());
+    common::assert_tidy_output(&[&out.stdout, &out.stderr]);
     assert!(
         out.stderr.contains("error: recording")
             && out.stderr.contains(&format!("127.0.0.1:{port}")),

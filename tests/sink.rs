@@ -15,10 +15,6 @@ use gstracs::client::{runtime, Connection, SessionId, StreamFormat};
 // ---------------------------------------------------------------------------------------
 // Helpers
 
-fn caps_for(format: &StreamFormat) -> gst::Caps {
-    common::caps(format.sample_rate, format.channels, format.bit_depth)
-}
-
 fn connect(addr: SocketAddr) -> Connection {
     runtime()
         .block_on(Connection::connect(
@@ -26,13 +22,6 @@ fn connect(addr: SocketAddr) -> Connection {
             Duration::from_secs(5),
         ))
         .expect("connect to racs-lite")
-}
-
-/// The whole stream as stored, read with an independent client until `len` bytes are visible
-/// (a real server hides a table while it writes it).
-fn extract(addr: SocketAddr, id: &str, from_ms: u64, bit_depth: u16, len: usize) -> Vec<u8> {
-    assert_eq!(from_ms, 0, "the read-back starts at the stream's beginning");
-    common::read_back(addr, id, bit_depth, len)
 }
 
 fn info(addr: SocketAddr, id: &str) -> Option<gstracs::client::StreamInfo> {
@@ -110,12 +99,14 @@ fn wait_done(
     ended.error
 }
 
-/// Drains what is left on the bus without waiting.
+/// Drains what is left on the bus without waiting; checks every message so far with
+/// `common::assert_tidy_messages`.
 fn drain(pipeline: &gst::Pipeline, messages: &mut Vec<gst::Message>) {
     let bus = pipeline.bus().unwrap();
     while let Some(msg) = bus.pop() {
         messages.push(msg);
     }
+    common::assert_tidy_messages(messages);
 }
 
 fn set_null_within(pipeline: &gst::Pipeline, limit: Duration) -> Duration {
@@ -209,7 +200,7 @@ impl Feeder {
         pad.link(&sink.static_pad("sink").unwrap()).unwrap();
         pipeline.set_state(gst::State::Playing).unwrap();
         assert!(pad.push_event(gst::event::StreamStart::new("feed")));
-        let caps_ok = pad.push_event(gst::event::Caps::new(&caps_for(&format)));
+        let caps_ok = pad.push_event(gst::event::Caps::new(&common::format_caps(&format)));
         let segment = gst::FormattedSegment::<gst::ClockTime>::new();
         assert!(pad.push_event(gst::event::Segment::new(&segment)));
         let mut feeder = Feeder {
@@ -322,12 +313,12 @@ fn round_trips_are_byte_exact_across_formats() {
         let sink = make_sink(&srv, &id, &[("chunk-size", &chunk.to_string())]);
         let out = run_appsrc(
             sink,
-            &caps_for(format),
+            &common::format_caps(format),
             &odd_splits(&data, format.bytes_per_frame()),
             true,
         );
         assert!(out.error.is_none(), "{id}: {}", out.error_text());
-        let back = extract(srv.addr(), &id, 0, format.bit_depth, data.len());
+        let back = common::read_back(srv.addr(), &id, format.bit_depth, data.len());
         assert_eq!(back.len(), data.len(), "{id}");
         if back != data {
             let first = back.iter().zip(&data).position(|(a, b)| a != b).unwrap();
@@ -366,12 +357,12 @@ fn buffers_split_mid_frame_are_stored_whole() {
     }
     let out = run_appsrc(
         make_sink(&srv, "split", &[]),
-        &caps_for(&format),
+        &common::format_caps(&format),
         &buffers,
         false,
     );
     assert!(out.error.is_none(), "{}", out.error_text());
-    assert!(extract(srv.addr(), "split", 0, 24, data.len()) == data);
+    assert!(common::read_back(srv.addr(), "split", 24, data.len()) == data);
     // Every frame but the last is exactly one chunk of whole sample frames.
     let chunk = 32768 / 6 * 6;
     assert_eq!(out.stat("frames-acked"), data.len().div_ceil(chunk) as u64);
@@ -385,21 +376,21 @@ fn appends_to_an_existing_stream_and_reports_its_ref() {
     let b = noise(16000 * 4, 2);
     let first = run_appsrc(
         make_sink(&srv, "append", &[]),
-        &caps_for(&format),
+        &common::format_caps(&format),
         &[&a],
         false,
     );
     assert!(first.error.is_none(), "{}", first.error_text());
     let second = run_appsrc(
         make_sink(&srv, "append", &[]),
-        &caps_for(&format),
+        &common::format_caps(&format),
         &[&b],
         false,
     );
     assert!(second.error.is_none(), "{}", second.error_text());
     let mut all = a.clone();
     all.extend_from_slice(&b);
-    assert!(extract(srv.addr(), "append", 0, 16, all.len()) == all);
+    assert!(common::read_back(srv.addr(), "append", 16, all.len()) == all);
     let (r1, r2) = (first.refs(), second.refs());
     assert_eq!(r1.len(), 1);
     assert_eq!(r2.len(), 1);
@@ -418,7 +409,7 @@ fn converters_negotiate_to_the_stored_format() {
     let seed = noise(44100 * 4, 3);
     let out = run_appsrc(
         make_sink(&srv, "conv", &[]),
-        &caps_for(&stored),
+        &common::format_caps(&stored),
         &[&seed],
         false,
     );
@@ -457,7 +448,7 @@ fn a_fixed_mismatching_format_names_both_formats() {
     let stored = fmt(44100, 2, 16);
     let out = run_appsrc(
         make_sink(&srv, "fixed", &[]),
-        &caps_for(&stored),
+        &common::format_caps(&stored),
         &[&noise(4000, 1)],
         false,
     );
@@ -465,7 +456,7 @@ fn a_fixed_mismatching_format_names_both_formats() {
     // Through appsrc...
     let out = run_appsrc(
         make_sink(&srv, "fixed", &[]),
-        &caps_for(&fmt(48000, 1, 16)),
+        &common::format_caps(&fmt(48000, 1, 16)),
         &[&noise(4000, 1)],
         false,
     );
@@ -511,7 +502,7 @@ fn a_missing_stream_without_create_if_missing_is_not_found() {
     let sink = make_sink(&srv, "nowhere", &[("create-if-missing", "false")]);
     let out = run_appsrc(
         sink,
-        &caps_for(&fmt(8000, 1, 16)),
+        &common::format_caps(&fmt(8000, 1, 16)),
         &[&noise(1600, 1)],
         false,
     );
@@ -551,7 +542,7 @@ fn a_stream_left_open_needs_takeover() {
     let data = noise(8000, 2);
     let out = run_appsrc(
         make_sink(&srv, "left-open", &[]),
-        &caps_for(&format),
+        &common::format_caps(&format),
         &[&data],
         false,
     );
@@ -567,14 +558,14 @@ fn a_stream_left_open_needs_takeover() {
 
     let out = run_appsrc(
         make_sink(&srv, "left-open", &[("takeover", "true")]),
-        &caps_for(&format),
+        &common::format_caps(&format),
         &[&data],
         false,
     );
     assert!(out.error.is_none(), "{}", out.error_text());
     let mut all = before.clone();
     all.extend_from_slice(&data);
-    assert!(extract(srv.addr(), "left-open", 0, 16, all.len()) == all);
+    assert!(common::read_back(srv.addr(), "left-open", 16, all.len()) == all);
     // The crashed writer's session no longer passes.
     let mut conn = connect(srv.addr());
     let err = runtime()
@@ -631,17 +622,9 @@ fn invalid_stream_ids_name_the_character() {
         let sink = make_sink(&srv, id, &[]);
         let pipeline = gst::Pipeline::new();
         pipeline.add(&sink).unwrap();
-        assert!(pipeline.set_state(gst::State::Playing).is_err(), "{id:?}");
-        let msg = pipeline
-            .bus()
-            .unwrap()
-            .timed_pop_filtered(gst::ClockTime::from_seconds(5), &[gst::MessageType::Error])
-            .expect("an error message");
-        let gst::MessageView::Error(e) = msg.view() else {
-            unreachable!()
-        };
-        assert!(e.error().matches(gst::ResourceError::Settings), "{id:?}");
-        let text = e.error().to_string();
+        let e = common::refused(&pipeline, gst::State::Playing);
+        assert!(e.matches(gst::ResourceError::Settings), "{id:?}");
+        let text = e.to_string();
         assert!(
             text.contains("Invalid stream-id") && text.contains(named),
             "{id:?}: {text}"
@@ -652,20 +635,8 @@ fn invalid_stream_ids_name_the_character() {
     let sink = gst::ElementFactory::make("racssink").build().unwrap();
     let pipeline = gst::Pipeline::new();
     pipeline.add(&sink).unwrap();
-    assert!(pipeline.set_state(gst::State::Ready).is_err());
-    let msg = pipeline
-        .bus()
-        .unwrap()
-        .timed_pop_filtered(gst::ClockTime::from_seconds(5), &[gst::MessageType::Error])
-        .unwrap();
-    let gst::MessageView::Error(e) = msg.view() else {
-        unreachable!()
-    };
-    assert!(
-        e.error().to_string().contains("No stream-id set"),
-        "{}",
-        e.error()
-    );
+    let e = common::refused(&pipeline, gst::State::Ready);
+    assert!(e.to_string().contains("No stream-id set"), "{e}");
     pipeline.set_state(gst::State::Null).unwrap();
 }
 
@@ -730,10 +701,15 @@ fn uri_handler_sets_and_reports_the_settings() {
     )
     .unwrap();
     let data = noise(8000, 5);
-    let out = run_appsrc(sink.clone(), &caps_for(&fmt(8000, 1, 16)), &[&data], false);
+    let out = run_appsrc(
+        sink.clone(),
+        &common::format_caps(&fmt(8000, 1, 16)),
+        &[&data],
+        false,
+    );
     assert!(out.error.is_none(), "{}", out.error_text());
     assert_eq!(out.stat("frames-acked"), 10);
-    assert!(extract(srv.addr(), "via uri", 0, 16, data.len()) == data);
+    assert!(common::read_back(srv.addr(), "via uri", 16, data.len()) == data);
 }
 
 #[test]
@@ -767,7 +743,7 @@ fn server_down_at_start_is_a_clear_error_without_a_hang() {
         .unwrap();
     let out = run_appsrc(
         sink,
-        &caps_for(&fmt(8000, 1, 16)),
+        &common::format_caps(&fmt(8000, 1, 16)),
         &[&noise(1600, 1)],
         false,
     );
@@ -829,7 +805,7 @@ fn a_stalled_server_times_out() {
     let sink = sink_at(addr, "stall", &[("timeout", "300")]);
     let out = run_appsrc(
         sink,
-        &caps_for(&fmt(8000, 1, 16)),
+        &common::format_caps(&fmt(8000, 1, 16)),
         &[&noise(1600, 1)],
         false,
     );
@@ -850,7 +826,7 @@ fn stopping_while_waiting_on_a_stalled_server_is_immediate() {
     let sink = sink_at(addr, "stall-stop", &[("timeout", "60000")]);
     let pipeline = gst::Pipeline::new();
     let src = gst::ElementFactory::make("appsrc")
-        .property("caps", caps_for(&fmt(8000, 1, 16)))
+        .property("caps", common::format_caps(&fmt(8000, 1, 16)))
         .property_from_str("format", "time")
         .build()
         .unwrap();
@@ -884,7 +860,7 @@ fn a_garbage_answering_server_is_a_protocol_error() {
     let sink = sink_at(addr, "garbage", &[("timeout", "2000")]);
     let out = run_appsrc(
         sink,
-        &caps_for(&fmt(8000, 1, 16)),
+        &common::format_caps(&fmt(8000, 1, 16)),
         &[&noise(1600, 1)],
         false,
     );
@@ -910,7 +886,7 @@ fn eight_sinks_share_one_pool_of_three() {
         );
         let pipeline = gst::Pipeline::new();
         let src = gst::ElementFactory::make("appsrc")
-            .property("caps", caps_for(&format))
+            .property("caps", common::format_caps(&format))
             .build()
             .unwrap();
         pipeline.add_many([&src, &sink]).unwrap();
@@ -1027,7 +1003,7 @@ fn a_restart_that_keeps_the_servers_memory_loses_and_duplicates_nothing() {
     let data = noise(16000 * 2 * 3, 11);
     // Stopped and restarted between two frames.
     let (srv, _, stats) = restart_run(srv, "restart-idle", &data, 16000, false, |s| s.restart());
-    assert!(extract(srv.addr(), "restart-idle", 0, 16, data.len()) == data);
+    assert!(common::read_back(srv.addr(), "restart-idle", 16, data.len()) == data);
     assert!(stats.get::<u64>("reconnects").unwrap() >= 1, "{stats}");
     assert_eq!(stats.get::<u64>("lost-acked-bytes").unwrap(), 0);
     assert_eq!(stats.get::<u64>("bytes-acked").unwrap(), data.len() as u64);
@@ -1038,7 +1014,7 @@ fn a_restart_that_keeps_the_servers_memory_loses_and_duplicates_nothing() {
         std::thread::sleep(Duration::from_millis(400));
         s.restart();
     });
-    assert!(extract(srv.addr(), "restart-down", 0, 16, data.len()) == data);
+    assert!(common::read_back(srv.addr(), "restart-down", 16, data.len()) == data);
     assert!(stats.get::<u64>("reconnects").unwrap() >= 1, "{stats}");
     assert_eq!(stats.get::<u64>("lost-acked-bytes").unwrap(), 0);
 }
@@ -1067,7 +1043,7 @@ fn a_killed_server_that_lost_acknowledged_data_is_reported() {
     );
     // The server lost exactly what it had acknowledged; everything after is there once.
     let lost = lost as usize;
-    assert!(extract(srv.addr(), "killed", 0, 16, data.len() - lost) == data[lost..]);
+    assert!(common::read_back(srv.addr(), "killed", 16, data.len() - lost) == data[lost..]);
     // The stream got a new timeline: a second ref message.
     let refs: Vec<_> = messages
         .iter()
@@ -1122,7 +1098,7 @@ fn stopping_without_eos_stores_what_is_held_and_closes() {
     let feeder = Feeder::new(make_sink(&srv, "no-eos", &[]), format);
     feeder.push(&data).unwrap();
     feeder.stop();
-    assert!(extract(srv.addr(), "no-eos", 0, 16, data.len()) == data);
+    assert!(common::read_back(srv.addr(), "no-eos", 16, data.len()) == data);
     // Closed: a fresh OPEN succeeds.
     let mut conn = connect(srv.addr());
     runtime().block_on(conn.open("no-eos")).unwrap();
@@ -1162,7 +1138,7 @@ fn timestamp_gaps_and_gap_events_are_filled_with_silence() {
         }
         expected.extend_from_slice(&c);
         expected.extend_from_slice(&c);
-        let back = extract(srv.addr(), id, 0, 16, expected.len());
+        let back = common::read_back(srv.addr(), id, 16, expected.len());
         assert_eq!(back.len(), expected.len(), "{policy}");
         assert!(back == expected, "{policy}");
         let silence = if policy == "silence" { 300 * 16 } else { 0 };
@@ -1184,7 +1160,7 @@ fn progress_ref_messages_and_stats() {
     let data = noise(44100 * 4, 21); // 1 s
     let out = run_appsrc(
         make_sink(&srv, "msgs", &[]),
-        &caps_for(&format),
+        &common::format_caps(&format),
         &odd_splits(&data, 4),
         true,
     );
@@ -1384,7 +1360,7 @@ fn ready_and_back_to_playing_appends_to_the_same_stream() {
     let sink = make_sink(&srv, "again", &[("chunk-size", "1600")]);
     let pipeline = gst::Pipeline::new();
     let src = gst::ElementFactory::make("appsrc")
-        .property("caps", caps_for(&format))
+        .property("caps", common::format_caps(&format))
         .build()
         .unwrap();
     pipeline.add_many([&src, &sink]).unwrap();
@@ -1421,7 +1397,7 @@ fn ready_and_back_to_playing_appends_to_the_same_stream() {
     pipeline.set_state(gst::State::Null).unwrap();
     let mut all = a.clone();
     all.extend_from_slice(&b);
-    assert!(extract(srv.addr(), "again", 0, 16, all.len()) == all);
+    assert!(common::read_back(srv.addr(), "again", 16, all.len()) == all);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1435,7 +1411,7 @@ fn if_exists_error_refuses_an_existing_stream_and_writes_nothing() {
     let import = |data: &[u8]| {
         run_appsrc(
             make_sink(&srv, "import", &[("if-exists", "error")]),
-            &caps_for(&format),
+            &common::format_caps(&format),
             &[data],
             false,
         )
@@ -1462,7 +1438,7 @@ fn if_exists_error_refuses_an_existing_stream_and_writes_nothing() {
     }
     assert_eq!(second.stat("bytes-sent"), 0);
     assert_eq!(info(srv.addr(), "import").unwrap().size, size, "unchanged");
-    assert!(extract(srv.addr(), "import", 0, 16, a.len()) == a);
+    assert!(common::read_back(srv.addr(), "import", 16, a.len()) == a);
     // Not left open: a writer appending to it afterwards opens it.
     let mut conn = connect(srv.addr());
     runtime().block_on(conn.open("import")).unwrap();
@@ -1472,7 +1448,7 @@ fn if_exists_error_refuses_an_existing_stream_and_writes_nothing() {
     assert!(runtime().block_on(conn.create("empty", &format)).unwrap());
     let out = run_appsrc(
         make_sink(&srv, "empty", &[("if-exists", "error")]),
-        &caps_for(&format),
+        &common::format_caps(&format),
         &[&a],
         false,
     );
@@ -1485,7 +1461,7 @@ fn if_exists_error_refuses_an_existing_stream_and_writes_nothing() {
     // The default appends (what run twice would do by accident).
     let third = run_appsrc(
         make_sink(&srv, "import", &[]),
-        &caps_for(&format),
+        &common::format_caps(&format),
         &[&a],
         false,
     );
@@ -1516,7 +1492,7 @@ fn if_exists_error_still_appends_to_the_stream_it_created_in_the_same_run() {
     feeder.stop();
     let mut all = a.clone();
     all.extend_from_slice(&b);
-    assert!(extract(srv.addr(), "own", 0, 16, all.len()) == all);
+    assert!(common::read_back(srv.addr(), "own", 16, all.len()) == all);
 }
 
 #[test]
@@ -1638,4 +1614,19 @@ fn every_reconnect_is_posted_with_the_address_and_what_happened() {
     let last = common::element_structures(&messages, "racssink-stats");
     assert_eq!(last.len(), 1);
     assert_eq!(last[0].get::<u64>("reconnects").unwrap(), 1, "{}", last[0]);
+}
+
+#[test]
+fn the_message_hygiene_check_finds_careless_text() {
+    for careless in [
+        "two  spaces",
+        "a continuation\n    leftover",
+        "a raw continuation\\\nleftover",
+        "ends in a backslash\\",
+        " blank start",
+    ] {
+        let caught = std::panic::catch_unwind(|| common::assert_tidy("message", careless));
+        assert!(caught.is_err(), "{careless:?} passed");
+    }
+    common::assert_tidy("message", "Use letters other than ' \\ and |>");
 }

@@ -94,7 +94,7 @@ impl Live {
     ) -> (Vec<i128>, common::Ended) {
         let bus = self.pipeline.bus().unwrap();
         if self.pipeline.set_state(gst::State::Playing).is_err() {
-            let ended = common::wait_end(&bus, common::WAIT);
+            let ended = common::wait_pipeline_end(&self.pipeline);
             self.pipeline.set_state(gst::State::Null).unwrap();
             return (Vec::new(), ended);
         }
@@ -410,19 +410,11 @@ fn an_invalid_rotation_pattern_is_a_settings_error_at_start() {
             .property("rotate", rotate)
             .build()
             .unwrap();
-        let r = sink.set_state(gst::State::Ready);
         if want.is_empty() {
-            assert!(r.is_ok(), "{id}");
+            assert!(sink.set_state(gst::State::Ready).is_ok(), "{id}");
         } else {
-            assert!(r.is_err(), "{id}");
-            let bus = gst::Bus::new();
-            sink.set_bus(Some(&bus));
-            let _ = sink.set_state(gst::State::Ready);
-            let msg = bus.pop_filtered(&[gst::MessageType::Error]).unwrap();
-            let gst::MessageView::Error(e) = msg.view() else {
-                unreachable!()
-            };
-            assert!(e.error().to_string().contains(want), "{id}: {}", e.error());
+            let e = common::refused(&sink, gst::State::Ready);
+            assert!(e.to_string().contains(want), "{id}: {e}");
         }
         sink.set_state(gst::State::Null).unwrap();
     }
@@ -584,49 +576,18 @@ fn read_rotated(srv: &TestServer, pattern: &str, from_ms: i64, to_ms: i64) -> Re
 }
 
 fn read_with(srv: &TestServer, id: &str, range: Option<(i64, i64)>) -> Read {
-    use std::sync::{Arc, Mutex};
-    let pipeline = gst::Pipeline::new();
-    let mut b = gst::ElementFactory::make("racssrc")
-        .property("host", srv.host())
-        .property("port", u32::from(srv.port()))
-        .property("stream-id", id);
+    let mut props = common::src_props(srv, id);
     if let Some((from_ms, to_ms)) = range {
-        b = b
-            .property("start", iso(from_ms))
-            .property("stop", iso(to_ms));
+        props.push(("start", iso(from_ms).to_value()));
+        props.push(("stop", iso(to_ms).to_value()));
     }
-    let src = b.build().unwrap();
-    let sink = gst::ElementFactory::make("fakesink")
-        .property("sync", false)
-        .build()
-        .unwrap();
-    pipeline.add_many([&src, &sink]).unwrap();
-    src.link(&sink).unwrap();
-    let data = Arc::new(Mutex::new((Vec::new(), Vec::new(), Vec::new())));
-    let d = data.clone();
-    sink.static_pad("sink").unwrap().add_probe(
-        gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
-        move |_, info| {
-            let mut d = d.lock().unwrap();
-            if let Some(buf) = info.buffer() {
-                d.0.extend_from_slice(&buf.map_readable().unwrap());
-                d.1.push((
-                    buf.pts().unwrap().nseconds(),
-                    buf.duration().unwrap().nseconds(),
-                ));
-            } else if let Some(gst::EventView::Gap(g)) = info.event().map(|e| e.view()) {
-                let (ts, dur) = g.get();
-                d.2.push((ts.nseconds(), dur.map_or(0, |x| x.nseconds())));
-            }
-            gst::PadProbeReturn::Ok
-        },
-    );
-    let ended = common::play(pipeline.upcast_ref());
-    let (data, buffers, gaps) = std::mem::take(&mut *data.lock().unwrap());
+    let probe = common::SrcProbe::new(&props);
+    let ended = probe.play();
+    let got = probe.take();
     Read {
-        data,
-        buffers,
-        gaps,
+        data: got.data,
+        buffers: got.buffers.iter().map(|b| (b.pts, b.duration)).collect(),
+        gaps: got.gaps,
         warnings: ended.warnings(),
         error: ended.error.map(|(e, d)| format!("{e} | {d}")),
     }
@@ -775,14 +736,7 @@ fn racssrc_needs_start_and_stop_for_rotated_streams() {
         .property("start", "2026-01-09T10:00:00.000Z")
         .build()
         .unwrap();
-    let bus = gst::Bus::new();
-    src.set_bus(Some(&bus));
-    assert!(src.set_state(gst::State::Paused).is_err());
-    let msg = bus.pop_filtered(&[gst::MessageType::Error]).unwrap();
-    let gst::MessageView::Error(e) = msg.view() else {
-        unreachable!()
-    };
-    let text = e.error().to_string();
+    let text = common::refused(&src, gst::State::Paused).to_string();
     assert!(
         text.contains("rotated streams") && text.contains("both start and stop"),
         "{text}"

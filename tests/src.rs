@@ -436,110 +436,23 @@ fn reader_takes_wall_clock_bounds() {
 // The element.
 
 /// Per buffer: PTS, duration, timestamp/x-unix reference timestamp, size.
-type BufferInfo = (u64, u64, Option<u64>, usize);
+/// A racssrc probe pipeline.
+type Run = common::SrcProbe;
 
-struct Run {
-    pipeline: gst::Pipeline,
-    src: gst::Element,
-    data: Arc<Mutex<Vec<u8>>>,
-    buffers: Arc<Mutex<Vec<BufferInfo>>>,
-}
-
-/// racssrc ! fakesink, collecting every byte, and per buffer (pts, duration, unix ts, size).
-fn pipeline(props: &[(&str, glib::Value)]) -> Run {
-    common::init();
-    let pipeline = gst::Pipeline::new();
-    let src = gst::ElementFactory::make("racssrc").build().unwrap();
-    for (k, v) in props {
-        src.set_property_from_value(k, v);
-    }
-    let sink = gst::ElementFactory::make("fakesink")
-        .property("sync", false)
-        .build()
-        .unwrap();
-    pipeline.add_many([&src, &sink]).unwrap();
-    src.link(&sink).unwrap();
-    let data = Arc::new(Mutex::new(Vec::new()));
-    let buffers = Arc::new(Mutex::new(Vec::new()));
-    let (d, bs) = (data.clone(), buffers.clone());
-    sink.static_pad("sink")
-        .unwrap()
-        .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
-            if let Some(buf) = info.buffer() {
-                let map = buf.map_readable().unwrap();
-                d.lock().unwrap().extend_from_slice(&map);
-                let unix = buf
-                    .meta::<gst::ReferenceTimestampMeta>()
-                    .filter(|m| m.reference().structure(0).unwrap().name() == "timestamp/x-unix")
-                    .map(|m| m.timestamp().nseconds());
-                bs.lock().unwrap().push((
-                    buf.pts().unwrap().nseconds(),
-                    buf.duration().unwrap().nseconds(),
-                    unix,
-                    buf.size(),
-                ));
-            }
-            gst::PadProbeReturn::Ok
-        });
-    Run {
-        pipeline,
-        src,
-        data,
-        buffers,
-    }
-}
-
-fn common_props(srv: &TestServer, id: &str) -> Vec<(&'static str, glib::Value)> {
-    vec![
-        ("host", srv.host().to_value()),
-        ("port", u32::from(srv.port()).to_value()),
-        ("stream-id", id.to_value()),
-    ]
-}
-
-enum End {
-    Eos,
-    Error(glib::Error, String),
-}
-
-/// Plays to EOS or error, with a deadline; also returns warnings seen on the way.
-fn play(run: &Run) -> (End, Vec<String>) {
-    run.pipeline.set_state(gst::State::Playing).unwrap();
-    let end = wait_end(&run.pipeline);
-    run.pipeline.set_state(gst::State::Null).unwrap();
-    end
-}
-
-fn wait_end(pipeline: &gst::Pipeline) -> (End, Vec<String>) {
-    let ended = common::wait_end(&pipeline.bus().unwrap(), T);
-    common::assert_tidy_messages(&ended.messages);
-    let warnings = ended.warnings();
-    let end = match ended.error {
-        None => End::Eos,
-        Some((e, debug)) => {
-            let text = format!("{e} ({debug})");
-            End::Error(e, text)
-        }
-    };
-    (end, warnings)
-}
-
+/// Plays to an error; the error and its text with the debug text.
 fn expect_error(run: &Run) -> (glib::Error, String) {
-    match play(run).0 {
-        End::Error(e, text) => (e, text),
-        End::Eos => panic!("expected an error, got EOS"),
-    }
+    let (e, debug) = run.play().error.expect("expected an error, got EOS");
+    let text = format!("{e} ({debug})");
+    (e, text)
 }
 
+/// Plays to EOS; the warnings seen on the way.
 fn expect_eos(run: &Run) -> Vec<String> {
-    match play(run) {
-        (End::Eos, w) => w,
-        (End::Error(_, text), _) => panic!("expected EOS, got error: {text}"),
-    }
+    common::play_to_eos(run.pipeline.upcast_ref()).warnings()
 }
 
 fn frames_out(run: &Run, f: &StreamFormat) -> Vec<u64> {
-    decode(f, &run.data.lock().unwrap())
+    decode(f, &run.received().data)
 }
 
 #[test]
@@ -551,7 +464,7 @@ fn element_extracts_ranges_with_timestamps_and_unix_meta() {
     let ref_ms = w.info(gstracs::client::InfoAttr::Ref);
 
     // The whole stream.
-    let run = pipeline(&common_props(&srv, "air"));
+    let run = common::SrcProbe::new(&common::src_props(&srv, "air"));
     expect_eos(&run);
     let got = frames_out(&run, &f);
     check_range(&f, &got, 0, w.frames, true, "element, whole stream");
@@ -559,18 +472,24 @@ fn element_extracts_ranges_with_timestamps_and_unix_meta() {
     // start/stop as RFC 3339 strings: 1.250 s to 3.500 s.
     let start = gstracs::client::reader::format_unix_ms(ref_ms + 1250);
     let stop = gstracs::client::reader::format_unix_ms(ref_ms + 3500);
-    let mut props = common_props(&srv, "air");
+    let mut props = common::src_props(&srv, "air");
     props.push(("start", start.to_value()));
     props.push(("stop", stop.to_value()));
     props.push(("chunk-duration", 400_000_000u64.to_value()));
-    let run = pipeline(&props);
+    let run = common::SrcProbe::new(&props);
     expect_eos(&run);
     let got = frames_out(&run, &f);
     check_range(&f, &got, 55_125, 154_350, true, "element, start/stop");
     // PTS from sample counts starting at 0, durations that add up, and the wall-clock meta.
-    let buffers = run.buffers.lock().unwrap();
+    let buffers = run.received().buffers.clone();
     let mut frames = 0u64;
-    for &(pts, dur, unix, size) in buffers.iter() {
+    for &common::SrcBuffer {
+        pts,
+        duration: dur,
+        unix,
+        size,
+    } in &buffers
+    {
         assert_eq!(
             pts,
             frames * 1_000_000_000 / 44100,
@@ -585,10 +504,10 @@ fn element_extracts_ranges_with_timestamps_and_unix_meta() {
     }
 
     // The relative form.
-    let mut props = common_props(&srv, "air");
+    let mut props = common::src_props(&srv, "air");
     props.push(("start-offset", 2_000_000_000u64.to_value()));
     props.push(("duration", 500_000_000u64.to_value()));
-    let run = pipeline(&props);
+    let run = common::SrcProbe::new(&props);
     expect_eos(&run);
     check_range(
         &f,
@@ -614,10 +533,10 @@ fn element_outputs_s24le_and_many_channels() {
         let id = format!("fmt{rate}x{ch}x{bd}");
         let mut w = Writer::new(srv.addr(), &id, f);
         w.ramp(u64::from(rate), (65535 / f.bytes_per_frame()) as u64);
-        let mut props = common_props(&srv, &id);
+        let mut props = common::src_props(&srv, &id);
         props.push(("start-offset", 100_000_000u64.to_value()));
         props.push(("duration", 800_000_000u64.to_value()));
-        let run = pipeline(&props);
+        let run = common::SrcProbe::new(&props);
         run.pipeline.set_state(gst::State::Paused).unwrap();
         wait_state(&run.pipeline, gst::State::Paused);
         let caps = run.src.static_pad("src").unwrap().current_caps().unwrap();
@@ -645,9 +564,9 @@ fn element_seeks_queries_and_loops_segments() {
     let f = s16(44100, 2);
     let mut w = Writer::new(srv.addr(), "seek", f);
     w.ramp(44100 * 10, 8192);
-    let mut props = common_props(&srv, "seek");
+    let mut props = common::src_props(&srv, "seek");
     props.push(("chunk-duration", 500_000_000u64.to_value()));
-    let run = pipeline(&props);
+    let run = common::SrcProbe::new(&props);
     run.pipeline.set_state(gst::State::Paused).unwrap();
     wait_state(&run.pipeline, gst::State::Paused);
     assert_eq!(
@@ -659,8 +578,7 @@ fn element_seeks_queries_and_loops_segments() {
     assert!(q.result().0, "seekable");
 
     // A flushing seek into the middle, to 6.5 s: sample-accurate.
-    run.data.lock().unwrap().clear();
-    run.buffers.lock().unwrap().clear();
+    run.take();
     run.pipeline
         .seek_simple(
             gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE,
@@ -671,24 +589,22 @@ fn element_seeks_queries_and_loops_segments() {
     let first = frames_out(&run, &f)[0];
     assert_eq!(first, 286_650, "first frame after seeking to 6.5 s");
     assert_eq!(
-        run.buffers.lock().unwrap()[0].0,
+        run.received().buffers[0].pts,
         6_500_000_000,
         "PTS after the seek"
     );
     let pos = run.pipeline.query_position::<gst::ClockTime>().unwrap();
     assert!(pos >= gst::ClockTime::from_mseconds(6500), "position {pos}");
     // Play to the end from there: continuous and complete.
-    let (end, _) = {
-        run.pipeline.set_state(gst::State::Playing).unwrap();
-        wait_end(&run.pipeline)
-    };
-    assert!(matches!(end, End::Eos));
+    run.pipeline.set_state(gst::State::Playing).unwrap();
+    let end = common::wait_pipeline_end(&run.pipeline);
+    assert!(end.error.is_none(), "{}", end.error_text());
     let got = frames_out(&run, &f);
     check_range(&f, &got, 286_650, 441_000, true, "after the seek");
     run.pipeline.set_state(gst::State::Null).unwrap();
 
     // Segment looping over [2 s, 2.5 s): three passes, each exact.
-    let run = pipeline(&props);
+    let run = common::SrcProbe::new(&props);
     run.pipeline.set_state(gst::State::Paused).unwrap();
     wait_state(&run.pipeline, gst::State::Paused);
     let segment_seek = |flags: gst::SeekFlags| {
@@ -705,7 +621,7 @@ fn element_seeks_queries_and_loops_segments() {
     };
     segment_seek(gst::SeekFlags::FLUSH);
     wait_state(&run.pipeline, gst::State::Paused);
-    run.data.lock().unwrap().clear();
+    run.take();
     run.pipeline.set_state(gst::State::Playing).unwrap();
     let bus = run.pipeline.bus().unwrap();
     let mut passes = 0;
@@ -749,11 +665,11 @@ fn element_follows_appended_audio() {
     let f = s16(44100, 2);
     let mut w = Writer::new(srv.addr(), "live", f);
     w.ramp(44100, 4410);
-    let mut props = common_props(&srv, "live");
+    let mut props = common::src_props(&srv, "live");
     props.push(("follow", true.to_value()));
     props.push(("start-offset", 500_000_000u64.to_value()));
     props.push(("duration", 3_000_000_000u64.to_value()));
-    let run = pipeline(&props);
+    let run = common::SrcProbe::new(&props);
     let mut q = gst::query::Seeking::new(gst::Format::Time);
     run.pipeline.set_state(gst::State::Playing).unwrap();
     assert!(run.src.query(&mut q));
@@ -765,12 +681,13 @@ fn element_follows_appended_audio() {
             w.ramp(4410, 4410);
         }
     });
-    let (end, _) = wait_end(&run.pipeline);
+    let end = common::wait_pipeline_end(&run.pipeline);
     run.pipeline.set_state(gst::State::Null).unwrap();
     appender.join().unwrap();
     assert!(
-        matches!(end, End::Eos),
-        "follow mode did not end at its duration"
+        end.error.is_none(),
+        "follow mode did not end at its duration: {}",
+        end.error_text()
     );
     assert!(run.src.is::<gst_base::BaseSrc>());
     let live = run
@@ -795,7 +712,7 @@ fn element_follows_appended_audio() {
 #[test]
 fn missing_stream_is_not_found_naming_stream_and_server() {
     let srv = TestServer::start();
-    let run = pipeline(&common_props(&srv, "nosuch"));
+    let run = common::SrcProbe::new(&common::src_props(&srv, "nosuch"));
     let (e, text) = expect_error(&run);
     assert!(e.matches(gst::ResourceError::NotFound), "{text}");
     assert!(text.contains("'nosuch'"), "{text}");
@@ -834,30 +751,12 @@ fn bad_settings_are_settings_errors_with_the_reason() {
         (vec![("stream-id", "".to_value())], "no stream-id"),
     ];
     for (extra, needle) in cases {
-        let mut props = common_props(&srv, "s");
+        let mut props = common::src_props(&srv, "s");
         props.extend(extra);
-        let run = pipeline(&props);
-        let res = run.pipeline.set_state(gst::State::Paused);
-        assert!(res.is_err(), "{needle}: the state change succeeded");
-        let msg = run
-            .pipeline
-            .bus()
-            .unwrap()
-            .timed_pop_filtered(gst::ClockTime::from_seconds(5), &[gst::MessageType::Error])
-            .expect("an error message");
-        let gst::MessageView::Error(e) = msg.view() else {
-            unreachable!()
-        };
-        assert!(
-            e.error().matches(gst::ResourceError::Settings),
-            "{needle}: {}",
-            e.error()
-        );
-        assert!(
-            e.error().to_string().contains(needle),
-            "{needle}: {}",
-            e.error()
-        );
+        let run = common::SrcProbe::new(&props);
+        let e = common::refused(&run.pipeline, gst::State::Paused);
+        assert!(e.matches(gst::ResourceError::Settings), "{needle}: {e}");
+        assert!(e.to_string().contains(needle), "{needle}: {e}");
         run.pipeline.set_state(gst::State::Null).unwrap();
     }
 }
@@ -872,7 +771,7 @@ fn a_range_outside_the_stream_is_an_error_naming_what_it_holds() {
         (ref_ms + 5000, ref_ms + 6000),
         (ref_ms - 10_000, ref_ms - 5000),
     ] {
-        let mut props = common_props(&srv, "short");
+        let mut props = common::src_props(&srv, "short");
         props.push((
             "start",
             gstracs::client::reader::format_unix_ms(start).to_value(),
@@ -881,9 +780,9 @@ fn a_range_outside_the_stream_is_an_error_naming_what_it_holds() {
             "stop",
             gstracs::client::reader::format_unix_ms(stop).to_value(),
         ));
-        let run = pipeline(&props);
+        let run = common::SrcProbe::new(&props);
         let (e, text) = expect_error(&run);
-        assert!(run.data.lock().unwrap().is_empty());
+        assert!(run.received().data.is_empty());
         assert!(e.matches(gst::ResourceError::NotFound), "{text}");
         assert!(
             text.contains("nothing to read")
@@ -909,7 +808,7 @@ fn server_down_is_an_error_naming_the_server_within_the_timeout() {
         ("timeout", 1000u32.to_value()),
     ];
     let t0 = Instant::now();
-    let run = pipeline(&props);
+    let run = common::SrcProbe::new(&props);
     let (e, text) = expect_error(&run);
     assert!(e.matches(gst::ResourceError::OpenRead), "{text}");
     assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
@@ -937,14 +836,14 @@ fn stalled_server_is_a_timeout_error_and_never_blocks_a_state_change() {
         ]
     };
     let t0 = Instant::now();
-    let run = pipeline(&props(800));
+    let run = common::SrcProbe::new(&props(800));
     let (e, text) = expect_error(&run);
     assert!(e.matches(gst::ResourceError::Read), "{text}");
     assert!(text.contains("did not answer"), "{text}");
     assert!(t0.elapsed() < Duration::from_secs(5));
 
     // With a long timeout, Playing -> Null still returns at once: unlock() cancels the wait.
-    let run = pipeline(&props(60_000));
+    let run = common::SrcProbe::new(&props(60_000));
     run.pipeline.set_state(gst::State::Playing).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let t0 = Instant::now();
@@ -962,20 +861,21 @@ fn state_changes_complete_when_the_server_dies_mid_stream() {
     let f = s16(44100, 2);
     let mut w = Writer::new(srv.addr(), "dies", f);
     w.ramp(44100 * 3, 8192);
-    let mut props = common_props(&srv, "dies");
+    let mut props = common::src_props(&srv, "dies");
     props.push(("chunk-duration", 100_000_000u64.to_value()));
     props.push(("timeout", 1000u32.to_value()));
-    let run = pipeline(&props);
+    let run = common::SrcProbe::new(&props);
     run.pipeline.set_state(gst::State::Paused).unwrap();
     wait_state(&run.pipeline, gst::State::Paused);
     srv.kill();
     run.pipeline.set_state(gst::State::Playing).unwrap();
-    let (end, _) = wait_end(&run.pipeline);
+    let end = common::wait_pipeline_end(&run.pipeline);
     let t0 = Instant::now();
     run.pipeline.set_state(gst::State::Null).unwrap();
     assert!(t0.elapsed() < Duration::from_secs(2));
-    match end {
-        End::Error(e, text) => {
+    match end.error {
+        Some((e, debug)) => {
+            let text = format!("{e} ({debug})");
             assert!(
                 e.matches(gst::ResourceError::Read) || e.matches(gst::ResourceError::OpenRead),
                 "{text}"
@@ -985,7 +885,7 @@ fn state_changes_complete_when_the_server_dies_mid_stream() {
                 "{text}"
             );
         }
-        End::Eos => panic!("EOS although the server died 0.1 s into a 3 s stream"),
+        None => panic!("EOS although the server died 0.1 s into a 3 s stream"),
     }
 }
 
@@ -1044,9 +944,9 @@ fn uri_sets_properties_and_plays_through_uridecodebin() {
             gst::PadProbeReturn::Ok
         });
     pipeline.set_state(gst::State::Playing).unwrap();
-    let (end, _) = wait_end(&pipeline);
+    let end = common::wait_pipeline_end(&pipeline);
     pipeline.set_state(gst::State::Null).unwrap();
-    assert!(matches!(end, End::Eos));
+    assert!(end.error.is_none(), "{}", end.error_text());
     check_range(
         &f,
         &decode(&f, &data.lock().unwrap()),
@@ -1063,13 +963,13 @@ fn unlock_cancels_a_follow_wait_at_once() {
     let f = s16(8000, 1);
     let mut w = Writer::new(srv.addr(), "idle", f);
     w.ramp(800, 800);
-    let mut props = common_props(&srv, "idle");
+    let mut props = common::src_props(&srv, "idle");
     props.push(("follow", true.to_value()));
-    let run = pipeline(&props);
+    let run = common::SrcProbe::new(&props);
     run.pipeline.set_state(gst::State::Playing).unwrap();
     // Wait until the 100 ms that exist came out; then the element is polling for more.
     let deadline = Instant::now() + T;
-    while run.data.lock().unwrap().len() < 1600 {
+    while run.received().data.len() < 1600 {
         assert!(
             Instant::now() < deadline,
             "the existing audio never came out"
@@ -1098,7 +998,7 @@ fn blocks_filed_under_later_named_tables_are_read_exactly() {
         ahead.ramp(5000, 1000);
         let mut behind = Writer::new(srv.addr(), "behind", f);
         behind.ramp(44100, 4410);
-        let run = pipeline(&common_props(&srv, "behind"));
+        let run = common::SrcProbe::new(&common::src_props(&srv, "behind"));
         expect_eos(&run);
         check_range(&f, &frames_out(&run, &f), 0, 44100, true, "behind");
     }
@@ -1114,10 +1014,10 @@ fn blocks_filed_under_later_named_tables_are_read_exactly() {
         ahead.ramp(1000, 1000);
         behind.ramp(4410, 4410);
     }
-    let mut props = common_props(&srv, "behind");
+    let mut props = common::src_props(&srv, "behind");
     props.push(("timeout", 2000u32.to_value()));
     let t0 = Instant::now();
-    let run = pipeline(&props);
+    let run = common::SrcProbe::new(&props);
     expect_eos(&run);
     check_range(
         &f,
@@ -1178,7 +1078,7 @@ fn a_stream_started_after_a_bulk_import_reads_back_whole() {
         );
     }
     // And through racssrc, as in the report.
-    let run = pipeline(&common_props(&srv, "second"));
+    let run = common::SrcProbe::new(&common::src_props(&srv, "second"));
     expect_eos(&run);
     let got = frames_out(&run, &f);
     check_range(&f, &got, 0, total, true, "racssrc second");

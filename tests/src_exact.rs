@@ -7,7 +7,6 @@
 mod common;
 mod srckit;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
@@ -35,89 +34,27 @@ struct Run {
 
 /// `racssrc ! fakesink` with the given properties, played to EOS or an error.
 fn element(bench: &Bench, id: &str, props: &[(&str, glib::Value)]) -> Run {
-    common::init();
-    let pipeline = gst::Pipeline::new();
-    let src = gst::ElementFactory::make("racssrc")
-        .property("host", bench.srv.host())
-        .property("port", u32::from(bench.srv.port()))
-        .property("stream-id", id)
-        .build()
-        .unwrap();
-    for (k, v) in props {
-        match v.get::<&str>() {
-            Ok(text)
-                if src
-                    .find_property(k)
-                    .unwrap()
-                    .value_type()
-                    .is_a(glib::Type::ENUM) =>
-            {
-                src.set_property_from_str(k, text)
-            }
-            _ => src.set_property_from_value(k, v),
-        }
-    }
-    let sink = gst::ElementFactory::make("fakesink")
-        .property("sync", false)
-        .build()
-        .unwrap();
-    pipeline.add_many([&src, &sink]).unwrap();
-    src.link(&sink).unwrap();
-    let data = Arc::new(Mutex::new(Vec::new()));
-    let buffers = Arc::new(Mutex::new(Vec::new()));
-    let gaps = Arc::new(Mutex::new(Vec::new()));
-    let unix = Arc::new(Mutex::new(Vec::new()));
-    let tags = Arc::new(Mutex::new(Vec::new()));
-    let (d, b, g, u, t) = (
-        data.clone(),
-        buffers.clone(),
-        gaps.clone(),
-        unix.clone(),
-        tags.clone(),
-    );
-    sink.static_pad("sink").unwrap().add_probe(
-        gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
-        move |_, info| {
-            if let Some(buf) = info.buffer() {
-                let map = buf.map_readable().unwrap();
-                d.lock().unwrap().extend_from_slice(&map);
-                b.lock().unwrap().push((
-                    buf.pts().unwrap().nseconds(),
-                    buf.duration().unwrap().nseconds(),
-                    buf.size(),
-                ));
-                let caps = gst::Caps::new_empty_simple("timestamp/x-unix");
-                if let Some(m) = buf
-                    .iter_meta::<gst::ReferenceTimestampMeta>()
-                    .find(|m| m.reference().can_intersect(&caps))
-                {
-                    u.lock().unwrap().push(m.timestamp().nseconds());
-                }
-            }
-            if let Some(gst::EventView::Tag(e)) = info.event().map(|e| e.view()) {
-                t.lock().unwrap().push(e.tag_owned());
-            }
-            if let Some(gst::EventView::Gap(e)) = info.event().map(|e| e.view()) {
-                let (pts, dur) = e.get();
-                g.lock()
-                    .unwrap()
-                    .push((pts.nseconds(), dur.map_or(0, |d| d.nseconds())));
-            }
-            gst::PadProbeReturn::Ok
-        },
-    );
-    let ended = common::play(pipeline.upcast_ref());
-    let stats = src.property::<Option<gst::Structure>>("stats");
-    let run = Run {
-        data: data.lock().unwrap().clone(),
-        buffers: buffers.lock().unwrap().clone(),
-        gaps: gaps.lock().unwrap().clone(),
-        unix: unix.lock().unwrap().clone(),
-        tags: tags.lock().unwrap().clone(),
+    let props: Vec<(&str, glib::Value)> = common::src_props(&bench.srv, id)
+        .into_iter()
+        .chain(props.iter().cloned())
+        .collect();
+    let probe = common::SrcProbe::new(&props);
+    let ended = probe.play();
+    let stats = probe.src.property::<Option<gst::Structure>>("stats");
+    let got = probe.take();
+    Run {
+        data: got.data,
+        buffers: got
+            .buffers
+            .iter()
+            .map(|b| (b.pts, b.duration, b.size))
+            .collect(),
+        gaps: got.gaps,
+        unix: got.buffers.iter().filter_map(|b| b.unix).collect(),
+        tags: got.tags,
         ended,
         stats,
-    };
-    run
+    }
 }
 
 /// The model's samples of frames `[a, b)` of a stream, in its width; panics where lost.

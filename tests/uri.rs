@@ -352,15 +352,9 @@ fn racssink_uri_property_works_from_gst_launch_and_a_bad_one_fails_at_start() {
         sink.property::<Option<String>>("stream-id").as_deref(),
         Some("kept")
     );
-    let bus = gst::Bus::new();
-    sink.set_bus(Some(&bus));
-    assert!(sink.set_state(gst::State::Paused).is_err());
-    let msg = bus.pop_filtered(&[gst::MessageType::Error]).unwrap();
-    let gst::MessageView::Error(e) = msg.view() else {
-        unreachable!()
-    };
-    assert!(e.error().matches(gst::ResourceError::Settings), "{e:?}");
-    let text = e.error().to_string();
+    let e = common::refused(&sink, gst::State::Paused);
+    assert!(e.matches(gst::ResourceError::Settings), "{e:?}");
+    let text = e.to_string();
     assert!(
         text.contains("Invalid uri")
             && text.contains("chunk-size=\"0\": expected a number in 1..=65535"),

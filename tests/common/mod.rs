@@ -96,11 +96,13 @@ pub fn warning_texts(messages: &[gst::Message]) -> Vec<String> {
 }
 
 /// Panics when a message a user reads has the marks of careless text: doubled spaces, a
-/// line-continuation leftover (a newline followed by indentation), or blank ends.
+/// line-continuation leftover (a newline followed by indentation, or a backslash at the end
+/// of a line or of the text; a backslash the text names, such as a character it refuses, is
+/// no leftover), or blank ends.
 pub fn assert_tidy(what: &str, text: &str) {
     assert!(!text.contains("  "), "{what} has doubled spaces: {text:?}");
     assert!(
-        !text.contains("\n  ") && !text.contains('\\'),
+        !text.contains("\n  ") && !text.contains("\\\n") && !text.ends_with('\\'),
         "{what} has a line-continuation leftover: {text:?}"
     );
     assert_eq!(text.trim(), text, "{what} has blank ends: {text:?}");
@@ -372,4 +374,215 @@ pub fn first_difference(got: &[u8], want: &[u8]) -> Option<String> {
         got.len(),
         want.len()
     ))
+}
+
+// ---------------------------------------------------------------------------------------
+// racssrc probe pipelines
+
+/// One buffer that reached a [`SrcProbe`]: PTS and duration (ns), its `timestamp/x-unix`
+/// reference timestamp (ns) when it carries one, and its size in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SrcBuffer {
+    pub pts: u64,
+    pub duration: u64,
+    pub unix: Option<u64>,
+    pub size: usize,
+}
+
+/// What a [`SrcProbe`] received, in order.
+#[derive(Debug, Default, Clone)]
+pub struct Received {
+    /// Every byte of every buffer.
+    pub data: Vec<u8>,
+    pub buffers: Vec<SrcBuffer>,
+    /// GAP events as (pts, duration) in ns.
+    pub gaps: Vec<(u64, u64)>,
+    /// Tag events.
+    pub tags: Vec<gst::TagList>,
+}
+
+/// `racssrc ! fakesink sync=false` with a probe on the sink pad that collects every buffer,
+/// GAP event and tag event.
+pub struct SrcProbe {
+    pub pipeline: gst::Pipeline,
+    pub src: gst::Element,
+    pub received: std::sync::Arc<std::sync::Mutex<Received>>,
+}
+
+/// The properties that point a racssrc at stream `id` on `srv`.
+pub fn src_props(srv: &TestServer, id: &str) -> Vec<(&'static str, glib::Value)> {
+    vec![
+        ("host", srv.host().to_value()),
+        ("port", u32::from(srv.port()).to_value()),
+        ("stream-id", id.to_value()),
+    ]
+}
+
+/// Sets `props` on `element` in order; a string given for an enum property is its nick.
+pub fn set_props(element: &gst::Element, props: &[(&str, glib::Value)]) {
+    for (k, v) in props {
+        let spec = element
+            .find_property(k)
+            .unwrap_or_else(|| panic!("{} has no property {k}", element.name()));
+        match v.get::<&str>() {
+            Ok(text) if spec.value_type().is_a(glib::Type::ENUM) => {
+                element.set_property_from_str(k, text)
+            }
+            _ => element.set_property_from_value(k, v),
+        }
+    }
+}
+
+impl SrcProbe {
+    /// A racssrc with `props` (see [`src_props`], [`set_props`]) in a probe pipeline.
+    pub fn new(props: &[(&str, glib::Value)]) -> SrcProbe {
+        init();
+        let src = gst::ElementFactory::make("racssrc").build().unwrap();
+        set_props(&src, props);
+        SrcProbe::around(src)
+    }
+
+    /// A probe pipeline around an element made by the test.
+    pub fn around(src: gst::Element) -> SrcProbe {
+        init();
+        let pipeline = gst::Pipeline::new();
+        let sink = gst::ElementFactory::make("fakesink")
+            .property("sync", false)
+            .build()
+            .unwrap();
+        pipeline.add_many([&src, &sink]).unwrap();
+        src.link(&sink).unwrap();
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Received::default()));
+        let r = received.clone();
+        let unix_caps = gst::Caps::new_empty_simple("timestamp/x-unix");
+        sink.static_pad("sink").unwrap().add_probe(
+            gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
+            move |_, info| {
+                let mut r = r.lock().unwrap();
+                if let Some(buf) = info.buffer() {
+                    r.data.extend_from_slice(&buf.map_readable().unwrap());
+                    let unix = buf
+                        .iter_meta::<gst::ReferenceTimestampMeta>()
+                        .find(|m| m.reference().can_intersect(&unix_caps))
+                        .map(|m| m.timestamp().nseconds());
+                    r.buffers.push(SrcBuffer {
+                        pts: buf.pts().unwrap().nseconds(),
+                        duration: buf.duration().unwrap().nseconds(),
+                        unix,
+                        size: buf.size(),
+                    });
+                }
+                match info.event().map(|e| e.view()) {
+                    Some(gst::EventView::Gap(g)) => {
+                        let (pts, dur) = g.get();
+                        r.gaps
+                            .push((pts.nseconds(), dur.map_or(0, |d| d.nseconds())));
+                    }
+                    Some(gst::EventView::Tag(t)) => r.tags.push(t.tag_owned()),
+                    _ => {}
+                }
+                gst::PadProbeReturn::Ok
+            },
+        );
+        SrcProbe {
+            pipeline,
+            src,
+            received,
+        }
+    }
+
+    /// What arrived so far.
+    pub fn received(&self) -> std::sync::MutexGuard<'_, Received> {
+        self.received.lock().unwrap()
+    }
+
+    /// What arrived so far, leaving the probe empty (as before a seek).
+    pub fn take(&self) -> Received {
+        std::mem::take(&mut *self.received())
+    }
+
+    /// [`play`]s the pipeline.
+    pub fn play(&self) -> Ended {
+        play(self.pipeline.upcast_ref())
+    }
+}
+
+/// [`wait_end`] (up to [`WAIT`]) on a pipeline the test set playing itself, with
+/// [`assert_tidy_messages`] on what it posted.
+pub fn wait_pipeline_end(pipeline: &gst::Pipeline) -> Ended {
+    let ended = wait_end(&pipeline.bus().expect("a pipeline has a bus"), WAIT);
+    assert_tidy_messages(&ended.messages);
+    ended
+}
+
+/// [`caps`] of a stream format.
+pub fn format_caps(f: &gstracs::client::StreamFormat) -> gst::Caps {
+    caps(f.sample_rate, f.channels, f.bit_depth)
+}
+
+/// Sets `element` to `state`, which must fail, and returns the error it posted, after
+/// [`assert_tidy_messages`] on everything it posted. An element outside a pipeline gets a bus
+/// of its own first. The element is left in the state it reached.
+pub fn refused(element: &impl IsA<gst::Element>, state: gst::State) -> glib::Error {
+    let element = element.upcast_ref::<gst::Element>();
+    let bus = element.bus().unwrap_or_else(|| {
+        let bus = gst::Bus::new();
+        element.set_bus(Some(&bus));
+        bus
+    });
+    assert!(
+        element.set_state(state).is_err(),
+        "{} reached {state:?}",
+        element.name()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut messages = Vec::new();
+    let error = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(m) = bus.timed_pop(gst::ClockTime::from_nseconds(left.as_nanos() as u64)) else {
+            panic!("{} posted no error within 5 s", element.name());
+        };
+        messages.push(m.clone());
+        if let gst::MessageView::Error(e) = m.view() {
+            break e.error();
+        }
+    };
+    messages.extend(std::iter::from_fn(|| bus.pop()));
+    assert_tidy_messages(&messages);
+    error
+}
+
+/// [`assert_tidy`] for every error and warning a command-line program printed: gst-launch-1.0's
+/// `ERROR: from element <path>: <text>` and `WARNING: ...` lines, and the examples' and
+/// scripts' `error: <text>`, `<name>: error: <text>`, `warning: ...` and `FAILED: <text>`
+/// lines; and no element error printed twice.
+pub fn assert_tidy_output(outputs: &[&str]) {
+    let mut errors: Vec<&str> = Vec::new();
+    for line in outputs.iter().flat_map(|o| o.lines()) {
+        let element = ["ERROR: from element ", "WARNING: from element "]
+            .iter()
+            .find_map(|p| line.strip_prefix(p))
+            .map(|rest| rest.split_once(": ").map_or(rest, |(_path, text)| text));
+        if let Some(text) = element {
+            assert_tidy(line, text);
+            if line.starts_with("ERROR") {
+                assert!(
+                    !errors.contains(&text),
+                    "the same error was printed twice: {text:?}\n{}",
+                    outputs.join("\n")
+                );
+                errors.push(text);
+            }
+            continue;
+        }
+        let program = ["error: ", "warning: ", "FAILED: "].iter().find_map(|m| {
+            let at = line.find(m)?;
+            let before = &line[..at];
+            let marks_it = before.is_empty() || before.ends_with(": ") || m == &"FAILED: ";
+            marks_it.then(|| &line[at + m.len()..])
+        });
+        if let Some(text) = program {
+            assert_tidy(line, text);
+        }
+    }
 }
