@@ -22,7 +22,7 @@ use crate::client::writer::{
     WriterEvent, WriterStats, DEFAULT_CHUNK_BYTES, DEFAULT_SETTLE,
 };
 use crate::client::{block_on, host_port, validate_stream_id, Canceller, Error, StreamFormat};
-use crate::uri;
+use crate::{props, uri};
 
 static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
     gst::DebugCategory::new(
@@ -51,7 +51,7 @@ const TIMELINE_REPORT_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, PartialEq)]
 struct Settings {
-    server: crate::props::Server,
+    server: props::Server,
     stream_id: Option<String>,
     chunk_size: u32,
     create_if_missing: bool,
@@ -67,6 +67,12 @@ struct Settings {
     max_fill_ns: u64,
     /// Seconds per rotated stream; 0: no fixed period.
     rotate_s: u32,
+}
+
+impl props::HasServer for Settings {
+    fn server(&mut self) -> &mut props::Server {
+        &mut self.server
+    }
 }
 
 impl Default for Settings {
@@ -1373,7 +1379,7 @@ impl ObjectSubclass for RacsSink {
 impl ObjectImpl for RacsSink {
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: Lazy<Vec<glib::ParamSpec>> = Lazy::new(|| {
-            let mut props = crate::props::server_properties().to_vec();
+            let mut props = props::server_properties().to_vec();
             props.extend([
                 glib::ParamSpecString::builder("stream-id")
                     .nick("Stream ID")
@@ -1524,18 +1530,10 @@ impl ObjectImpl for RacsSink {
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
-        if pspec.name() == "uri" {
-            let refused = uri::set_property(&*self.obj(), value);
-            if let Some(e) = &refused {
-                gst::error!(CAT, imp = self, "{e}");
-            }
-            self.settings.lock().unwrap().server.uri_error = refused;
+        if props::set_shared(&*self.obj(), *CAT, &self.settings, pspec, value) {
             return;
         }
         let mut settings = self.settings.lock().unwrap();
-        if settings.server.set(pspec.name(), value) {
-            return;
-        }
         match pspec.name() {
             "stream-id" => {
                 let id = value
@@ -1584,13 +1582,10 @@ impl ObjectImpl for RacsSink {
         if pspec.name() == "stats" {
             return self.stats_structure().to_value();
         }
-        if pspec.name() == "uri" {
-            return URIHandlerImpl::uri(self).to_value();
-        }
-        let settings = self.settings.lock().unwrap();
-        if let Some(v) = settings.server.get(pspec.name()) {
+        if let Some(v) = props::get_shared(&*self.obj(), &self.settings, pspec) {
             return v;
         }
+        let settings = self.settings.lock().unwrap();
         match pspec.name() {
             "stream-id" => settings.stream_id.to_value(),
             "chunk-size" => settings.chunk_size.to_value(),
