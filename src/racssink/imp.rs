@@ -14,6 +14,7 @@ use gst_base::subclass::prelude::*;
 use once_cell::sync::Lazy;
 
 use super::{GapPolicy, IfExists, RecoveryPolicy, Timeline};
+use crate::client::pcm::pad_to_frame;
 use crate::client::reader::format_unix_ms;
 use crate::client::rotation::Rotation;
 use crate::client::timeline::{Correction, WallClock};
@@ -1011,12 +1012,7 @@ impl RacsSink {
             "gap of {gap} at {expected}: inserting {frames} frames of silence"
         );
         // Whole sample frames only, even if a buffer ended mid-frame.
-        let misaligned = state.bytes_since_base % format.bytes_per_frame() as u64;
-        let pad = if misaligned == 0 {
-            0
-        } else {
-            format.bytes_per_frame() as u64 - misaligned
-        };
+        let pad = pad_to_frame(state.bytes_since_base, format.bytes_per_frame() as u64);
         let capture = if state.live() {
             self.capture_us(expected)
         } else {
