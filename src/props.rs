@@ -153,3 +153,27 @@ pub fn get_shared<S: HasServer>(
     }
     settings.lock().unwrap().server().get(pspec.name())
 }
+
+/// `URIHandler::set_uri` of both elements: refused while the element runs, else the URI's
+/// settings applied through the property definitions (`check` refuses a value the element
+/// would only refuse at start), and an earlier refused `uri` property forgotten.
+pub fn set_uri<S: HasServer>(
+    obj: &(impl IsA<gst::URIHandler> + IsA<gst::Object>),
+    cat: gst::DebugCategory,
+    settings: &std::sync::Mutex<S>,
+    uri: &str,
+    element: &str,
+    running: bool,
+    check: impl Fn(&str, &str) -> Result<(), String>,
+) -> Result<(), glib::Error> {
+    if running {
+        return Err(glib::Error::new(
+            gst::URIError::BadState,
+            &format!("cannot change the URI of a running {element}: set it before starting"),
+        ));
+    }
+    crate::uri::set(obj.upcast_ref::<gst::Object>(), uri, element, check)?;
+    settings.lock().unwrap().server().uri_error = None;
+    gst::info!(cat, obj = obj, "URI {uri} applied");
+    Ok(())
+}

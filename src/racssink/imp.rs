@@ -1951,18 +1951,19 @@ impl URIHandlerImpl for RacsSink {
     }
 
     fn set_uri(&self, uri: &str) -> Result<(), glib::Error> {
-        if matches!(&*self.state.lock().unwrap(), State::Started(run) if run.writer.is_some()) {
-            return Err(glib::Error::new(
-                gst::URIError::BadState,
-                "Changing the URI of racssink while it is writing is not supported",
-            ));
-        }
-        uri::set(&*self.obj(), uri, "racssink", |key, text| match key {
-            "replay-window" => ReplayWindow::parse(text).map(|_| ()),
-            _ => Ok(()),
-        })?;
-        self.settings.lock().unwrap().server.uri_error = None;
-        gst::info!(CAT, imp = self, "URI {uri} applied");
-        Ok(())
+        let running =
+            matches!(&*self.state.lock().unwrap(), State::Started(run) if run.writer.is_some());
+        props::set_uri(
+            &*self.obj(),
+            *CAT,
+            &self.settings,
+            uri,
+            "racssink",
+            running,
+            |key, text| match key {
+                "replay-window" => ReplayWindow::parse(text).map(|_| ()),
+                _ => Ok(()),
+            },
+        )
     }
 }

@@ -1108,19 +1108,19 @@ impl URIHandlerImpl for RacsSrc {
     }
 
     fn set_uri(&self, uri: &str) -> Result<(), glib::Error> {
-        if matches!(*self.state.lock().unwrap(), State::Started(_)) {
-            return Err(glib::Error::new(
-                gst::URIError::BadState,
-                "cannot change the URI of a running racssrc",
-            ));
-        }
-        uri::set(&*self.obj(), uri, "racssrc", |key, text| match key {
-            "start" | "stop" => parse_time(key, text).map(|_| ()),
-            _ => Ok(()),
-        })?;
-        self.settings.lock().unwrap().server.uri_error = None;
-        gst::info!(CAT, imp = self, "URI {uri} applied");
-        Ok(())
+        let running = matches!(*self.state.lock().unwrap(), State::Started(_));
+        props::set_uri(
+            &*self.obj(),
+            *CAT,
+            &self.settings,
+            uri,
+            "racssrc",
+            running,
+            |key, text| match key {
+                "start" | "stop" => parse_time(key, text).map(|_| ()),
+                _ => Ok(()),
+            },
+        )
     }
 }
 
