@@ -29,6 +29,7 @@ mod common;
 use common::Target;
 
 use gst::prelude::*;
+use gstracs::client::pcm::narrow_in_place;
 use gstracs::client::reader::{Bound, RangeReader, ReaderConfig};
 use gstracs::client::{
     block_on, runtime, stream_hash, Canceller, Connection, Pool, SessionId, StreamFormat,
@@ -114,11 +115,6 @@ fn run_racssrc(host: &str, port: u16, id: &str) -> (f64, u64) {
     (secs, bytes.load(std::sync::atomic::Ordering::Relaxed))
 }
 
-fn narrow16(src: &[u8], dst: &mut Vec<u8>) {
-    dst.clear();
-    dst.extend(src.chunks_exact(4).flat_map(|s| [s[0], s[1]]));
-}
-
 /// The same reader pages without GStreamer: (seconds, output bytes, the reader's counters).
 fn run_reader(host: &str, port: u16, id: &str) -> (f64, u64, gstracs::client::reader::ReaderStats) {
     run_reader_range(host, port, id, Bound::Open, Bound::Open)
@@ -143,11 +139,12 @@ fn run_reader_range(
         Ok(RangeReader::open(pool, cfg).await.unwrap())
     })
     .unwrap();
-    let mut out = Vec::new();
     let mut bytes = 0u64;
-    while let Some(page) = block_on(&c, async { Ok(reader.next_page().await.unwrap()) }).unwrap() {
-        narrow16(&page.data, &mut out);
-        bytes += out.len() as u64;
+    while let Some(mut page) =
+        block_on(&c, async { Ok(reader.next_page().await.unwrap()) }).unwrap()
+    {
+        narrow_in_place(&mut page.data, 2);
+        bytes += page.data.len() as u64;
     }
     (t0.elapsed().as_secs_f64(), bytes, reader.stats())
 }
@@ -162,13 +159,12 @@ fn run_naive(addr: &str, id: &str) -> (f64, u64, u64) {
         let info = conn.stream_info(id).await.unwrap().unwrap();
         let format = info.format().unwrap();
         let mut cursor = 0u64;
-        let mut out = Vec::new();
         let mut queries = 0;
         let mut received = 0u64;
         while cursor < info.size {
             let k = format.block_time_ms(info.ref_ms, cursor);
             let from = if cursor == 0 { 0 } else { k as u64 };
-            let data = conn
+            let mut data = conn
                 .extract(id, from, (k + PAGE_MS as i64 - 1) as u64)
                 .await
                 .unwrap();
@@ -176,9 +172,9 @@ fn run_naive(addr: &str, id: &str) -> (f64, u64, u64) {
             if data.is_empty() {
                 break;
             }
-            narrow16(&data, &mut out);
-            cursor += out.len() as u64;
-            received += out.len() as u64;
+            narrow_in_place(&mut data, 2);
+            cursor += data.len() as u64;
+            received += data.len() as u64;
         }
         (t0.elapsed().as_secs_f64(), received, queries)
     })

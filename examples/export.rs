@@ -16,7 +16,7 @@
 //!   .flac flacenc                            (gstreamer1.0-plugins-good)
 
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use gst::prelude::*;
 
@@ -102,21 +102,16 @@ fn encoder_for(output: &str) -> Result<&'static str, String> {
     })
 }
 
+mod common;
+
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("export: error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::main("export", run)
 }
 
 fn run() -> Result<(), String> {
     let args = parse_args()?;
     let encoder = encoder_for(&args.output)?;
-    gst::init().map_err(|e| format!("GStreamer failed to initialise: {e}"))?;
-    gstracs::plugin_register_static().map_err(|e| format!("cannot register the plugin: {e}"))?;
+    common::init()?;
 
     let mut range = String::new();
     if let Some(s) = &args.start {
@@ -182,44 +177,21 @@ fn run() -> Result<(), String> {
             gst::PadProbeReturn::Ok
         });
 
-    if pipeline.set_state(gst::State::Playing).is_err() {
-        let msg = first_error(&pipeline).unwrap_or_else(|| "the pipeline did not start".into());
-        let _ = pipeline.set_state(gst::State::Null);
-        return Err(msg);
-    }
-    let bus = pipeline.bus().unwrap();
     let started = Instant::now();
-    let mut next_report = started + Duration::from_secs(1);
-    let mut last_warning = None;
-    let result = loop {
-        if Instant::now() >= next_report {
-            report(&src, started);
-            next_report += Duration::from_secs(1);
-        }
-        let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(100)) else {
-            continue;
-        };
-        match msg.view() {
-            gst::MessageView::Eos(_) => break Ok(()),
-            gst::MessageView::Error(e) => break Err(e.error().to_string()),
-            gst::MessageView::Warning(w) => {
-                eprintln!("export: warning: {}", w.error());
-                last_warning = Some(w.error().to_string());
-            }
-            _ => {}
-        }
-    };
+    let result = common::play(&pipeline, "export", |started| report(&src, started), || ());
     let position = src.query_position::<gst::ClockTime>();
     let _ = pipeline.set_state(gst::State::Null);
-    result?;
     if delivered.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        // racssrc refuses a range that holds no audio with an error: no file is left behind.
         let _ = std::fs::remove_file(&args.output);
+        let last_warning = result?;
         return Err(format!(
             "nothing exported, {} not written: {}",
             args.output,
             last_warning.unwrap_or_else(|| "the range holds no audio".into())
         ));
     }
+    result?;
     let bytes = std::fs::metadata(&args.output)
         .map(|m| m.len())
         .unwrap_or(0);
@@ -232,16 +204,6 @@ fn run() -> Result<(), String> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
-}
-
-fn first_error(pipeline: &gst::Pipeline) -> Option<String> {
-    let msg = pipeline
-        .bus()?
-        .timed_pop_filtered(gst::ClockTime::from_seconds(1), &[gst::MessageType::Error])?;
-    match msg.view() {
-        gst::MessageView::Error(e) => Some(e.error().to_string()),
-        _ => None,
-    }
 }
 
 /// "12.0 of 300.0 s (4%), 35.2x real time".

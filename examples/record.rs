@@ -17,7 +17,7 @@
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use gst::prelude::*;
 
@@ -96,21 +96,16 @@ fn to_uri(input: &str) -> Result<String, String> {
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
+mod common;
+
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("record: error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::main("record", run)
 }
 
 fn run() -> Result<(), String> {
     let args = parse_args()?;
     let uri = to_uri(&args.input)?;
-    gst::init().map_err(|e| format!("GStreamer failed to initialise: {e}"))?;
-    gstracs::plugin_register_static().map_err(|e| format!("cannot register the plugin: {e}"))?;
+    common::init()?;
 
     let src = gst::ElementFactory::make("uridecodebin")
         .property("uri", &uri)
@@ -168,35 +163,20 @@ fn run() -> Result<(), String> {
     });
     eprintln!("record: press Enter to stop early (the stream is then closed cleanly)");
 
-    if pipeline.set_state(gst::State::Playing).is_err() {
-        let msg = first_error(&pipeline).unwrap_or_else(|| "the pipeline did not start".into());
-        let _ = pipeline.set_state(gst::State::Null);
-        return Err(msg);
-    }
-    let bus = pipeline.bus().unwrap();
     let started = Instant::now();
-    let mut next_report = started + Duration::from_secs(1);
     let mut eos_sent = false;
-    let result = loop {
-        if interrupted.load(Ordering::SeqCst) && !eos_sent {
-            eprintln!("record: stopping, storing what is buffered and closing the stream");
-            pipeline.send_event(gst::event::Eos::new());
-            eos_sent = true;
-        }
-        if Instant::now() >= next_report {
-            report(&pipeline, &sink, started);
-            next_report += Duration::from_secs(1);
-        }
-        let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(100)) else {
-            continue;
-        };
-        match msg.view() {
-            gst::MessageView::Eos(_) => break Ok(()),
-            gst::MessageView::Error(e) => break Err(e.error().to_string()),
-            gst::MessageView::Warning(w) => eprintln!("record: warning: {}", w.error()),
-            _ => {}
-        }
-    };
+    let result = common::play(
+        &pipeline,
+        "record",
+        |started| report(&pipeline, &sink, started),
+        || {
+            if interrupted.load(Ordering::SeqCst) && !eos_sent {
+                eprintln!("record: stopping, storing what is buffered and closing the stream");
+                pipeline.send_event(gst::event::Eos::new());
+                eos_sent = true;
+            }
+        },
+    );
     // The summary needs the negotiated caps and the final stats: take it before stopping.
     let stored = stored_seconds(&sink);
     let _ = pipeline.set_state(gst::State::Null);
@@ -222,16 +202,6 @@ fn make(name: &str) -> Result<gst::Element, String> {
     gst::ElementFactory::make(name).build().map_err(|_| {
         format!("GStreamer element {name} is missing (install gstreamer1.0-plugins-base)")
     })
-}
-
-fn first_error(pipeline: &gst::Pipeline) -> Option<String> {
-    let msg = pipeline
-        .bus()?
-        .timed_pop_filtered(gst::ClockTime::from_seconds(1), &[gst::MessageType::Error])?;
-    match msg.view() {
-        gst::MessageView::Error(e) => Some(e.error().to_string()),
-        _ => None,
-    }
 }
 
 /// "12.0 s stored, 35.2x real time": seconds acknowledged by the server when racssink's stats

@@ -115,6 +115,69 @@ impl Server {
     }
 }
 
+/// An element's settings, which hold a [`Server`].
+pub trait HasServer {
+    fn server(&mut self) -> &mut Server;
+}
+
+/// Sets a property both elements share: one of [`server_properties`], or `uri` (which sets the
+/// others through the element's own property definitions; a refused URI is kept, so that
+/// starting fails with it). False for the element's own properties.
+pub fn set_shared<S: HasServer>(
+    obj: &(impl IsA<gst::URIHandler> + IsA<gst::Object>),
+    cat: gst::DebugCategory,
+    settings: &std::sync::Mutex<S>,
+    pspec: &glib::ParamSpec,
+    value: &glib::Value,
+) -> bool {
+    if pspec.name() == "uri" {
+        // Not under the settings lock: the URI sets properties one by one.
+        let refused = crate::uri::set_property(obj, value);
+        if let Some(e) = &refused {
+            gst::error!(cat, obj = obj, "{e}");
+        }
+        settings.lock().unwrap().server().uri_error = refused;
+        return true;
+    }
+    settings.lock().unwrap().server().set(pspec.name(), value)
+}
+
+/// A property both elements share (see [`set_shared`]); `None` for the element's own.
+pub fn get_shared<S: HasServer>(
+    obj: &impl IsA<glib::Object>,
+    settings: &std::sync::Mutex<S>,
+    pspec: &glib::ParamSpec,
+) -> Option<glib::Value> {
+    if pspec.name() == "uri" {
+        return Some(crate::uri::format(obj).to_value());
+    }
+    settings.lock().unwrap().server().get(pspec.name())
+}
+
+/// `URIHandler::set_uri` of both elements: refused while the element runs, else the URI's
+/// settings applied through the property definitions (`check` refuses a value the element
+/// would only refuse at start), and an earlier refused `uri` property forgotten.
+pub fn set_uri<S: HasServer>(
+    obj: &(impl IsA<gst::URIHandler> + IsA<gst::Object>),
+    cat: gst::DebugCategory,
+    settings: &std::sync::Mutex<S>,
+    uri: &str,
+    element: &str,
+    running: bool,
+    check: impl Fn(&str, &str) -> Result<(), String>,
+) -> Result<(), glib::Error> {
+    if running {
+        return Err(glib::Error::new(
+            gst::URIError::BadState,
+            &format!("cannot change the URI of a running {element}: set it before starting"),
+        ));
+    }
+    crate::uri::set(obj.upcast_ref::<gst::Object>(), uri, element, check)?;
+    settings.lock().unwrap().server().uri_error = None;
+    gst::info!(cat, obj = obj, "URI {uri} applied");
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

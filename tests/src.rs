@@ -758,7 +758,7 @@ fn bad_settings_are_settings_errors_with_the_reason() {
 }
 
 #[test]
-fn a_range_outside_the_stream_warns_and_ends() {
+fn a_range_outside_the_stream_is_an_error_naming_what_it_holds() {
     let srv = TestServer::start();
     let mut w = Writer::new(srv.addr(), "short", s16(8000, 1));
     w.ramp(8000, 800);
@@ -777,13 +777,15 @@ fn a_range_outside_the_stream_warns_and_ends() {
             gstracs::client::reader::format_unix_ms(stop).to_value(),
         ));
         let run = common::SrcProbe::new(&props);
-        let warnings = expect_eos(&run);
+        let (e, text) = expect_error(&run);
         assert!(run.received().data.is_empty());
+        assert!(e.matches(gst::ResourceError::NotFound), "{text}");
         assert!(
-            warnings
-                .iter()
-                .any(|w| w.contains("stream 'short'") && w.contains("holds")),
-            "{warnings:?}"
+            text.contains("nothing to read")
+                && text.contains("stream 'short'")
+                && text.contains("holds")
+                && text.contains("ask for a range inside it"),
+            "{text}"
         );
     }
 }

@@ -18,6 +18,12 @@ pub enum Error {
         what: String,
         after: Duration,
     },
+    /// Every connection of the pool stayed in use for as long as a request may wait.
+    PoolBusy {
+        addr: String,
+        size: usize,
+        after: Duration,
+    },
     /// The server answered with an error reply; the text is the server's own.
     Server(String),
     /// The reply was not what a RACS server sends.
@@ -36,6 +42,7 @@ impl Error {
             Error::Connect { .. }
                 | Error::Io { .. }
                 | Error::Timeout { .. }
+                | Error::PoolBusy { .. }
                 | Error::Protocol { .. }
         )
     }
@@ -64,6 +71,12 @@ impl fmt::Display for Error {
                 f,
                 "the RACS server at {addr} did not answer {what} within {} ms; it may be stalled or \
                  overloaded (raise the timeout property if it is just slow)",
+                after.as_millis()
+            ),
+            Error::PoolBusy { addr, size, after } => write!(
+                f,
+                "all {size} pooled connections to the RACS server at {addr} stayed in use for {} \
+                 ms; raise pool-size (elements in one process share the pool) or the timeout",
                 after.as_millis()
             ),
             Error::Server(msg) => write!(f, "the RACS server replied with an error: {msg}"),

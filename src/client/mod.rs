@@ -5,6 +5,7 @@
 pub mod command;
 pub mod error;
 pub mod frame;
+pub mod pcm;
 pub mod pool;
 pub mod reader;
 pub mod rotation;

@@ -242,12 +242,9 @@ impl Pool {
             Ok(permit) => permit,
             Err(_) => tokio::time::timeout(timeout, self.permits.clone().acquire_owned())
                 .await
-                .map_err(|_| Error::Timeout {
+                .map_err(|_| Error::PoolBusy {
                     addr: self.addr.clone(),
-                    what: format!(
-                        "a free pooled connection (all {} in use; raise pool-size)",
-                        self.size()
-                    ),
+                    size: self.size(),
                     after: timeout,
                 })?
                 .expect("the pool's semaphore is never closed"),

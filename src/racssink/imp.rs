@@ -14,6 +14,7 @@ use gst_base::subclass::prelude::*;
 use once_cell::sync::Lazy;
 
 use super::{GapPolicy, IfExists, RecoveryPolicy, Timeline};
+use crate::client::pcm::pad_to_frame;
 use crate::client::reader::format_unix_ms;
 use crate::client::rotation::Rotation;
 use crate::client::timeline::{Correction, WallClock};
@@ -22,7 +23,7 @@ use crate::client::writer::{
     WriterEvent, WriterStats, DEFAULT_CHUNK_BYTES, DEFAULT_SETTLE,
 };
 use crate::client::{block_on, host_port, validate_stream_id, Canceller, Error, StreamFormat};
-use crate::uri;
+use crate::{props, uri};
 
 static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
     gst::DebugCategory::new(
@@ -51,7 +52,7 @@ const TIMELINE_REPORT_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, PartialEq)]
 struct Settings {
-    server: crate::props::Server,
+    server: props::Server,
     stream_id: Option<String>,
     chunk_size: u32,
     create_if_missing: bool,
@@ -67,6 +68,12 @@ struct Settings {
     max_fill_ns: u64,
     /// Seconds per rotated stream; 0: no fixed period.
     rotate_s: u32,
+}
+
+impl props::HasServer for Settings {
+    fn server(&mut self) -> &mut props::Server {
+        &mut self.server
+    }
 }
 
 impl Default for Settings {
@@ -169,6 +176,9 @@ struct Run {
     anchor_ns: Option<i128>,
     frames_total: u64,
     last_report: Option<std::time::Instant>,
+    /// Caps refused with an error: basesink offers the sticky caps event again with the next
+    /// buffer or event, which must not post the error (or connect) again.
+    refused: Option<gst::Caps>,
 }
 
 impl Run {
@@ -1002,12 +1012,7 @@ impl RacsSink {
             "gap of {gap} at {expected}: inserting {frames} frames of silence"
         );
         // Whole sample frames only, even if a buffer ended mid-frame.
-        let misaligned = state.bytes_since_base % format.bytes_per_frame() as u64;
-        let pad = if misaligned == 0 {
-            0
-        } else {
-            format.bytes_per_frame() as u64 - misaligned
-        };
+        let pad = pad_to_frame(state.bytes_since_base, format.bytes_per_frame() as u64);
         let capture = if state.live() {
             self.capture_us(expected)
         } else {
@@ -1370,7 +1375,7 @@ impl ObjectSubclass for RacsSink {
 impl ObjectImpl for RacsSink {
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: Lazy<Vec<glib::ParamSpec>> = Lazy::new(|| {
-            let mut props = crate::props::server_properties().to_vec();
+            let mut props = props::server_properties().to_vec();
             props.extend([
                 glib::ParamSpecString::builder("stream-id")
                     .nick("Stream ID")
@@ -1521,18 +1526,10 @@ impl ObjectImpl for RacsSink {
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
-        if pspec.name() == "uri" {
-            let refused = uri::set_property(&*self.obj(), value);
-            if let Some(e) = &refused {
-                gst::error!(CAT, imp = self, "{e}");
-            }
-            self.settings.lock().unwrap().server.uri_error = refused;
+        if props::set_shared(&*self.obj(), *CAT, &self.settings, pspec, value) {
             return;
         }
         let mut settings = self.settings.lock().unwrap();
-        if settings.server.set(pspec.name(), value) {
-            return;
-        }
         match pspec.name() {
             "stream-id" => {
                 let id = value
@@ -1581,13 +1578,10 @@ impl ObjectImpl for RacsSink {
         if pspec.name() == "stats" {
             return self.stats_structure().to_value();
         }
-        if pspec.name() == "uri" {
-            return URIHandlerImpl::uri(self).to_value();
-        }
-        let settings = self.settings.lock().unwrap();
-        if let Some(v) = settings.server.get(pspec.name()) {
+        if let Some(v) = props::get_shared(&*self.obj(), &self.settings, pspec) {
             return v;
         }
+        let settings = self.settings.lock().unwrap();
         match pspec.name() {
             "stream-id" => settings.stream_id.to_value(),
             "chunk-size" => settings.chunk_size.to_value(),
@@ -1760,6 +1754,11 @@ impl BaseSinkImpl for RacsSink {
         let (Some(audio_format), Some(rate), Some(channels)) = parsed else {
             return Err(gst::loggable_error!(CAT, "incomplete caps {caps}"));
         };
+        if let State::Started(run) = &*self.state.lock().unwrap() {
+            if run.refused.as_ref() == Some(caps) {
+                return Err(gst::loggable_error!(CAT, "{caps} refused already"));
+            }
+        }
         let Some(bit_depth) = bit_depth_of(gst_audio::AudioFormat::from_string(audio_format))
         else {
             return Err(gst::loggable_error!(CAT, "unsupported format in {caps}"));
@@ -1771,6 +1770,9 @@ impl BaseSinkImpl for RacsSink {
             Ok(format) => format,
             Err(e) => {
                 gst::element_imp_error!(self, gst::StreamError::Format, ("{}", e));
+                if let State::Started(run) = &mut *self.state.lock().unwrap() {
+                    run.refused = Some(caps.clone());
+                }
                 return Err(gst::loggable_error!(CAT, "{e}"));
             }
         };
@@ -1778,22 +1780,25 @@ impl BaseSinkImpl for RacsSink {
         let State::Started(state) = &mut *guard else {
             return Err(gst::loggable_error!(CAT, "caps before start"));
         };
-        if state.rotation.is_some() {
+        let res = if state.rotation.is_some() {
             // Each period's stream is opened when its first sample arrives.
-            if let Some(w) = state.writer.as_mut() {
-                if let Err(e) = w.prepare(format) {
-                    self.post_write_error(&e, true);
-                    return Err(gst::loggable_error!(CAT, "{e}"));
-                }
+            let prepared = match state.writer.as_mut() {
+                Some(w) => w.prepare(format).map(|_| ()),
+                None => Ok(()),
+            };
+            if prepared.is_ok() {
+                state.format = Some(format);
             }
-            state.format = Some(format);
-            return Ok(());
-        }
-        let id = self.stream_id();
-        match self.open(state, format, &id) {
+            prepared
+        } else {
+            let id = self.stream_id();
+            self.open(state, format, &id)
+        };
+        match res {
             Ok(()) => Ok(()),
             Err(WriteError::Cancelled) => Err(gst::loggable_error!(CAT, "cancelled")),
             Err(e) => {
+                state.refused = Some(caps.clone());
                 self.post_write_error(&e, true);
                 Err(gst::loggable_error!(CAT, "{e}"))
             }
@@ -1946,18 +1951,19 @@ impl URIHandlerImpl for RacsSink {
     }
 
     fn set_uri(&self, uri: &str) -> Result<(), glib::Error> {
-        if matches!(&*self.state.lock().unwrap(), State::Started(run) if run.writer.is_some()) {
-            return Err(glib::Error::new(
-                gst::URIError::BadState,
-                "Changing the URI of racssink while it is writing is not supported",
-            ));
-        }
-        uri::set(&*self.obj(), uri, "racssink", |key, text| match key {
-            "replay-window" => ReplayWindow::parse(text).map(|_| ()),
-            _ => Ok(()),
-        })?;
-        self.settings.lock().unwrap().server.uri_error = None;
-        gst::info!(CAT, imp = self, "URI {uri} applied");
-        Ok(())
+        let running =
+            matches!(&*self.state.lock().unwrap(), State::Started(run) if run.writer.is_some());
+        props::set_uri(
+            &*self.obj(),
+            *CAT,
+            &self.settings,
+            uri,
+            "racssink",
+            running,
+            |key, text| match key {
+                "replay-window" => ReplayWindow::parse(text).map(|_| ()),
+                _ => Ok(()),
+            },
+        )
     }
 }

@@ -15,16 +15,16 @@ use gst_base::prelude::*;
 use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
-use super::narrow::{narrow_to_s16le, narrow_to_s24le};
 use super::{CatchUp, HolePolicy};
 use crate::client::frame::{frames_to_ns, ns_to_frames};
+use crate::client::pcm::narrow_in_place;
 use crate::client::reader::{
     unix_now_ns, Bound, FollowConfig, Followed, Follower, Piece, RangeReader, ReadError,
     ReaderConfig, ReaderStats,
 };
 use crate::client::rotation::{AnyRange, RotatedRange, Rotation};
 use crate::client::{block_on, runtime, validate_stream_id, Canceller, Error, Pool, StreamFormat};
-use crate::uri;
+use crate::{props, uri};
 
 static CAT: Lazy<gst::DebugCategory> = Lazy::new(|| {
     gst::DebugCategory::new(
@@ -53,7 +53,7 @@ const TIME_FORM: &str = "YYYY-MM-DDTHH:MM:SS[.fff]Z (RFC 3339, UTC), e.g. 2026-0
 
 #[derive(Debug, Clone)]
 struct Settings {
-    server: crate::props::Server,
+    server: props::Server,
     stream_id: Option<String>,
     start: Option<String>,
     stop: Option<String>,
@@ -67,6 +67,12 @@ struct Settings {
     latency: u32,
     retry_timeout: u32,
     hole_policy: HolePolicy,
+}
+
+impl props::HasServer for Settings {
+    fn server(&mut self) -> &mut props::Server {
+        &mut self.server
+    }
 }
 
 impl Default for Settings {
@@ -203,8 +209,8 @@ struct OutPage {
 
 /// What the fetch task hands to the streaming thread.
 enum Fetched {
-    /// The next page, and the stream's `ref` (known late in follow mode on an empty stream).
-    Page(OutPage, i64),
+    /// The next page.
+    Page(OutPage),
     /// Samples the server lost: `frames` sample frames from `frame`, and who and where.
     Gap {
         frame: u64,
@@ -235,6 +241,8 @@ struct Timing {
     block: Option<Duration>,
     /// One request's round trip.
     request: Duration,
+    /// Stored audio not read yet, as the stream's size was last asked (the `live-lag` stat).
+    lag: Duration,
 }
 
 /// A range (of one stream, or across rotated streams), or a followed stream.
@@ -258,13 +266,6 @@ impl Source {
         }
     }
 
-    fn ref_ms(&self) -> i64 {
-        match self {
-            Source::Range(r) => r.ref_ms(),
-            Source::Follow(f) => f.reader().ref_ms(),
-        }
-    }
-
     fn empty_reason(&self) -> Option<String> {
         match self {
             Source::Range(r) => r.empty_reason().map(str::to_string),
@@ -278,6 +279,7 @@ impl Source {
             Source::Follow(f) => Timing {
                 block: f.reader().block_duration(),
                 request: f.reader().request_time(),
+                lag: f.reader().backlog(),
             },
         }
     }
@@ -322,21 +324,17 @@ impl Fetcher {
             seen = reader.stats();
             loop {
                 let item = match reader.next().await {
-                    Ok(Some(Followed::Piece(Piece::Audio { unix_ns, data, .. }))) => {
-                        // Narrowed here, on the thread that allocated the page: the int32 copy
-                        // is freed where it was made, and the streaming thread only slices.
-                        let mut out = vec![0u8; data.len() / 4 * bytes_per_sample];
-                        if bytes_per_sample == 2 {
-                            narrow_to_s16le(&data, &mut out);
-                        } else {
-                            narrow_to_s24le(&data, &mut out);
-                        }
-                        drop(data);
+                    Ok(Some(Followed::Piece(Piece::Audio {
+                        unix_ns, mut data, ..
+                    }))) => {
+                        // Narrowed in place here, while the streaming thread pushes the page
+                        // before: no copy, and the streaming thread only slices.
+                        narrow_in_place(&mut data, bytes_per_sample);
                         let page = OutPage {
                             unix_ns,
-                            buffer: gst::Buffer::from_mut_slice(out),
+                            buffer: gst::Buffer::from_mut_slice(data),
                         };
-                        Fetched::Page(page, reader.ref_ms())
+                        Fetched::Page(page)
                     }
                     Ok(Some(Followed::Piece(Piece::Gap {
                         frame,
@@ -377,38 +375,123 @@ impl Drop for Fetcher {
     }
 }
 
-/// Where the next buffer's samples come from.
+/// The element's state: nothing before `start()`; after it, the range to read and, from the
+/// first negotiation on, the reading.
 #[derive(Default)]
-struct State {
-    pool: Option<Arc<Pool>>,
-    base: Option<ReaderConfig>,
+enum State {
+    #[default]
+    Stopped,
+    Started(Box<Started>),
+}
+
+impl State {
+    /// The started element's state; flushing when stopped (a state change under way).
+    fn started(&mut self) -> Result<&mut Started, gst::FlowError> {
+        match self {
+            State::Started(s) => Ok(s),
+            State::Stopped => Err(gst::FlowError::Flushing),
+        }
+    }
+
+    /// The open reading, once the stream's format is known.
+    fn open(&self) -> Option<&Open> {
+        match self {
+            State::Started(s) => match &s.reading {
+                Reading::Open(o) => Some(o),
+                Reading::Unopened => None,
+            },
+            State::Stopped => None,
+        }
+    }
+}
+
+struct Started {
+    pool: Arc<Pool>,
+    base: ReaderConfig,
     /// start-offset/duration in ns, resolved to frames once the rate is known.
     relative: Option<(u64, u64)>,
-    fetcher: Option<Fetcher>,
-    format: Option<StreamFormat>,
-    caps: Option<gst::Caps>,
-    ref_ms: i64,
+    /// A seek waiting for the streaming thread: start and stop in ns from the range start.
+    seek: Option<(u64, Option<u64>)>,
+    out: Output,
+    reading: Reading,
+}
+
+enum Reading {
+    /// The stream is opened (and its format learnt) at the first negotiation.
+    Unopened,
+    Open(Open),
+}
+
+/// A stream (or a range of rotated streams) being read.
+struct Open {
+    format: StreamFormat,
+    caps: gst::Caps,
     /// The range as first resolved, in frames from the stream's start.
     range_first: u64,
     range_end: Option<u64>,
-    opened: bool,
-    /// A seek waiting for the streaming thread: start and stop in ns from the range start.
-    seek: Option<(u64, Option<u64>)>,
+    feed: Feed,
     /// The reader still starts at the range start and has delivered nothing.
     fresh: bool,
+}
+
+impl Open {
+    /// The range's length, when it has an end.
+    fn duration(&self) -> Option<gst::ClockTime> {
+        let frames = self.range_end?.saturating_sub(self.range_first);
+        Some(gst::ClockTime::from_nseconds(
+            self.format.frames_to_ns(frames),
+        ))
+    }
+}
+
+/// The fetch task's queue, as the streaming thread holds it.
+enum Feed {
+    Ready(Fetcher),
+    /// Taken out while the streaming thread waits on it, so that queries and seeks are never
+    /// stuck behind the network.
+    Lent,
+    /// The range ended or failed.
+    Ended,
+}
+
+/// What went out of the source pad since the last seek.
+#[derive(Default)]
+struct Output {
+    /// The segment's start (ns from the range start).
     seg_start: u64,
     frames_out: u64,
-    page: Option<OutPage>,
-    page_pos: usize,
-    warned: bool,
+    /// The page being cut into buffers, and how many of its bytes went out.
+    page: Option<(OutPage, usize)>,
     /// Live edge: the running time of the range's first sample, fixed at the first buffer.
     anchor: Option<u64>,
     /// The next buffer follows a jump (audio left out or lost).
     discont: bool,
+    /// The "nothing to read" warning went out.
+    warned: bool,
     /// The minimum latency last announced (a LATENCY message asks the pipeline again).
     latency_told: Option<Duration>,
     /// The stream's tags went out (before the first buffer).
     tagged: bool,
+}
+
+impl Output {
+    /// Passes over `frames` sample frames that are not sent as audio (lost, left out, missing
+    /// across a restart): the next buffer is a DISCONT. Returns their PTS span.
+    fn skip(&mut self, rate: u32, frames: u64) -> (u64, u64) {
+        let span = self.pts_span(rate, frames);
+        self.frames_out += frames;
+        self.discont = true;
+        span
+    }
+
+    /// The PTS of the next sample out, and of the sample `frames` after it.
+    fn pts_span(&self, rate: u32, frames: u64) -> (u64, u64) {
+        let base = self.anchor.unwrap_or(self.seg_start);
+        (
+            base + frames_to_ns(self.frames_out, rate),
+            base + frames_to_ns(self.frames_out + frames, rate),
+        )
+    }
 }
 
 #[derive(Default)]
@@ -447,7 +530,7 @@ impl RacsSrc {
             ReadError::Client(Error::Connect { .. }) => {
                 gst::element_imp_error!(self, gst::ResourceError::OpenRead, ("{}", msg))
             }
-            ReadError::Client(Error::Timeout { what, .. }) if what.contains("pooled") => {
+            ReadError::Client(Error::PoolBusy { .. }) => {
                 gst::element_imp_error!(self, gst::ResourceError::Busy, ("{}", msg))
             }
             ReadError::Client(Error::InvalidArgument(_)) => {
@@ -482,14 +565,12 @@ impl RacsSrc {
             return self.open_rotated();
         }
         let (pool, mut cfg, relative) = {
-            let state = self.state.lock().unwrap();
-            if state.opened {
+            let mut state = self.state.lock().unwrap();
+            let s = state.started()?;
+            if let Reading::Open(_) = s.reading {
                 return Ok(());
             }
-            let (Some(pool), Some(cfg)) = (state.pool.clone(), state.base.clone()) else {
-                return Err(gst::FlowError::Flushing);
-            };
-            (pool, cfg, state.relative)
+            (s.pool.clone(), s.base.clone(), s.relative)
         };
         let mut reader = self.wait(RangeReader::open(pool.clone(), cfg.clone()))?;
         if let Some((offset, duration)) = relative {
@@ -505,7 +586,6 @@ impl RacsSrc {
             reader = self.wait(RangeReader::open(pool, cfg))?;
         }
         let format = reader.format();
-        let caps = caps_for(&format);
         gst::info!(
             CAT,
             imp = self,
@@ -520,43 +600,55 @@ impl RacsSrc {
         if let Some(notice) = reader.notice() {
             gst::element_imp_warning!(self, gst::ResourceError::Read, ("{}", notice));
         }
-        let mut state = self.state.lock().unwrap();
-        state.format = Some(format);
-        state.caps = Some(caps);
-        state.ref_ms = reader.ref_ms();
-        state.range_first = reader.first_frame();
-        state.range_end = reader.end_frame();
-        state.fresh = true;
+        let (first, end) = (reader.first_frame(), reader.end_frame());
         let settings = self.settings.lock().unwrap().clone();
         let source = if settings.follows() {
             Source::Follow(Box::new(Follower::new(reader, settings.follow_config())))
         } else {
             Source::Range(Box::new(AnyRange::One(reader)))
         };
-        state.fetcher = Some(Fetcher::spawn(
-            source,
-            self.stats.clone(),
-            self.timing.clone(),
-        ));
-        state.opened = true;
+        self.set_open(format, first, end, source)
+    }
+
+    /// The stream is open: its format and range, and the task that fetches its pages.
+    fn set_open(
+        &self,
+        format: StreamFormat,
+        range_first: u64,
+        range_end: Option<u64>,
+        source: Source,
+    ) -> Result<(), gst::FlowError> {
+        let mut state = self.state.lock().unwrap();
+        state.started()?.reading = Reading::Open(Open {
+            format,
+            caps: caps_for(&format),
+            range_first,
+            range_end,
+            feed: Feed::Ready(Fetcher::spawn(
+                source,
+                self.stats.clone(),
+                self.timing.clone(),
+            )),
+            fresh: true,
+        });
         Ok(())
     }
 
     /// A new reader for a seek, `start` and `stop` in ns from the range start.
     fn reopen(&self, start: u64, stop: Option<u64>) -> Result<(), gst::FlowError> {
         let (pool, mut cfg, rate, first, end) = {
-            let state = self.state.lock().unwrap();
-            let (Some(pool), Some(cfg), Some(format)) =
-                (state.pool.clone(), state.base.clone(), state.format)
-            else {
+            let mut state = self.state.lock().unwrap();
+            let s = state.started()?;
+            let Reading::Open(o) = &s.reading else {
                 return Err(gst::FlowError::Flushing);
             };
+            let rate = o.format.sample_rate;
             (
-                pool,
-                cfg,
-                format.sample_rate,
-                state.range_first,
-                state.range_end,
+                s.pool.clone(),
+                s.base.clone(),
+                rate,
+                o.range_first,
+                o.range_end,
             )
         };
         let from = first + ns_to_frames(start, rate);
@@ -569,12 +661,15 @@ impl RacsSrc {
         cfg.stop = to.map_or(Bound::Open, Bound::Frame);
         let reader = self.wait(RangeReader::open(pool, cfg))?;
         let mut state = self.state.lock().unwrap();
-        state.fetcher = Some(Fetcher::spawn(
+        let Reading::Open(o) = &mut state.started()?.reading else {
+            return Err(gst::FlowError::Flushing);
+        };
+        o.feed = Feed::Ready(Fetcher::spawn(
             Source::Range(Box::new(AnyRange::One(reader))),
             self.stats.clone(),
             self.timing.clone(),
         ));
-        state.fresh = start == 0 && stop.is_none();
+        o.fresh = start == 0 && stop.is_none();
         Ok(())
     }
 }
@@ -600,7 +695,7 @@ impl RacsSrc {
     /// less the audio's age by the wall clock, at most the minimum latency reported (so the
     /// first buffer is on time even when the writer's clock runs behind this one). `None`
     /// without live-edge, or without a clock.
-    fn live_anchor(&self, state: &State) -> Option<u64> {
+    fn live_anchor(&self, out: &Output) -> Option<u64> {
         let settings = self.settings.lock().unwrap().clone();
         if !settings.live_edge {
             return None;
@@ -609,11 +704,11 @@ impl RacsSrc {
         let clock = obj.clock()?;
         let base_time = obj.base_time()?;
         let running = clock.time().saturating_sub(base_time).nseconds();
-        let page = state.page.as_ref()?;
+        let (page, _) = out.page.as_ref()?;
         let first = page.unix_ns;
         let age = (unix_now_ns() - first).max(0);
         let (min, _) = latency(&settings, *self.timing.lock().unwrap());
-        let min = min.max(state.latency_told.unwrap_or_default());
+        let min = min.max(out.latency_told.unwrap_or_default());
         // A quarter of it is left for the time the buffer takes to reach the sink.
         let counted = age.min((min - min / 4).as_nanos() as i128) as u64;
         gst::debug!(
@@ -634,14 +729,18 @@ impl RacsSrc {
         }
         let (min, _) = latency(&settings, *self.timing.lock().unwrap());
         let mut state = self.state.lock().unwrap();
+        let Ok(s) = state.started() else {
+            return;
+        };
         // Only ever raised: buffers already timestamped count on the latency told.
-        let moved = state
+        let moved = s
+            .out
             .latency_told
             .is_none_or(|told| min > told + Duration::from_millis(2).max(told / 10));
         if !moved {
             return;
         }
-        state.latency_told = Some(min);
+        s.out.latency_told = Some(min);
         drop(state);
         gst::debug!(CAT, imp = self, "minimum latency now {min:?}");
         let _ = self
@@ -689,6 +788,16 @@ impl RacsSrc {
         let _ = self.obj().src_pad().push_event(gst::event::Tag::new(tags));
     }
 
+    /// A GAP event over the PTS span `[pts, next)`, when it is not empty.
+    fn push_gap(&self, pts: u64, next: u64) {
+        if next > pts {
+            let gap = gst::event::Gap::builder(gst::ClockTime::from_nseconds(pts))
+                .duration(gst::ClockTime::from_nseconds(next - pts))
+                .build();
+            self.obj().src_pad().push_event(gap);
+        }
+    }
+
     /// At the end of the range: the counters as an element message (the `stats` property's
     /// structure) and a debug line, before EOS.
     fn post_final_stats(&self) {
@@ -707,14 +816,15 @@ impl RacsSrc {
             st.retries,
             st.holes
         );
-        let msg = gst::message::Element::builder(stats_structure(&st))
+        let timing = *self.timing.lock().unwrap();
+        let msg = gst::message::Element::builder(stats_structure(&st, timing))
             .src(&*self.obj())
             .build();
         let _ = self.obj().post_message(msg);
     }
 }
 
-fn stats_structure(st: &ReaderStats) -> gst::Structure {
+fn stats_structure(st: &ReaderStats, timing: Timing) -> gst::Structure {
     gst::Structure::builder("racssrc-stats")
         .field("requests", st.queries + st.infos)
         .field("extra-requests", st.fallbacks)
@@ -722,6 +832,7 @@ fn stats_structure(st: &ReaderStats) -> gst::Structure {
         .field("waits", st.waits)
         .field("retries", st.retries)
         .field("holes", st.holes)
+        .field("live-lag", timing.lag.as_nanos() as u64)
         .build()
 }
 
@@ -752,7 +863,7 @@ fn caps_for(format: &StreamFormat) -> gst::Caps {
 impl ObjectImpl for RacsSrc {
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPERTIES: Lazy<Vec<glib::ParamSpec>> = Lazy::new(|| {
-            let mut props = crate::props::server_properties().to_vec();
+            let mut props = props::server_properties().to_vec();
             props.extend([
                 glib::ParamSpecString::builder("stream-id")
                     .nick("Stream ID")
@@ -814,7 +925,8 @@ impl ObjectImpl for RacsSrc {
                     .blurb(
                         "racssrc-stats: requests (EXTRACT and INFO), extra-requests (probes and \
                          checks beyond the pages), bytes (int32 bytes received), waits, retries, \
-                         holes, since the element started",
+                         holes, since the element started; live-lag (ns): follow mode, stored \
+                         audio not read yet",
                     )
                     .read_only()
                     .build(),
@@ -881,18 +993,10 @@ impl ObjectImpl for RacsSrc {
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
-        if pspec.name() == "uri" {
-            let refused = uri::set_property(&*self.obj(), value);
-            if let Some(e) = &refused {
-                gst::error!(CAT, imp = self, "{e}");
-            }
-            self.settings.lock().unwrap().server.uri_error = refused;
+        if props::set_shared(&*self.obj(), *CAT, &self.settings, pspec, value) {
             return;
         }
         let mut settings = self.settings.lock().unwrap();
-        if settings.server.set(pspec.name(), value) {
-            return;
-        }
         match pspec.name() {
             "stream-id" => settings.stream_id = value.get().unwrap(),
             "start" => settings.start = value.get().unwrap(),
@@ -913,15 +1017,13 @@ impl ObjectImpl for RacsSrc {
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         if pspec.name() == "stats" {
-            return stats_structure(&self.stats.lock().unwrap()).to_value();
+            let timing = *self.timing.lock().unwrap();
+            return stats_structure(&self.stats.lock().unwrap(), timing).to_value();
         }
-        if pspec.name() == "uri" {
-            return URIHandlerImpl::uri(self).to_value();
-        }
-        let settings = self.settings.lock().unwrap();
-        if let Some(v) = settings.server.get(pspec.name()) {
+        if let Some(v) = props::get_shared(&*self.obj(), &self.settings, pspec) {
             return v;
         }
+        let settings = self.settings.lock().unwrap();
         match pspec.name() {
             "stream-id" => settings.stream_id.to_value(),
             "start" => settings.start.to_value(),
@@ -1006,19 +1108,19 @@ impl URIHandlerImpl for RacsSrc {
     }
 
     fn set_uri(&self, uri: &str) -> Result<(), glib::Error> {
-        if self.state.lock().unwrap().pool.is_some() {
-            return Err(glib::Error::new(
-                gst::URIError::BadState,
-                "cannot change the URI of a running racssrc",
-            ));
-        }
-        uri::set(&*self.obj(), uri, "racssrc", |key, text| match key {
-            "start" | "stop" => parse_time(key, text).map(|_| ()),
-            _ => Ok(()),
-        })?;
-        self.settings.lock().unwrap().server.uri_error = None;
-        gst::info!(CAT, imp = self, "URI {uri} applied");
-        Ok(())
+        let running = matches!(*self.state.lock().unwrap(), State::Started(_));
+        props::set_uri(
+            &*self.obj(),
+            *CAT,
+            &self.settings,
+            uri,
+            "racssrc",
+            running,
+            |key, text| match key {
+                "start" | "stop" => parse_time(key, text).map(|_| ()),
+                _ => Ok(()),
+            },
+        )
     }
 }
 
@@ -1049,18 +1151,21 @@ impl BaseSrcImpl for RacsSrc {
         // The pool connects lazily: nothing here waits on the network.
         let pool = settings.server.pool();
         *self.stats.lock().unwrap() = ReaderStats::default();
-        *self.state.lock().unwrap() = State {
-            pool: Some(pool),
-            base: Some(cfg),
+        *self.timing.lock().unwrap() = Timing::default();
+        *self.state.lock().unwrap() = State::Started(Box::new(Started {
+            pool,
+            base: cfg,
             relative,
-            ..Default::default()
-        };
+            seek: None,
+            out: Output::default(),
+            reading: Reading::Unopened,
+        }));
         gst::debug!(CAT, imp = self, "started with {settings:?}");
         Ok(())
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
-        *self.state.lock().unwrap() = State::default();
+        *self.state.lock().unwrap() = State::Stopped;
         gst::debug!(CAT, imp = self, "stopped");
         Ok(())
     }
@@ -1085,8 +1190,8 @@ impl BaseSrcImpl for RacsSrc {
             .state
             .lock()
             .unwrap()
-            .caps
-            .clone()
+            .open()
+            .map(|o| o.caps.clone())
             .unwrap_or_else(|| self.obj().src_pad().pad_template_caps());
         Some(match filter {
             Some(f) => f.intersect_with_mode(&caps, gst::CapsIntersectMode::First),
@@ -1098,7 +1203,12 @@ impl BaseSrcImpl for RacsSrc {
         if self.ensure_open().is_err() {
             return Err(gst::loggable_error!(CAT, "cannot read the stream's format"));
         }
-        let caps = self.state.lock().unwrap().caps.clone().unwrap();
+        let Some(caps) = self.state.lock().unwrap().open().map(|o| o.caps.clone()) else {
+            return Err(gst::loggable_error!(
+                CAT,
+                "stopped before the stream was opened"
+            ));
+        };
         self.obj()
             .set_caps(&caps)
             .map_err(|_| gst::loggable_error!(CAT, "downstream refused {caps}"))
@@ -1119,12 +1229,14 @@ impl BaseSrcImpl for RacsSrc {
             return false;
         }
         let mut state = self.state.lock().unwrap();
+        let Ok(s) = state.started() else {
+            return false;
+        };
         segment.set_time(gst::ClockTime::from_nseconds(start));
-        state.seek = Some((start, stop));
-        state.seg_start = start;
-        state.frames_out = 0;
-        state.page = None;
-        state.page_pos = 0;
+        s.seek = Some((start, stop));
+        s.out.seg_start = start;
+        s.out.frames_out = 0;
+        s.out.page = None;
         gst::debug!(CAT, imp = self, "seek to {start} ns, stop {stop:?}");
         true
     }
@@ -1135,15 +1247,11 @@ impl BaseSrcImpl for RacsSrc {
                 if q.format() != gst::Format::Time {
                     return false;
                 }
-                let state = self.state.lock().unwrap();
-                let (Some(format), Some(end)) = (state.format, state.range_end) else {
+                let Some(duration) = self.state.lock().unwrap().open().and_then(Open::duration)
+                else {
                     return false;
                 };
-                let frames = end.saturating_sub(state.range_first);
-                q.set(gst::ClockTime::from_nseconds(frames_to_ns(
-                    frames,
-                    format.sample_rate,
-                )));
+                q.set(duration);
                 true
             }
             gst::QueryViewMut::Seeking(q) => {
@@ -1151,14 +1259,7 @@ impl BaseSrcImpl for RacsSrc {
                     return false;
                 }
                 let follow = self.settings.lock().unwrap().follows();
-                let state = self.state.lock().unwrap();
-                let duration = match (state.format, state.range_end) {
-                    (Some(f), Some(end)) => Some(gst::ClockTime::from_nseconds(frames_to_ns(
-                        end.saturating_sub(state.range_first),
-                        f.sample_rate,
-                    ))),
-                    _ => None,
-                };
+                let duration = self.state.lock().unwrap().open().and_then(Open::duration);
                 q.set(!follow, gst::ClockTime::ZERO, duration);
                 true
             }
@@ -1167,7 +1268,10 @@ impl BaseSrcImpl for RacsSrc {
                 if settings.follows() {
                     let timing = *self.timing.lock().unwrap();
                     let (min, max) = latency(&settings, timing);
-                    let told = self.state.lock().unwrap().latency_told.unwrap_or_default();
+                    let told = match &*self.state.lock().unwrap() {
+                        State::Started(s) => s.out.latency_told.unwrap_or_default(),
+                        State::Stopped => Duration::ZERO,
+                    };
                     let (min, max) = (min.max(told), max.map(|m| m.max(told + LATE_SLACK)));
                     gst::debug!(CAT, imp = self, "latency {min:?} to {max:?} ({timing:?})");
                     q.set(
@@ -1192,102 +1296,68 @@ impl PushSrcImpl for RacsSrc {
     ) -> Result<CreateSuccess, gst::FlowError> {
         self.ensure_open()?;
         loop {
-            let mut state = self.state.lock().unwrap();
-            if let Some((start, stop)) = state.seek.take() {
-                if !(state.fresh && start == 0 && stop.is_none()) {
-                    drop(state);
+            let mut guard = self.state.lock().unwrap();
+            let s = guard.started()?;
+            let Reading::Open(o) = &mut s.reading else {
+                return Err(gst::FlowError::Flushing);
+            };
+            if let Some((start, stop)) = s.seek.take() {
+                if !(o.fresh && start == 0 && stop.is_none()) {
+                    drop(guard);
                     self.reopen(start, stop)?;
                     continue;
                 }
             }
-            let format = state.format.unwrap();
+            let format = o.format;
             let rate = format.sample_rate;
-            if state.page.is_some() && state.anchor.is_none() {
-                let anchor = self.live_anchor(&state);
-                state.anchor = anchor;
+            if s.out.page.is_some() && s.out.anchor.is_none() {
+                s.out.anchor = self.live_anchor(&s.out);
             }
-            let base = state.anchor.unwrap_or(state.seg_start);
-            if let Some(page) = &state.page {
-                let bpf = format.bytes_per_frame();
-                let size = page.buffer.size();
-                if state.page_pos < size {
-                    let max = (u64::from(rate) * BUFFER_MS / 1000).max(1) as usize * bpf;
-                    let n = (size - state.page_pos).min(max);
-                    let frames = (n / bpf) as u64;
-                    let into_page = (state.page_pos / bpf) as u64;
-                    // Shares the page's memory: no copy.
-                    let mut buffer = page
-                        .buffer
-                        .copy_region(
-                            gst::BufferCopyFlags::MEMORY,
-                            state.page_pos..state.page_pos + n,
-                        )
-                        .map_err(|_| gst::FlowError::Error)?;
-                    let first_unix_ns = page.unix_ns + i128::from(frames_to_ns(into_page, rate));
-                    {
-                        let buf = buffer.get_mut().unwrap();
-                        let pts = base + frames_to_ns(state.frames_out, rate);
-                        let next = base + frames_to_ns(state.frames_out + frames, rate);
-                        buf.set_pts(gst::ClockTime::from_nseconds(pts));
-                        buf.set_duration(gst::ClockTime::from_nseconds(next - pts));
-                        buf.set_offset(state.frames_out);
-                        buf.set_offset_end(state.frames_out + frames);
-                        let unix_ns = page.unix_ns + i128::from(frames_to_ns(into_page, rate));
-                        static UNIX_CAPS: Lazy<gst::Caps> =
-                            Lazy::new(|| gst::Caps::new_empty_simple("timestamp/x-unix"));
-                        gst::ReferenceTimestampMeta::add(
-                            buf,
-                            &UNIX_CAPS,
-                            gst::ClockTime::from_nseconds(unix_ns.max(0) as u64),
-                            gst::ClockTime::from_nseconds(next - pts),
-                        );
-                        if state.frames_out == 0 || state.discont {
-                            buf.set_flags(gst::BufferFlags::DISCONT);
-                        }
-                    }
-                    state.discont = false;
-                    state.page_pos += n;
-                    state.frames_out += frames;
-                    state.fresh = false;
-                    if !state.tagged {
-                        state.tagged = true;
-                        drop(state);
-                        self.send_tags(first_unix_ns);
-                    }
-                    return Ok(CreateSuccess::NewBuffer(buffer));
+            if let Some((buffer, unix_ns)) = cut_buffer(&mut s.out, format)? {
+                o.fresh = false;
+                let first = !std::mem::replace(&mut s.out.tagged, true);
+                drop(guard);
+                if first {
+                    self.send_tags(unix_ns);
                 }
+                return Ok(CreateSuccess::NewBuffer(buffer));
             }
-            // The page is used up: fetch the next one without holding the state lock, so
-            // queries and seeks are never stuck behind the network.
-            state.page = None;
-            state.page_pos = 0;
-            let Some(mut fetcher) = state.fetcher.take() else {
-                return Err(gst::FlowError::Flushing);
+            // The page is used up: wait for the next one with the fetcher taken out of the
+            // state, so queries and seeks are never stuck behind the network. A cancelled wait
+            // leaves the fetcher as it was; it is put back.
+            s.out.page = None;
+            let mut fetcher = match std::mem::replace(&mut o.feed, Feed::Lent) {
+                Feed::Ready(f) => f,
+                Feed::Ended => {
+                    o.feed = Feed::Ended;
+                    return Err(gst::FlowError::Eos);
+                }
+                Feed::Lent => return Err(gst::FlowError::Flushing),
             };
-            drop(state);
-            // Taken out, not held under the lock: queries and seeks are never stuck behind the
-            // network. A cancelled wait leaves the fetcher as it was; it is put back.
+            drop(guard);
             let canceller = self.canceller();
             let item = block_on(&canceller, async { Ok(fetcher.rx.recv().await) });
-            let mut state = self.state.lock().unwrap();
-            state.fetcher = Some(fetcher);
-            let item = match item {
-                Err(_) => return Err(gst::FlowError::Flushing),
-                Ok(item) => item,
+            let mut guard = self.state.lock().unwrap();
+            let s = guard.started()?;
+            let Reading::Open(o) = &mut s.reading else {
+                return Err(gst::FlowError::Flushing);
+            };
+            if let Feed::Lent = o.feed {
+                o.feed = Feed::Ready(fetcher);
+            }
+            let Ok(item) = item else {
+                return Err(gst::FlowError::Flushing);
             };
             match item {
-                Some(Fetched::Page(page, ref_ms)) => {
-                    state.ref_ms = ref_ms;
-                    state.page = Some(page);
-                    state.page_pos = 0;
-                    drop(state);
+                Some(Fetched::Page(page)) => {
+                    s.out.page = Some((page, 0));
+                    drop(guard);
                     self.tell_latency();
                 }
                 Some(Fetched::Behind(behind)) => {
-                    let rate = state.format.map_or(1, |f| f.sample_rate);
-                    let pts = base + frames_to_ns(state.frames_out, rate);
-                    let processed = state.frames_out;
-                    drop(state);
+                    let (pts, _) = s.out.pts_span(rate, 0);
+                    let processed = s.out.frames_out;
+                    drop(guard);
                     self.post_qos(pts, behind, processed, 0);
                     gst::element_imp_warning!(
                         self,
@@ -1297,15 +1367,11 @@ impl PushSrcImpl for RacsSrc {
                             behind.as_millis()
                         )
                     );
-                    continue;
                 }
                 Some(Fetched::Skipped { frames, unix_ns }) => {
-                    let rate = state.format.map_or(1, |f| f.sample_rate);
-                    let pts = base + frames_to_ns(state.frames_out, rate);
-                    let processed = state.frames_out;
-                    state.frames_out += frames;
-                    state.discont = true;
-                    drop(state);
+                    let processed = s.out.frames_out;
+                    let (pts, _) = s.out.skip(rate, frames);
+                    drop(guard);
                     let left_out = Duration::from_nanos(frames_to_ns(frames, rate));
                     self.post_qos(pts, left_out, processed, frames);
                     gst::element_imp_warning!(
@@ -1317,54 +1383,21 @@ impl PushSrcImpl for RacsSrc {
                             crate::client::reader::format_unix_ns(unix_ns)
                         )
                     );
-                    continue;
                 }
                 Some(Fetched::Restarted { missing_ns, reason }) => {
-                    let rate = state.format.map_or(1, |f| f.sample_rate);
-                    let frames = ns_to_frames(missing_ns, rate);
-                    let pts = base + frames_to_ns(state.frames_out, rate);
-                    let next = base + frames_to_ns(state.frames_out + frames, rate);
-                    state.frames_out += frames;
-                    state.discont = true;
-                    drop(state);
+                    let (pts, next) = s.out.skip(rate, ns_to_frames(missing_ns, rate));
+                    drop(guard);
                     gst::element_imp_warning!(self, gst::ResourceError::Read, ("{}", reason));
-                    if next > pts {
-                        let gap = gst::event::Gap::builder(gst::ClockTime::from_nseconds(pts))
-                            .duration(gst::ClockTime::from_nseconds(next - pts))
-                            .build();
-                        self.obj().src_pad().push_event(gap);
-                    }
-                    continue;
-                }
-                Some(Fetched::End(empty)) => {
-                    state.fetcher = None;
-                    if let (Some(reason), false) = (empty, state.warned) {
-                        state.warned = true;
-                        drop(state);
-                        gst::element_imp_warning!(
-                            self,
-                            gst::ResourceError::NotFound,
-                            ("nothing to read: {}", reason)
-                        );
-                    } else {
-                        drop(state);
-                    }
-                    self.post_final_stats();
-                    return Err(gst::FlowError::Eos);
+                    self.push_gap(pts, next);
                 }
                 Some(Fetched::Gap {
                     frame,
                     frames,
                     reason,
                 }) => {
-                    let policy = self.settings.lock().unwrap().hole_policy;
-                    let rate = state.format.map_or(1, |f| f.sample_rate);
-                    let pts = base + frames_to_ns(state.frames_out, rate);
-                    let next = base + frames_to_ns(state.frames_out + frames, rate);
-                    state.frames_out += frames;
-                    state.discont = true;
-                    drop(state);
-                    if policy == HolePolicy::Error {
+                    let (pts, next) = s.out.skip(rate, frames);
+                    drop(guard);
+                    if self.settings.lock().unwrap().hole_policy == HolePolicy::Error {
                         gst::element_imp_error!(
                             self,
                             gst::ResourceError::Read,
@@ -1382,25 +1415,110 @@ impl PushSrcImpl for RacsSrc {
                             gst::ClockTime::from_nseconds(next - pts)
                         ]
                     );
-                    let gap = gst::event::Gap::builder(gst::ClockTime::from_nseconds(pts))
-                        .duration(gst::ClockTime::from_nseconds(next - pts))
-                        .build();
-                    self.obj().src_pad().push_event(gap);
-                    continue;
+                    self.push_gap(pts, next);
+                }
+                Some(Fetched::End(empty)) => {
+                    o.feed = Feed::Ended;
+                    // The range asked for holds no audio: an error, so that an export fails
+                    // instead of writing an empty file. After a seek, the end of the stream.
+                    let asked = o.fresh;
+                    let warn = match empty {
+                        Some(reason) if asked => {
+                            drop(guard);
+                            gst::element_imp_error!(
+                                self,
+                                gst::ResourceError::NotFound,
+                                (
+                                    "nothing to read: {}; ask for a range inside it (start/stop \
+                                     or start-offset/duration), or set follow=true to wait for it",
+                                    reason
+                                )
+                            );
+                            return Err(gst::FlowError::Error);
+                        }
+                        Some(reason) if !s.out.warned => {
+                            s.out.warned = true;
+                            Some(reason)
+                        }
+                        _ => None,
+                    };
+                    drop(guard);
+                    if let Some(reason) = warn {
+                        gst::element_imp_warning!(
+                            self,
+                            gst::ResourceError::NotFound,
+                            ("nothing to read: {}", reason)
+                        );
+                    }
+                    self.post_final_stats();
+                    return Err(gst::FlowError::Eos);
                 }
                 Some(Fetched::Failed(e)) => {
-                    state.fetcher = None;
-                    drop(state);
+                    o.feed = Feed::Ended;
+                    drop(guard);
                     if e.is_cancelled() {
                         return Err(gst::FlowError::Flushing);
                     }
                     self.post_read_error(&e);
                     return Err(gst::FlowError::Error);
                 }
-                None => return Err(gst::FlowError::Eos),
+                None => {
+                    o.feed = Feed::Ended;
+                    return Err(gst::FlowError::Eos);
+                }
             }
         }
     }
+}
+
+/// The next output buffer cut from the current page (sharing its memory, no copy), with the
+/// wall-clock time of its first sample; `None` when the page is used up.
+fn cut_buffer(
+    out: &mut Output,
+    format: StreamFormat,
+) -> Result<Option<(gst::Buffer, i128)>, gst::FlowError> {
+    static UNIX_CAPS: Lazy<gst::Caps> =
+        Lazy::new(|| gst::Caps::new_empty_simple("timestamp/x-unix"));
+    let rate = format.sample_rate;
+    let bpf = format.bytes_per_frame();
+    let Some((page, pos)) = &out.page else {
+        return Ok(None);
+    };
+    let (pos, size) = (*pos, page.buffer.size());
+    if pos >= size {
+        return Ok(None);
+    }
+    let max = (u64::from(rate) * BUFFER_MS / 1000).max(1) as usize * bpf;
+    let n = (size - pos).min(max);
+    let frames = (n / bpf) as u64;
+    let unix_ns = page.unix_ns + i128::from(frames_to_ns((pos / bpf) as u64, rate));
+    let mut buffer = page
+        .buffer
+        .copy_region(gst::BufferCopyFlags::MEMORY, pos..pos + n)
+        .map_err(|_| gst::FlowError::Error)?;
+    let (pts, next) = out.pts_span(rate, frames);
+    {
+        let buf = buffer.make_mut();
+        buf.set_pts(gst::ClockTime::from_nseconds(pts));
+        buf.set_duration(gst::ClockTime::from_nseconds(next - pts));
+        buf.set_offset(out.frames_out);
+        buf.set_offset_end(out.frames_out + frames);
+        gst::ReferenceTimestampMeta::add(
+            buf,
+            &UNIX_CAPS,
+            gst::ClockTime::from_nseconds(unix_ns.max(0) as u64),
+            gst::ClockTime::from_nseconds(next - pts),
+        );
+        if out.frames_out == 0 || out.discont {
+            buf.set_flags(gst::BufferFlags::DISCONT);
+        }
+    }
+    out.discont = false;
+    out.frames_out += frames;
+    if let Some((_, pos)) = &mut out.page {
+        *pos += n;
+    }
+    Ok(Some((buffer, unix_ns)))
 }
 
 // A range across rotated streams (a stream-id with strftime fields, as racssink writes them).
@@ -1451,14 +1569,12 @@ impl RacsSrc {
             return Err(gst::FlowError::Error);
         };
         let (pool, cfg) = {
-            let state = self.state.lock().unwrap();
-            if state.opened {
+            let mut state = self.state.lock().unwrap();
+            let s = state.started()?;
+            if let Reading::Open(_) = s.reading {
                 return Ok(());
             }
-            let (Some(pool), Some(cfg)) = (state.pool.clone(), state.base.clone()) else {
-                return Err(gst::FlowError::Flushing);
-            };
-            (pool, cfg)
+            (s.pool.clone(), s.base.clone())
         };
         let range = self.wait(RotatedRange::open(pool, cfg, &rotation, from, to))?;
         let format = range.format();
@@ -1473,18 +1589,11 @@ impl RacsSrc {
             crate::client::reader::format_unix_ns(from),
             crate::client::reader::format_unix_ns(to)
         );
-        let mut state = self.state.lock().unwrap();
-        state.format = Some(format);
-        state.caps = Some(caps_for(&format));
-        state.range_first = 0;
-        state.range_end = Some(frames);
-        state.fresh = true;
-        state.fetcher = Some(Fetcher::spawn(
+        self.set_open(
+            format,
+            0,
+            Some(frames),
             Source::Range(Box::new(AnyRange::Rotated(range))),
-            self.stats.clone(),
-            self.timing.clone(),
-        ));
-        state.opened = true;
-        Ok(())
+        )
     }
 }

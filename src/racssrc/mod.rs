@@ -5,7 +5,6 @@ use gst::glib;
 use gst::prelude::*;
 
 mod imp;
-pub mod narrow;
 
 /// What racssrc does where the server lost blocks (a table it had not written when it crashed or
 /// shut down): the samples there are gone.
