@@ -162,7 +162,11 @@ pub fn block_on<T>(canceller: &Canceller, fut: impl Future<Output = Result<T>>) 
         return Err(Error::Cancelled);
     }
     let _direct = DirectScope::enter(canceller);
-    RUNTIME.block_on(async {
+    // Pinned here, once: the runtime's layers below take a pointer to it instead of moving
+    // the whole future into each of their frames (a streaming thread's stack keeps the
+    // deepest it ever was resident, for every one of hundreds of streams).
+    let fut = std::pin::pin!(fut);
+    RUNTIME.block_on(async move {
         tokio::select! {
             biased;
             _ = canceller.cancelled() => Err(Error::Cancelled),

@@ -49,6 +49,10 @@ const DEFAULT_MAX_DRIFT_NS: u64 = 20_000_000;
 const DEFAULT_MAX_FILL_NS: u64 = 600_000_000_000;
 /// How often the timeline message is posted when nothing was corrected.
 const TIMELINE_REPORT_EVERY: Duration = Duration::from_secs(10);
+/// `racssink-timeline` after a correction comes at most this often (the counts it carries are
+/// running totals): hundreds of sinks posting at every buffer of an overloaded machine keep
+/// GStreamer's bus busy-waiting, every posting thread spinning behind a preempted one.
+const TIMELINE_REPORT_MIN: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, PartialEq)]
 struct Settings {
@@ -170,6 +174,8 @@ struct Run {
     anchor_ns: Option<i128>,
     frames_total: u64,
     last_report: Option<std::time::Instant>,
+    /// A correction since the last `racssink-timeline` message.
+    report_due: bool,
 }
 
 impl Run {
@@ -969,11 +975,28 @@ impl RacsSink {
         let obj = self.obj();
         let clock = obj.clock()?;
         let base = obj.base_time()?;
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .ok()?
-            .as_micros() as i64;
-        let now = clock.time().nseconds() as i64;
+        // The wall clock read between two readings of the pipeline clock: a thread preempted
+        // in between (hundreds of streaming threads on a few cores) would shift the capture
+        // time by as long as it waited, and a timeline corrected against that jitter flips
+        // between leaving out and filling in at every buffer. The closest pair of a few tries
+        // is used, the wall clock taken at its midpoint.
+        let mut best: Option<(i64, i64, i64)> = None;
+        for _ in 0..4 {
+            let before = clock.time().nseconds() as i64;
+            let wall = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .ok()?
+                .as_micros() as i64;
+            let after = clock.time().nseconds() as i64;
+            let gap = after - before;
+            if best.is_none_or(|b| gap < b.0) {
+                best = Some((gap, before + gap / 2, wall));
+            }
+            if gap <= 200_000 {
+                break;
+            }
+        }
+        let (_, now, wall) = best?;
         let at = (base + running_time).nseconds() as i64;
         Some(wall - (now - at) / 1000)
     }
@@ -1239,18 +1262,20 @@ impl RacsSink {
             }
         }
         self.timeline.lock().unwrap().corrections += 1;
-        state.last_report = None;
+        state.report_due = true;
         Ok(Corrected::Done)
     }
 
     /// Posts `racssink-timeline` after a correction and every 10 s.
     fn report_timeline(&self, state: &mut Run) {
-        if state
-            .last_report
-            .is_some_and(|t| t.elapsed() < TIMELINE_REPORT_EVERY)
-        {
+        let due = match state.last_report.map(|t| t.elapsed()) {
+            None => true,
+            Some(e) => e >= TIMELINE_REPORT_EVERY || (state.report_due && e >= TIMELINE_REPORT_MIN),
+        };
+        if !due {
             return;
         }
+        state.report_due = false;
         state.last_report = Some(std::time::Instant::now());
         let t = self.timeline.lock().unwrap().clone();
         self.post_element(

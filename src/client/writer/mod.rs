@@ -2881,7 +2881,8 @@ fn run<T>(
     canceller: &Canceller,
     fut: impl std::future::Future<Output = Result<T, WriteError>>,
 ) -> Result<T, WriteError> {
-    block_on(canceller, async { Ok(fut.await) })?
+    let fut = std::pin::pin!(fut);
+    block_on(canceller, async move { Ok(fut.await) })?
 }
 
 #[cfg(test)]
