@@ -56,6 +56,11 @@ pub fn ns_to_frames(ns: u64, rate: u32) -> u64 {
     ((u128::from(ns) * u128::from(rate) + 500_000_000) / 1_000_000_000) as u64
 }
 
+/// Sample frames at `rate` in `ns`, rounded up: the first frame at or after `ns`.
+pub fn ns_to_frames_up(ns: u64, rate: u32) -> u64 {
+    (u128::from(ns) * u128::from(rate)).div_ceil(1_000_000_000) as u64
+}
+
 impl StreamFormat {
     /// A format the plugin can write and read: 16 or 24-bit, at least one channel and 1 Hz.
     pub fn new(sample_rate: u32, channels: u16, bit_depth: u16) -> Result<Self> {

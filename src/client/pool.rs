@@ -162,7 +162,11 @@ pub fn block_on<T>(canceller: &Canceller, fut: impl Future<Output = Result<T>>) 
         return Err(Error::Cancelled);
     }
     let _direct = DirectScope::enter(canceller);
-    RUNTIME.block_on(async {
+    // Pinned here, once: the runtime's layers below take a pointer to it instead of moving
+    // the whole future into each of their frames (a streaming thread's stack keeps the
+    // deepest it ever was resident, for every one of hundreds of streams).
+    let fut = std::pin::pin!(fut);
+    RUNTIME.block_on(async move {
         tokio::select! {
             biased;
             _ = canceller.cancelled() => Err(Error::Cancelled),
@@ -249,6 +253,7 @@ impl Pool {
                 })?
                 .expect("the pool's semaphore is never closed"),
         };
+        let mut replaced_dead = false;
         let reused = {
             let mut state = self.state.lock().unwrap();
             let mut found = None;
@@ -257,6 +262,7 @@ impl Pool {
                     found = Some(conn);
                     break;
                 }
+                replaced_dead = true;
             }
             found
         };
@@ -269,6 +275,7 @@ impl Pool {
             conn: Some(conn),
             pool: self.clone(),
             _permit: permit,
+            replaced_dead,
         })
     }
 }
@@ -279,9 +286,17 @@ pub struct PooledConnection {
     conn: Option<Connection>,
     pool: Arc<Pool>,
     _permit: OwnedSemaphorePermit,
+    /// Idle connections the server had closed were found and dropped at this checkout.
+    replaced_dead: bool,
 }
 
 impl PooledConnection {
+    /// Whether this checkout found idle connections closed by the server (a restart, an idle
+    /// timeout, a broken network) and dropped them: this one may be new.
+    pub fn replaced_dead(&self) -> bool {
+        self.replaced_dead
+    }
+
     /// Drops the connection instead of returning it (for example after a cancelled request,
     /// whose reply may still be on its way).
     pub fn discard(mut self) {

@@ -14,6 +14,7 @@ use gst_base::subclass::prelude::*;
 use once_cell::sync::Lazy;
 
 use super::{GapPolicy, IfExists, RecoveryPolicy, Timeline};
+use crate::client::frame::{frames_to_ns, ns_to_frames_up};
 use crate::client::pcm::pad_to_frame;
 use crate::client::reader::format_unix_ms;
 use crate::client::rotation::Rotation;
@@ -49,6 +50,10 @@ const DEFAULT_MAX_DRIFT_NS: u64 = 20_000_000;
 const DEFAULT_MAX_FILL_NS: u64 = 600_000_000_000;
 /// How often the timeline message is posted when nothing was corrected.
 const TIMELINE_REPORT_EVERY: Duration = Duration::from_secs(10);
+/// `racssink-timeline` after a correction comes at most this often (the counts it carries are
+/// running totals): hundreds of sinks posting at every buffer of an overloaded machine keep
+/// GStreamer's bus busy-waiting, every posting thread spinning behind a preempted one.
+const TIMELINE_REPORT_MIN: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, PartialEq)]
 struct Settings {
@@ -179,6 +184,8 @@ struct Run {
     /// Caps refused with an error: basesink offers the sticky caps event again with the next
     /// buffer or event, which must not post the error (or connect) again.
     refused: Option<gst::Caps>,
+    /// A correction since the last `racssink-timeline` message.
+    report_due: bool,
 }
 
 impl Run {
@@ -201,7 +208,7 @@ impl Run {
     /// The running time the next sample should have.
     fn expected(&self, format: &StreamFormat) -> Option<gst::ClockTime> {
         let frames = self.bytes_since_base / format.bytes_per_frame() as u64;
-        let offset = (u128::from(frames) * 1_000_000_000 / u128::from(format.sample_rate)) as u64;
+        let offset = format.frames_to_ns(frames);
         self.base
             .map(|base| base + gst::ClockTime::from_nseconds(offset))
     }
@@ -805,8 +812,11 @@ impl RacsSink {
                 state.gap_policy = settings.gap_policy;
                 state.recovery_policy = settings.recovery_policy;
                 let mut w = self.new_writer(&settings, id)?;
-                if let Upstream::Settled { policy, .. } = state.upstream {
+                if let Upstream::Settled { policy, live, .. } = state.upstream {
                     w.set_policy(policy);
+                    // Back to back from a non-live source: each frame's acknowledgement is
+                    // collected while the next one is gathered.
+                    w.set_pipelined(!live);
                 }
                 *self.current_id.lock().unwrap() = Some(id.to_string());
                 w
@@ -957,9 +967,7 @@ impl RacsSink {
         );
         if let Some(w) = state.writer.as_mut() {
             w.set_policy(policy);
-            // Frames sent ahead of their acknowledgement (StreamWriter::set_pipelined) stay
-            // off: on the real server a kill during a fast import then left the stored blocks
-            // in another order in 2 of 4 runs of sink_crash, not understood yet.
+            w.set_pipelined(!live);
             *self.recovery.lock().unwrap() = (policy, w.replay_window_bytes());
             gst::info!(
                 CAT,
@@ -977,11 +985,28 @@ impl RacsSink {
         let obj = self.obj();
         let clock = obj.clock()?;
         let base = obj.base_time()?;
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .ok()?
-            .as_micros() as i64;
-        let now = clock.time().nseconds() as i64;
+        // The wall clock read between two readings of the pipeline clock: a thread preempted
+        // in between (hundreds of streaming threads on a few cores) would shift the capture
+        // time by as long as it waited, and a timeline corrected against that jitter flips
+        // between leaving out and filling in at every buffer. The closest pair of a few tries
+        // is used, the wall clock taken at its midpoint.
+        let mut best: Option<(i64, i64, i64)> = None;
+        for _ in 0..4 {
+            let before = clock.time().nseconds() as i64;
+            let wall = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .ok()?
+                .as_micros() as i64;
+            let after = clock.time().nseconds() as i64;
+            let gap = after - before;
+            if best.is_none_or(|b| gap < b.0) {
+                best = Some((gap, before + gap / 2, wall));
+            }
+            if gap <= 200_000 {
+                break;
+            }
+        }
+        let (_, now, wall) = best?;
         let at = (base + running_time).nseconds() as i64;
         Some(wall - (now - at) / 1000)
     }
@@ -1000,9 +1025,8 @@ impl RacsSink {
             return Ok(());
         }
         let gap = until - expected;
-        let frames = (u128::from(gap.nseconds()) * u128::from(format.sample_rate) + 500_000_000)
-            / 1_000_000_000;
-        let bytes = frames as u64 * format.bytes_per_frame() as u64;
+        let frames = format.ns_to_frames(gap.nseconds());
+        let bytes = frames * format.bytes_per_frame() as u64;
         if bytes == 0 {
             return Ok(());
         }
@@ -1193,7 +1217,7 @@ impl RacsSink {
         match correction {
             Correction::Keep => return Ok(Corrected::Kept),
             Correction::Fill(n) => {
-                let ns = u128::from(n) * 1_000_000_000 / u128::from(rate);
+                let ns = u128::from(frames_to_ns(n, rate));
                 if ns > u128::from(max_fill_ns) && rotating {
                     return Ok(Corrected::NewStream { pause_ns: ns });
                 }
@@ -1238,23 +1262,25 @@ impl RacsSink {
                 );
                 writer.skip_input(from_pcm * bpf, Some((*t_ns / 1000) as i64));
                 *pcm = &pcm[(from_pcm * bpf) as usize..];
-                *t_ns += i128::from(from_pcm) * 1_000_000_000 / i128::from(rate);
+                *t_ns += i128::from(frames_to_ns(from_pcm, rate));
                 self.timeline.lock().unwrap().dropped_frames += n - rest + from_pcm;
             }
         }
         self.timeline.lock().unwrap().corrections += 1;
-        state.last_report = None;
+        state.report_due = true;
         Ok(Corrected::Done)
     }
 
     /// Posts `racssink-timeline` after a correction and every 10 s.
     fn report_timeline(&self, state: &mut Run) {
-        if state
-            .last_report
-            .is_some_and(|t| t.elapsed() < TIMELINE_REPORT_EVERY)
-        {
+        let due = match state.last_report.map(|t| t.elapsed()) {
+            None => true,
+            Some(e) => e >= TIMELINE_REPORT_EVERY || (state.report_due && e >= TIMELINE_REPORT_MIN),
+        };
+        if !due {
             return;
         }
+        state.report_due = false;
         state.last_report = Some(std::time::Instant::now());
         let t = self.timeline.lock().unwrap().clone();
         self.post_element(
@@ -1283,7 +1309,6 @@ impl RacsSink {
         mut pcm: &[u8],
     ) -> Result<(), WriteError> {
         let bpf = format.bytes_per_frame() as u64;
-        let rate = i128::from(format.sample_rate);
         let mut capture = capture_us;
         loop {
             let rotated = self.ensure_stream(state, format, t_ns)?;
@@ -1307,11 +1332,10 @@ impl RacsSink {
             let cut = state.next_boundary_ms.map(|b| {
                 let to = i128::from(b) * 1_000_000 - t_ns;
                 // The first sample at or after the boundary.
-                (to.max(0) * rate).div_euclid(1_000_000_000)
-                    + i128::from((to.max(0) * rate).rem_euclid(1_000_000_000) != 0)
+                ns_to_frames_up(to.clamp(0, u64::MAX.into()) as u64, format.sample_rate)
             });
             let head = match cut {
-                Some(k) if k < i128::from(frames) => k as u64,
+                Some(k) if k < frames => k,
                 _ => frames,
             };
             let bytes = if head == frames {
@@ -1326,7 +1350,7 @@ impl RacsSink {
                 return Ok(());
             }
             pcm = &pcm[bytes..];
-            t_ns += i128::from(head) * 1_000_000_000 / rate;
+            t_ns += i128::from(format.frames_to_ns(head));
             // Exactly on the boundary, whatever the rounding above.
             if let Some(b) = state.next_boundary_ms {
                 t_ns = t_ns.max(i128::from(b) * 1_000_000);
@@ -1848,9 +1872,7 @@ impl BaseSinkImpl for RacsSink {
                         .duration_since(UNIX_EPOCH)
                         .map_or(0, |d| d.as_nanos() as i128)
                 });
-                anchor
-                    + i128::from(state.frames_total) * 1_000_000_000
-                        / i128::from(format.sample_rate)
+                anchor + i128::from(format.frames_to_ns(state.frames_total))
             }
         };
         let map = buffer.map_readable().map_err(|_| {

@@ -281,6 +281,67 @@ impl Ledger {
     }
 }
 
+impl Ledger {
+    /// Visible bytes of the present blocks whose key lies in `[lo, hi]`, over every epoch.
+    pub fn expected_between(&self, lo: i64, hi: i64) -> u64 {
+        if hi < lo {
+            return 0;
+        }
+        self.expected_from(lo) - self.expected_from(hi.saturating_add(1))
+    }
+
+    /// Marks the present blocks of the current epoch that start at the server offsets in
+    /// `offsets` as lost (anywhere in the epoch, not only its newest blocks) and returns them,
+    /// oldest first.
+    pub fn mark_lost(&mut self, offsets: &[u64]) -> Vec<Block> {
+        let epoch = self.current();
+        let mut lost = Vec::new();
+        let mut out: Vec<Run> = Vec::with_capacity(self.runs.len() + 2 * offsets.len());
+        for run in std::mem::take(&mut self.runs) {
+            let len = u64::from(run.len);
+            let end = run.offset0 + run.count * len;
+            let hit = run.epoch == epoch
+                && run.state == BlockState::Present
+                && offsets.iter().any(|&o| o >= run.offset0 && o < end);
+            if !hit {
+                out.push(run);
+                continue;
+            }
+            // Cut the run into pieces of equal state.
+            let mut j = 0;
+            while j < run.count {
+                let offset = run.offset0 + j * len;
+                let gone = offsets.contains(&offset);
+                let mut k = j + 1;
+                while k < run.count && offsets.contains(&(run.offset0 + k * len)) == gone {
+                    k += 1;
+                }
+                let piece = Run {
+                    epoch: run.epoch,
+                    offset0: offset,
+                    input0: run.input0 + j * len,
+                    len: run.len,
+                    count: k - j,
+                    state: if gone {
+                        BlockState::Lost
+                    } else {
+                        BlockState::Present
+                    },
+                };
+                if gone {
+                    for m in 0..piece.count {
+                        lost.push(self.block_of(&piece, m));
+                    }
+                }
+                out.push(piece);
+                j = k;
+            }
+        }
+        self.runs = out;
+        lost
+    }
+}
+
 /// Where the loss sits, from one probe: `missing` bytes of the candidates whose key is at
 /// least `lo` were not returned. Losses are the newest blocks (a server loses its in-memory
 /// table and the tables it was still writing), so the missing bytes must be exactly a suffix
@@ -365,6 +426,30 @@ mod tests {
         // Blocks with a partial sample frame: EXTRACT drops the partial frame.
         l.push(11200, 11200, 801);
         assert_eq!(l.expected_from(650), 800);
+    }
+
+    #[test]
+    fn blocks_lost_in_the_middle_split_runs_and_keep_the_others() {
+        let mut l = Ledger::new(FMT, true);
+        l.begin_epoch(Some(0));
+        for k in 0..8u64 {
+            l.push(k * 1600, k * 1600, 1600);
+        }
+        // A table written after the one before it was lost (the server's flushes finish in
+        // any order): blocks 2 and 3 gone, 4 and 5 kept, 6 and 7 gone.
+        let lost = l.mark_lost(&[3200, 4800, 9600, 11200]);
+        assert_eq!(
+            lost.iter().map(|b| (b.offset, b.key)).collect::<Vec<_>>(),
+            vec![(3200, 200), (4800, 300), (9600, 600), (11200, 700)]
+        );
+        assert_eq!(l.current_count(), 4);
+        assert_eq!(l.expected_from(0), 4 * 1600);
+        assert_eq!(l.expected_between(100, 400), 2 * 1600);
+        assert_eq!(
+            l.tail(10).iter().map(|b| b.offset).collect::<Vec<_>>(),
+            vec![0, 1600, 6400, 8000]
+        );
+        assert!(l.mark_lost(&[3200]).is_empty(), "already lost");
     }
 
     #[test]

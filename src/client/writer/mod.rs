@@ -630,8 +630,10 @@ struct Truth {
     /// INFO size (0 when it fails) and ref (None when it fails) after the restart.
     size: u64,
     ref_ms: Option<i64>,
-    /// Newest acknowledged blocks of the current epoch the server no longer has.
-    lost_blocks: u64,
+    /// Server offsets of the acknowledged blocks of the current epoch the server no longer
+    /// has, oldest first: its newest blocks, and any older ones in a table it was still
+    /// writing when it died.
+    lost: Vec<u64>,
     /// The frame in doubt (sent, unanswered) is stored.
     front_stored: bool,
     /// Bytes missing that no suffix of the newest blocks explains (the count is exact, their
@@ -655,6 +657,8 @@ struct Ctx<'a> {
     session: &'a SessionId,
     timeout: Duration,
     stats: &'a Mutex<WriterStats>,
+    /// Set when a checkout for a frame found pooled connections the server had closed.
+    dead_idle: &'a Cell<bool>,
 }
 
 impl Ctx<'_> {
@@ -864,6 +868,9 @@ impl Ctx<'_> {
         sent: &Cell<bool>,
     ) -> Result<Delivery, WriteError> {
         let mut conn = self.pool.checkout(self.timeout).await?;
+        if conn.replaced_dead() {
+            self.dead_idle.set(true);
+        }
         let len = frame.len() as u64;
         let want = |r: Option<i64>| if want_ref { r } else { None };
         if check {
@@ -913,6 +920,9 @@ impl Ctx<'_> {
     /// on, to [`collect`](Ctx::collect) the reply from.
     async fn start(&self, frame: &[u8], sent: &Cell<bool>) -> Result<PooledConnection, WriteError> {
         let mut conn = self.pool.checkout(self.timeout).await?;
+        if conn.replaced_dead() {
+            self.dead_idle.set(true);
+        }
         self.count_send(frame.len());
         sent.set(true);
         conn.start_frame(self.session, self.hash, frame)?;
@@ -974,11 +984,19 @@ impl Ctx<'_> {
     ///   starts before `from` cannot pass for a loss;
     /// - a table being written is invisible for a moment: a shortfall counts only once it has
     ///   stayed the same for `settle`.
+    ///
+    /// The server writes each full table from a detached thread, and those threads finish in
+    /// any order: a kill can lose a table while a newer one was already renamed into place,
+    /// so the blocks missing need not be the newest ones. Every block acknowledged at or after
+    /// server offset `verify_from` (those of the last seconds before the failure) is therefore
+    /// accounted for, and a loss among them located exactly ([`Probe::holes`]), or the count
+    /// is reported without a place.
     async fn find_truth(
         &self,
         ledger: &Ledger,
         in_doubt: Option<InDoubt>,
         settle: Duration,
+        verify_from: u64,
     ) -> Result<Truth, WriteError> {
         let format = ledger.format();
         let mut conn = self.pool.checkout(self.timeout).await?;
@@ -987,7 +1005,7 @@ impl Ctx<'_> {
         let mut truth = Truth {
             size,
             ref_ms,
-            lost_blocks: 0,
+            lost: Vec::new(),
             front_stored: false,
             unexplained: 0,
         };
@@ -1030,6 +1048,8 @@ impl Ctx<'_> {
         let steps_in = usize::BITS - (n - 1).leading_zeros();
         let mut last: Option<(usize, i64, i64)> = None;
         let mut accepted: Option<(usize, i64, i64)> = None;
+        // (from, shortfall) of every probe, for the check of the suffix found.
+        let mut observed: Vec<(i64, u64)> = Vec::new();
         let mut unexplained = 0;
         // Below the oldest candidate the probe reaches back 1 s, 4 s... 17 min: a table holding
         // this writer's first blocks may be named after another stream's block from well
@@ -1046,6 +1066,7 @@ impl Ctx<'_> {
             let from = from.max(0);
             let to = (newest.max(now_ms()) + 60_000 * 4i64.pow(step.min(4))).clamp(newest, FAR_MS);
             let (missing, suffix, in_range) = probe.run(&mut conn, from, to).await?;
+            observed.push((from, missing));
             if missing == 0 {
                 accepted = Some((0, from, to));
                 break;
@@ -1093,6 +1114,7 @@ impl Ctx<'_> {
                 };
                 tokio::time::sleep(pause).await;
                 let (missing, suffix, _) = probe.run(&mut conn, from, to).await?;
+                observed.push((from, missing));
                 let again = if missing == 0 { Some(0) } else { suffix };
                 let Some(again) = again else {
                     truth.unexplained = missing;
@@ -1108,14 +1130,79 @@ impl Ctx<'_> {
             }
         }
         let doubt = usize::from(in_doubt.is_some());
-        if s == 0 {
-            truth.front_stored = in_doubt.is_some();
-        } else {
-            truth.lost_blocks = (s - doubt) as u64;
+        // The suffix of `s` candidates is missing; every recent candidate older than it must be
+        // present, else the loss lies (also) elsewhere.
+        let recent = tail
+            .iter()
+            .position(|b| b.offset >= verify_from)
+            .unwrap_or(tail.len());
+        let mut gone: Vec<usize> = (n - s..n).collect();
+        if recent < n {
+            let reach = Reach {
+                slack,
+                unit: below_unit,
+                steps: below_steps,
+            };
+            match probe
+                .holes(
+                    &mut conn,
+                    recent.min(n - s),
+                    s,
+                    to,
+                    reach,
+                    (settle, started),
+                    &observed,
+                )
+                .await?
+            {
+                Holes::Suffix => {}
+                Holes::At(at) => gone = at,
+                Holes::Unknown(missing) => {
+                    // The count is exact, the place is not: nothing is re-sent, and the frame
+                    // in doubt is settled by the suffix search alone.
+                    let front = if s > 0 && in_doubt.is_some() {
+                        cands[n - 1].1
+                    } else {
+                        0
+                    };
+                    truth.front_stored = s == 0 && in_doubt.is_some();
+                    truth.unexplained = missing.saturating_sub(front);
+                    return Ok(truth);
+                }
+            }
         }
+        truth.front_stored = in_doubt.is_some() && !gone.contains(&(n - 1));
+        truth.lost = gone
+            .into_iter()
+            .filter(|&i| i < n - doubt)
+            .map(|i| tail[i].offset)
+            .collect();
         Ok(truth)
     }
 }
+
+/// How far below a block a probe reaches: a table holding it may be named after an earlier
+/// key (another stream's, or an older block's).
+#[derive(Debug, Clone, Copy)]
+struct Reach {
+    slack: i64,
+    unit: i64,
+    steps: u32,
+}
+
+/// What the candidates checked one by one came to.
+#[derive(Debug)]
+enum Holes {
+    /// Exactly the suffix found by the search is missing.
+    Suffix,
+    /// These candidates (indices, oldest first) are missing, and no other checked one.
+    At(Vec<usize>),
+    /// This many bytes are missing in no place the probes could pin down.
+    Unknown(u64),
+}
+
+/// EXTRACT pairs a hole search may spend before it gives the count without a place.
+const HOLE_PROBES: u32 = 48;
 
 /// One ground-truth probe's fixed parts.
 struct Probe<'a, 'c> {
@@ -1130,6 +1217,172 @@ struct Probe<'a, 'c> {
 }
 
 impl Probe<'_, '_> {
+    /// Bytes of this writer's present blocks (and the frame in doubt) with keys in `[lo, hi]`
+    /// that `EXTRACT [lo, hi]` does not return. A block is returned only if its table's name
+    /// lies in the range too, so this is an upper bound of what is missing there, exact when
+    /// no table holding such a block is named outside the range.
+    async fn missing_in(
+        &self,
+        conn: &mut PooledConnection,
+        lo: i64,
+        hi: i64,
+    ) -> Result<u64, WriteError> {
+        if hi < lo {
+            return Ok(0);
+        }
+        let mut seen = self.ctx.visible(conn, &self.format, lo, hi).await?;
+        let lo = match self.pre_floor {
+            Some(p) if lo < p => {
+                let before = self
+                    .ctx
+                    .visible(conn, &self.format, lo, (p - 1).min(hi))
+                    .await?;
+                seen = seen.saturating_sub(before);
+                p
+            }
+            _ => lo,
+        };
+        let mut expected = self.ledger.expected_between(lo, hi);
+        if let Some(d) = self.in_doubt.filter(|d| d.key >= lo && d.key <= hi) {
+            expected += d.visible;
+        }
+        Ok(expected.saturating_sub(seen))
+    }
+
+    /// Which candidates the server lost, given that the suffix search found the newest `s`
+    /// missing: candidates `a..n` are checked (those of the last seconds). First the blocks
+    /// below the suffix: their shortfall, with the probe reaching back below the oldest
+    /// until it is zero (a table named before its blocks hides them from a narrow probe);
+    /// zero, and the whole range short by exactly the suffix, confirms the suffix. Otherwise
+    /// the shortfall that stays at the widest probe (once more after `settle`: a table being
+    /// written is hidden a moment) is placed: for a boundary between two candidates, the
+    /// shortfall above it and the one below it are each at least what is missing there, so
+    /// when they add up to the whole both are exact; ranges are split (first at the suffix)
+    /// until every part is all present or all missing.
+    #[allow(clippy::too_many_arguments)]
+    async fn holes(
+        &self,
+        conn: &mut PooledConnection,
+        a: usize,
+        s: usize,
+        to: i64,
+        reach: Reach,
+        (settle, started): (Duration, Instant),
+        observed: &[(i64, u64)],
+    ) -> Result<Holes, WriteError> {
+        let cands = self.cands;
+        let n = cands.len();
+        let b = n - s;
+        let suffix: u64 = cands[b..].iter().map(|c| c.1).sum();
+        // A probe's shortfall is at least what is missing in its range: one short of the
+        // suffix's blocks in that range means the loss lies (also) below it.
+        let refuted = observed.iter().any(|&(lo, missing)| {
+            let predicted: u64 = cands[b..].iter().filter(|c| c.0 >= lo).map(|c| c.1).sum();
+            missing < predicted
+        });
+        // The whole shortfall from the oldest candidate checked, reaching back below it while
+        // it exceeds the suffix (a table named before its blocks hides them from a narrow
+        // probe); only the widest probe may say that more is missing, and the narrowest that
+        // agrees with it is the one the place is searched with.
+        let oldest = cands[a].0;
+        let mut from = (oldest - reach.slack).max(0);
+        let mut whole = self.missing_in(conn, from, to).await?;
+        let mut tried = vec![(from, whole)];
+        let mut step = 0;
+        while whole > suffix && from > 0 && step < reach.steps {
+            from = (oldest - reach.unit * 4i64.pow(step)).max(0);
+            step += 1;
+            whole = self.missing_in(conn, from, to).await?;
+            tried.push((from, whole));
+        }
+        if whole == suffix && !refuted {
+            return Ok(Holes::Suffix);
+        }
+        if let Some(&(f, _)) = tried.iter().find(|&&(_, m)| m == whole) {
+            from = f;
+        }
+        for round in 0..4 {
+            let pause = if round == 0 {
+                settle.saturating_sub(started.elapsed())
+            } else {
+                settle / 2
+            };
+            if pause.is_zero() && round == 0 {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            let again = self.missing_in(conn, from, to).await?;
+            if again == whole {
+                break;
+            }
+            whole = again;
+        }
+        if whole == 0 {
+            return Ok(Holes::At(Vec::new()));
+        }
+        // Every candidate the probes cover, from the oldest at or above `from`.
+        let a = cands.iter().position(|c| c.0 >= from).unwrap_or(n).min(a);
+        let mut budget = HOLE_PROBES;
+        let mut found: Vec<usize> = Vec::new();
+        // (first, end, exact shortfall at or above `first`, the same at or above `end`).
+        let mut stack: Vec<(usize, usize, u64, u64)> = vec![(a, n, whole, 0)];
+        let mut hint = Some(b);
+        while let Some((i, j, above_i, above_j)) = stack.pop() {
+            if above_i < above_j {
+                return Ok(Holes::Unknown(whole));
+            }
+            let here = above_i - above_j;
+            let all: u64 = cands[i..j].iter().map(|c| c.1).sum();
+            if here == 0 {
+                continue;
+            }
+            if here == all {
+                found.extend(i..j);
+                continue;
+            }
+            if j - i == 1 {
+                return Ok(Holes::Unknown(whole));
+            }
+            // A boundary inside a table named below it (or above) hides that table's blocks on
+            // one side: the pair then adds up to more than the whole, by those blocks, and the
+            // table's edge lies that many blocks above (or below) the boundary tried.
+            let mut m = match hint.take() {
+                Some(h) if h > i && h < j => h,
+                _ => i + (j - i) / 2,
+            };
+            let mut tried: Vec<usize> = Vec::new();
+            let split = loop {
+                if budget == 0 {
+                    return Ok(Holes::Unknown(whole));
+                }
+                budget -= 1;
+                tried.push(m);
+                let lo = cands[m - 1].0 + 1;
+                let above = self.missing_in(conn, lo, to).await?;
+                let under = self.missing_in(conn, from, lo - 1).await?;
+                if above + under == whole {
+                    break Some((m, above));
+                }
+                let unit = cands[m].1.max(1);
+                let e = ((above + under).saturating_sub(whole) / unit).max(1) as usize;
+                let next = [m + e, m.saturating_sub(e), m + 1, m - 1]
+                    .into_iter()
+                    .chain((1..j - i).flat_map(|d| [m + d, m.wrapping_sub(d)]))
+                    .find(|&c| c > i && c < j && !tried.contains(&c));
+                match next {
+                    Some(c) => m = c,
+                    None => break None,
+                }
+            };
+            let Some((m, above)) = split else {
+                return Ok(Holes::Unknown(whole));
+            };
+            stack.push((i, m, above_i, above));
+            stack.push((m, j, above, above_j));
+        }
+        found.sort_unstable();
+        Ok(Holes::At(found))
+    }
     /// The candidates' shortfall in `[from, to]`, the suffix it fits, and how many
     /// candidates the probe covers.
     async fn run(
@@ -1271,7 +1524,17 @@ pub struct StreamWriter {
     ahead_after: u32,
     /// Frames sent ahead so far.
     sent_ahead: u64,
+    /// (when, epoch, server offset) of an acknowledged block about once a second, over the
+    /// last [`VERIFY_WINDOW`]: the blocks a failure may have lost anywhere, not only at the end.
+    marks: VecDeque<(Instant, usize, u64)>,
+    /// A frame's checkout found pooled connections the server had closed.
+    dead_idle: Cell<bool>,
 }
+
+/// After a server restart, every block acknowledged within this time before the last
+/// acknowledgement is checked one by one (the server's table writes that were still running
+/// when it died may have been any of the tables of that time).
+const VERIFY_WINDOW: Duration = Duration::from_secs(10);
 
 /// A frame sent without waiting for its reply: the connection it went out on (held, in
 /// lock-step, until the reply is read) and when it was sent.
@@ -1352,6 +1615,8 @@ impl StreamWriter {
             last_ack: None,
             ahead_after: AHEAD_AFTER_FRAMES,
             sent_ahead: 0,
+            marks: VecDeque::new(),
+            dead_idle: Cell::new(false),
         })
     }
 
@@ -1506,6 +1771,7 @@ impl StreamWriter {
             session: &self.session,
             timeout: self.config.timeout,
             stats: &self.stats,
+            dead_idle: &self.dead_idle,
         }
     }
 
@@ -2008,14 +2274,18 @@ impl StreamWriter {
                 }
                 match result {
                     Ok(Delivery::Acked { rtt, ref_ms }) => {
-                        self.ack_front(Some(rtt), ref_ms, retrier.failures > 0);
+                        let replaced = self.replaced_dead_idle(&retrier);
+                        self.ack_front(Some(rtt), ref_ms, retrier.failures > 0 || replaced);
                         retrier = retrier.restart();
                     }
                     Ok(Delivery::AlreadyStored { ref_ms }) => {
                         self.ack_front(None, ref_ms, retrier.failures > 0);
                         retrier = retrier.restart();
                     }
-                    Ok(Delivery::Reopened) => self.recover(&mut retrier)?,
+                    Ok(Delivery::Reopened) => {
+                        self.dead_idle.set(false);
+                        self.recover(&mut retrier)?
+                    }
                     Err(e) => self.on_failure(e, &mut retrier)?,
                 }
                 continue;
@@ -2067,7 +2337,8 @@ impl StreamWriter {
             }
             match result {
                 Ok(Delivery::Acked { rtt, ref_ms }) => {
-                    self.ack_front(Some(rtt), ref_ms, retrier.failures > 0);
+                    let replaced = self.replaced_dead_idle(&retrier);
+                    self.ack_front(Some(rtt), ref_ms, retrier.failures > 0 || replaced);
                     retrier = retrier.restart();
                 }
                 Ok(Delivery::AlreadyStored { ref_ms }) => {
@@ -2075,12 +2346,31 @@ impl StreamWriter {
                     retrier = retrier.restart();
                 }
                 Ok(Delivery::Reopened) => {
+                    self.dead_idle.set(false);
                     self.recover(&mut retrier)?;
                 }
                 Err(e) => self.on_failure(e, &mut retrier)?,
             }
         }
         Ok(())
+    }
+
+    /// A frame just acknowledged went out on a new connection because the pooled ones had been
+    /// closed by the server while idle: reported as a reconnect (the stream was still open
+    /// for this writer, so nothing was lost), like one after a failed try. False when a
+    /// failure of this frame already said so.
+    fn replaced_dead_idle(&mut self, retrier: &Retrier) -> bool {
+        if !self.dead_idle.take() || retrier.failures > 0 || self.recovering {
+            return false;
+        }
+        self.emit(WriterEvent::Retrying {
+            error: format!(
+                "the pooled connections to {} had been closed by the server while idle",
+                self.pool.addr()
+            ),
+            retry_for: self.config.retry_timeout,
+        });
+        true
     }
 
     /// Reads the acknowledgement of the frame sent ahead (the queue's front). Its connection is
@@ -2217,6 +2507,21 @@ impl StreamWriter {
             let ledger = self.ledger.as_mut().expect("open");
             ledger.push(offset, f.input, len as u32);
             let epoch = ledger.current();
+            let now = Instant::now();
+            if self
+                .marks
+                .back()
+                .is_none_or(|m| now.duration_since(m.0) >= Duration::from_secs(1))
+            {
+                while self
+                    .marks
+                    .get(1)
+                    .is_some_and(|m| now.duration_since(m.0) > VERIFY_WINDOW)
+                {
+                    self.marks.pop_front();
+                }
+                self.marks.push_back((now, epoch, offset));
+            }
             if self.lag_pending && f.kind != FrameKind::Replay {
                 self.lag_pending = false;
                 if let (Some(stored), Some(capture)) = (self.stored_us(offset), f.capture_us) {
@@ -2334,8 +2639,9 @@ impl StreamWriter {
             let ctx = self.ctx();
             let ledger = self.ledger.as_ref().expect("open");
             let settle = self.config.settle;
+            let verify_from = self.verify_from();
             match run(&self.canceller, async {
-                ctx.find_truth(ledger, in_doubt, settle).await
+                ctx.find_truth(ledger, in_doubt, settle, verify_from).await
             }) {
                 Ok(truth) => break truth,
                 Err(e) => self.on_failure(e, retrier)?,
@@ -2355,6 +2661,23 @@ impl StreamWriter {
         Ok(())
     }
 
+    /// The server offset from which the current epoch's blocks are checked one by one after a
+    /// restart: that of the oldest block acknowledged within [`VERIFY_WINDOW`] of the last.
+    fn verify_from(&self) -> u64 {
+        let Some(ledger) = self.ledger.as_ref() else {
+            return 0;
+        };
+        let epoch = ledger.current();
+        let Some(last) = self.marks.back().map(|m| m.0) else {
+            return 0;
+        };
+        self.marks
+            .iter()
+            .filter(|m| m.1 == epoch)
+            .find(|m| last.duration_since(m.0) <= VERIFY_WINDOW)
+            .map_or(0, |m| m.2)
+    }
+
     fn apply_truth(&mut self, truth: Truth) {
         let bps = self.bps();
         // The frame in doubt first: it came after every acknowledged block.
@@ -2364,7 +2687,7 @@ impl StreamWriter {
             f.maybe_sent = false;
         }
         let ledger = self.ledger.as_mut().expect("open");
-        let lost = ledger.mark_lost_tail(truth.lost_blocks);
+        let lost = ledger.mark_lost(&truth.lost);
         let server_lost: u64 =
             lost.iter().map(|b| u64::from(b.len)).sum::<u64>() + truth.unexplained;
         // What the window still holds of them is re-sent (keep-audio), newest last.
@@ -2558,7 +2881,8 @@ fn run<T>(
     canceller: &Canceller,
     fut: impl std::future::Future<Output = Result<T, WriteError>>,
 ) -> Result<T, WriteError> {
-    block_on(canceller, async { Ok(fut.await) })?
+    let fut = std::pin::pin!(fut);
+    block_on(canceller, async move { Ok(fut.await) })?
 }
 
 #[cfg(test)]
@@ -2995,6 +3319,114 @@ mod tests {
         assert!(
             stored(&f.srv, "w-named") == all,
             "nothing lost, nothing twice"
+        );
+    }
+
+    #[test]
+    fn pooled_connections_closed_while_idle_are_reported_as_a_reconnect() {
+        // The server drops connections idle for 300 ms; the stream stays open for the writer.
+        let srv =
+            racs_lite::TestServer::start_with(|c| c.idle_timeout = Duration::from_millis(300));
+        let mut f = fixture_on(srv, "w-idle", 1600);
+        f.writer.prepare(S16_MONO_8K).unwrap();
+        let a = pcm(1600 * 2, 31);
+        f.writer.write(&a).unwrap();
+        assert_eq!(f.writer.stats().reconnects, 0);
+        // Waits (bounded) until the server has closed the pooled connection.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let pool = f.writer.pool.clone();
+        loop {
+            let stale = runtime().block_on(async {
+                let c = pool.checkout(Duration::from_secs(2)).await.unwrap();
+                c.replaced_dead()
+            });
+            if stale {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server kept its idle connection"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // The probe above replaced it; let the new one go idle and die too.
+        std::thread::sleep(Duration::from_millis(900));
+        let b = pcm(1600, 32);
+        f.writer.write(&b).unwrap();
+        f.writer.finish(true).unwrap();
+        let stats = f.writer.stats();
+        assert_eq!(stats.reconnects, 1, "{stats:?}");
+        let events = f.events.lock().unwrap();
+        let retrying = events
+            .iter()
+            .position(|e| matches!(e, WriterEvent::Retrying { error, .. } if error.contains("closed by the server while idle")));
+        let recovered = events
+            .iter()
+            .position(|e| matches!(e, WriterEvent::Recovered));
+        assert!(retrying.is_some() && retrying < recovered, "{events:?}");
+        let mut all = a.clone();
+        all.extend_from_slice(&b);
+        assert!(stored_len(&f.srv, "w-idle", all.len()) == all);
+    }
+
+    #[test]
+    fn an_older_table_lost_while_a_newer_one_survived_is_reported_in_its_place() {
+        // The server writes each full table from its own thread, and those finish in any
+        // order: a kill can lose a table while the next one is already in place. Tables of 4
+        // blocks; the second one's file is taken away after the kill, as if its write had
+        // not finished.
+        let srv = racs_lite::TestServer::start_with(|c| {
+            c.entries = 4;
+            c.flush_invisible = Duration::ZERO;
+        });
+        let mut f = fixture_on(srv, "w-hole", 1600);
+        f.writer.prepare(S16_MONO_8K).unwrap();
+        let a = pcm(1600 * 14, 21);
+        f.writer.write(&a).unwrap();
+        f.srv.kill();
+        let mut tables = Vec::new();
+        let mut dirs = vec![f.srv.data_dir().join(".racs").join("seg")];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                if e.path().is_dir() {
+                    dirs.push(e.path());
+                } else {
+                    tables.push(e.path());
+                }
+            }
+        }
+        tables.sort();
+        assert_eq!(tables.len(), 3, "{tables:?}");
+        std::fs::remove_file(&tables[1]).unwrap();
+        f.srv.restart();
+        let b = pcm(1600, 22);
+        f.writer.write(&b).unwrap();
+        f.writer.finish(true).unwrap();
+        let stats = f.writer.stats();
+        // Blocks 4-7 (the lost table) and 12-13 (the in-memory table) are gone; only the
+        // newest can be sent again without landing after audio that followed them.
+        assert_eq!(stats.server_lost_bytes, 6 * 1600, "{stats:?}");
+        assert_eq!(stats.replayed_bytes, 2 * 1600, "{stats:?}");
+        assert_eq!(stats.lost_acked_bytes, 4 * 1600, "{stats:?}");
+        let losses: Vec<Loss> = f
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| match e {
+                WriterEvent::Loss(l) => Some(*l),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(losses.len(), 1, "{losses:?}");
+        assert_eq!((losses[0].input_offset, losses[0].bytes), (6400, 6400));
+        assert!(losses[0].placed);
+        let mut want = a[..6400].to_vec();
+        want.extend_from_slice(&a[12800..]);
+        want.extend_from_slice(&b);
+        assert!(
+            stored_len(&f.srv, "w-hole", want.len()) == want,
+            "the hole left out, nothing twice"
         );
     }
 
