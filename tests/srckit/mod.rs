@@ -414,12 +414,13 @@ pub fn read(addr: SocketAddr, id: &str, start: Bound, stop: Bound, page_ms: u64)
     cfg.timeout = T;
     cfg.retry_delay = Duration::from_millis(25);
     cfg.retries = 16;
-    run_reader(addr, cfg)
+    run_reader(addr, cfg, None)
 }
 
-/// Every piece a reader with `cfg` hands out until its end or an error; a piece that takes
-/// longer than [`T`] (a follow that stalls) fails the test.
-fn run_reader(addr: SocketAddr, cfg: ReaderConfig) -> Outcome {
+/// Every piece a reader with `cfg` hands out until its end or an error. With `stall`, a piece
+/// that takes longer (a follow that stalls) fails the test; without, each request is bounded
+/// by the reader's own timeout and retries.
+fn run_reader(addr: SocketAddr, cfg: ReaderConfig, stall: Option<Duration>) -> Outcome {
     let pool = Pool::get(&addr.ip().to_string(), addr.port(), 3);
     let c = Canceller::new();
     let mut pieces = Vec::new();
@@ -429,11 +430,16 @@ fn run_reader(addr: SocketAddr, cfg: ReaderConfig) -> Outcome {
             Err(e) => return Ok((Some(e), Default::default(), true)),
         };
         loop {
-            match tokio::time::timeout(T, reader.next_piece()).await {
-                Ok(Ok(Some(p))) => pieces.push(p),
-                Ok(Ok(None)) => return Ok((None, reader.stats(), reader.is_exact())),
-                Ok(Err(e)) => return Ok((Some(e), reader.stats(), reader.is_exact())),
-                Err(_) => panic!("the reader handed out nothing for {T:?}"),
+            let next = match stall {
+                Some(limit) => tokio::time::timeout(limit, reader.next_piece())
+                    .await
+                    .unwrap_or_else(|_| panic!("the reader handed out nothing for {limit:?}")),
+                None => reader.next_piece().await,
+            };
+            match next {
+                Ok(Some(p)) => pieces.push(p),
+                Ok(None) => return Ok((None, reader.stats(), reader.is_exact())),
+                Err(e) => return Ok((Some(e), reader.stats(), reader.is_exact())),
             }
         }
     })
@@ -555,5 +561,5 @@ pub fn read_follow(addr: SocketAddr, id: &str, frames: u64) -> Outcome {
     cfg.timeout = T;
     cfg.poll_interval = Duration::from_millis(20);
     cfg.retry_delay = Duration::from_millis(30);
-    run_reader(addr, cfg)
+    run_reader(addr, cfg, Some(T))
 }
