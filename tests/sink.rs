@@ -29,20 +29,6 @@ fn info(addr: SocketAddr, id: &str) -> Option<gstracs::client::StreamInfo> {
     runtime().block_on(conn.stream_info(id)).expect("INFO")
 }
 
-fn make_sink(srv: &TestServer, id: &str, props: &[(&str, &str)]) -> gst::Element {
-    common::init();
-    let sink = gst::ElementFactory::make("racssink")
-        .property("host", srv.host())
-        .property("port", u32::from(srv.port()))
-        .property("stream-id", id)
-        .build()
-        .expect("racssink");
-    for (name, value) in props {
-        sink.set_property_from_str(name, value);
-    }
-    sink
-}
-
 /// What a pipeline run left behind.
 #[derive(Debug)]
 struct Outcome {
@@ -322,7 +308,7 @@ fn round_trips_are_byte_exact_across_formats() {
         // 0.4 s, plus a few frames so the last frame is partial.
         let frames = format.sample_rate as usize * 2 / 5 + 3;
         let data = noise(frames * format.bytes_per_frame(), i as u64);
-        let sink = make_sink(&srv, &id, &[("chunk-size", &chunk.to_string())]);
+        let sink = common::racssink(&srv, &id, &[("chunk-size", &chunk.to_string())]);
         let out = run_appsrc(
             sink,
             format,
@@ -367,7 +353,7 @@ fn buffers_split_mid_frame_are_stored_whole() {
         buffers.push(&data[at..at + n]);
         at += n;
     }
-    let out = import_ok(make_sink(&srv, "split", &[]), &format, &buffers);
+    let out = import_ok(common::racssink(&srv, "split", &[]), &format, &buffers);
     common::assert_stored(srv.addr(), "split", 24, &data);
     // Every frame but the last is exactly one chunk of whole sample frames.
     let chunk = 32768 / 6 * 6;
@@ -380,8 +366,8 @@ fn appends_to_an_existing_stream_and_reports_its_ref() {
     let format = fmt(16000, 1, 16);
     let a = noise(16000 * 4, 1);
     let b = noise(16000 * 4, 2);
-    let first = import_ok(make_sink(&srv, "append", &[]), &format, &[&a]);
-    let second = import_ok(make_sink(&srv, "append", &[]), &format, &[&b]);
+    let first = import_ok(common::racssink(&srv, "append", &[]), &format, &[&a]);
+    let second = import_ok(common::racssink(&srv, "append", &[]), &format, &[&b]);
     common::assert_stored(srv.addr(), "append", 16, &[a.as_slice(), &b].concat());
     let (r1, r2) = (first.refs(), second.refs());
     assert_eq!(r1.len(), 1);
@@ -399,7 +385,7 @@ fn converters_negotiate_to_the_stored_format() {
     let srv = TestServer::start();
     let stored = fmt(44100, 2, 16);
     let seed = noise(44100 * 4, 3);
-    import_ok(make_sink(&srv, "conv", &[]), &stored, &[&seed]);
+    import_ok(common::racssink(&srv, "conv", &[]), &stored, &[&seed]);
 
     common::init();
     let pipeline = gst::parse::launch(&format!(
@@ -432,7 +418,7 @@ fn a_fixed_mismatching_format_names_both_formats() {
     let srv = TestServer::start();
     let stored = fmt(44100, 2, 16);
     let out = run_appsrc(
-        make_sink(&srv, "fixed", &[]),
+        common::racssink(&srv, "fixed", &[]),
         &stored,
         &[&noise(4000, 1)],
         false,
@@ -440,7 +426,7 @@ fn a_fixed_mismatching_format_names_both_formats() {
     assert!(out.error.is_none());
     // Through appsrc...
     let out = run_appsrc(
-        make_sink(&srv, "fixed", &[]),
+        common::racssink(&srv, "fixed", &[]),
         &fmt(48000, 1, 16),
         &[&noise(4000, 1)],
         false,
@@ -485,7 +471,7 @@ fn a_fixed_mismatching_format_names_both_formats() {
 #[test]
 fn a_missing_stream_without_create_if_missing_is_not_found() {
     let srv = TestServer::start();
-    let sink = make_sink(&srv, "nowhere", &[("create-if-missing", "false")]);
+    let sink = common::racssink(&srv, "nowhere", &[("create-if-missing", "false")]);
     let out = run_appsrc(sink, &fmt(8000, 1, 16), &[&noise(1600, 1)], false);
     let (err, _) = out.error.expect("not found");
     assert!(err.matches(gst::ResourceError::NotFound), "{err:?}");
@@ -521,7 +507,12 @@ fn a_stream_left_open_needs_takeover() {
     let session = crashed_writer(srv.addr(), "left-open", &format, &before);
 
     let data = noise(8000, 2);
-    let out = run_appsrc(make_sink(&srv, "left-open", &[]), &format, &[&data], false);
+    let out = run_appsrc(
+        common::racssink(&srv, "left-open", &[]),
+        &format,
+        &[&data],
+        false,
+    );
     let (err, _) = out.error.expect("busy");
     assert!(err.matches(gst::ResourceError::Busy), "{err:?}");
     let text = err.to_string();
@@ -533,7 +524,7 @@ fn a_stream_left_open_needs_takeover() {
     );
 
     import_ok(
-        make_sink(&srv, "left-open", &[("takeover", "true")]),
+        common::racssink(&srv, "left-open", &[("takeover", "true")]),
         &format,
         &[&data],
     );
@@ -563,7 +554,7 @@ fn a_stream_left_open_needs_takeover() {
 fn a_writer_taken_over_mid_stream_stops_with_a_clear_error() {
     let srv = TestServer::start();
     let format = fmt(8000, 1, 16);
-    let sink = make_sink(&srv, "stolen", &[("chunk-size", "1600")]);
+    let sink = common::racssink(&srv, "stolen", &[("chunk-size", "1600")]);
     let mut feeder = Feeder::new(sink, format);
     feeder.push(&noise(3200, 1)).unwrap();
     // Another writer takes over: CLOSE, OPEN, a frame from its session.
@@ -597,7 +588,7 @@ fn invalid_stream_ids_name_the_character() {
         ("a |> SHUTDOWN", "pipe operator"),
         ("tab\there", "control character"),
     ] {
-        let sink = make_sink(&srv, id, &[]);
+        let sink = common::racssink(&srv, id, &[]);
         let pipeline = gst::Pipeline::new();
         pipeline.add(&sink).unwrap();
         let e = common::refused(&pipeline, gst::State::Playing);
@@ -688,7 +679,7 @@ fn uri_handler_sets_and_reports_the_settings() {
 #[test]
 fn uri_cannot_change_while_writing() {
     let srv = TestServer::start();
-    let sink = make_sink(&srv, "busy-uri", &[]);
+    let sink = common::racssink(&srv, "busy-uri", &[]);
     let feeder = Feeder::new(sink.clone(), fmt(8000, 1, 16));
     feeder.push(&noise(800, 1)).unwrap();
     let err = sink
@@ -842,7 +833,7 @@ fn eight_sinks_share_one_pool_of_three() {
     let datas: Vec<Vec<u8>> = (0..8).map(|i| noise(44100 * 4 / 2, 100 + i)).collect();
     let mut runs = Vec::new();
     for (i, data) in datas.iter().enumerate() {
-        let sink = make_sink(
+        let sink = common::racssink(
             &srv,
             &format!("par{i}"),
             &[("pool-size", "3"), ("chunk-size", "8192")],
@@ -905,7 +896,7 @@ fn restart_run(
     let format = fmt(16000, 1, 16);
     // No replay window: what the server loses stays lost and must be reported (re-sending
     // is covered by tests/sink_crash.rs).
-    let sink = make_sink(
+    let sink = common::racssink(
         &srv,
         id,
         &[
@@ -1019,7 +1010,7 @@ fn a_killed_server_that_lost_acknowledged_data_is_reported() {
 fn past_retry_timeout_the_error_says_how_much_audio_was_not_stored() {
     let srv = TestServer::start();
     let format = fmt(16000, 1, 16);
-    let sink = make_sink(
+    let sink = common::racssink(
         &srv,
         "gone",
         &[("chunk-size", "3200"), ("retry-timeout", "300")],
@@ -1058,7 +1049,7 @@ fn stopping_without_eos_stores_what_is_held_and_closes() {
     let srv = TestServer::start();
     let format = fmt(8000, 2, 16);
     let data = noise(32768 + 1000, 13);
-    let feeder = Feeder::new(make_sink(&srv, "no-eos", &[]), format);
+    let feeder = Feeder::new(common::racssink(&srv, "no-eos", &[]), format);
     feeder.push(&data).unwrap();
     feeder.stop();
     common::assert_stored(srv.addr(), "no-eos", 16, &data);
@@ -1077,7 +1068,10 @@ fn timestamp_gaps_and_gap_events_are_filled_with_silence() {
     let ms = |n: u64| gst::ClockTime::from_mseconds(n);
     let (a, b, c) = (noise(1600, 1), noise(1600, 2), noise(1600, 3));
     for (policy, id) in [("silence", "gaps"), ("none", "no-gaps")] {
-        let mut feeder = Feeder::new(make_sink(&srv, id, &[("gap-policy", policy)]), format);
+        let mut feeder = Feeder::new(
+            common::racssink(&srv, id, &[("gap-policy", policy)]),
+            format,
+        );
         feeder.push_at(&a, Some(ms(1000))).unwrap(); // 1000..1100
         feeder.push_at(&b, Some(ms(1300))).unwrap(); // gap of 200 ms
         assert!(feeder
@@ -1122,7 +1116,7 @@ fn progress_ref_messages_and_stats() {
     let format = fmt(44100, 2, 16);
     let data = noise(44100 * 4, 21); // 1 s
     let out = run_appsrc(
-        make_sink(&srv, "msgs", &[]),
+        common::racssink(&srv, "msgs", &[]),
         &format,
         &odd_splits(&data, 4),
         true,
@@ -1199,7 +1193,7 @@ fn the_caps_query_answers_the_stored_format() {
     let six = fmt(48000, 6, 24);
     let mut conn = connect(srv.addr());
     assert!(runtime().block_on(conn.create("six", &six)).unwrap());
-    let sink = make_sink(&srv, "six", &[]);
+    let sink = common::racssink(&srv, "six", &[]);
     let pad = sink.static_pad("sink").unwrap();
     let any = gst::Caps::builder("audio/x-raw").build();
     let caps = pad.query_caps(Some(&any));
@@ -1216,7 +1210,7 @@ fn the_caps_query_answers_the_stored_format() {
         .build();
     assert!(!pad.query_caps(Some(&mono)).is_empty());
     // A stream that does not exist, and a server that is down: the template, quickly.
-    let fresh = make_sink(&srv, "not-there", &[]);
+    let fresh = common::racssink(&srv, "not-there", &[]);
     assert!(!fresh
         .static_pad("sink")
         .unwrap()
@@ -1273,7 +1267,7 @@ fn the_caps_query_answers_the_stored_format() {
 #[test]
 fn stopping_without_eos_when_the_server_is_gone_warns_what_was_not_stored() {
     let mut srv = TestServer::start();
-    let feeder = Feeder::new(make_sink(&srv, "lost-tail", &[]), fmt(8000, 1, 16));
+    let feeder = Feeder::new(common::racssink(&srv, "lost-tail", &[]), fmt(8000, 1, 16));
     feeder.push(&noise(1600, 1)).unwrap(); // held: less than one chunk
     srv.kill();
     let messages = feeder.stop();
@@ -1301,7 +1295,7 @@ fn stopping_without_eos_when_the_server_is_gone_warns_what_was_not_stored() {
 fn a_format_too_wide_for_a_frame_is_a_settings_error() {
     let srv = TestServer::start();
     // 1 ms of 48 kHz, 1000 channels, 24-bit is 144000 bytes; a frame carries 65535.
-    let mut feeder = Feeder::new(make_sink(&srv, "wide", &[]), fmt(48000, 1000, 24));
+    let mut feeder = Feeder::new(common::racssink(&srv, "wide", &[]), fmt(48000, 1000, 24));
     let text = feeder.error().expect("an error");
     assert!(
         text.contains("1 ms of 48000 Hz, 1000 channels, 24-bit is 144000 bytes"),
@@ -1319,7 +1313,7 @@ fn a_format_too_wide_for_a_frame_is_a_settings_error() {
 fn ready_and_back_to_playing_appends_to_the_same_stream() {
     let srv = TestServer::start();
     let format = fmt(8000, 1, 16);
-    let sink = make_sink(&srv, "again", &[("chunk-size", "1600")]);
+    let sink = common::racssink(&srv, "again", &[("chunk-size", "1600")]);
     let pipeline = gst::Pipeline::new();
     let src = gst::ElementFactory::make("appsrc")
         .property("caps", common::format_caps(&format))
@@ -1370,7 +1364,7 @@ fn if_exists_error_refuses_an_existing_stream_and_writes_nothing() {
     let a = noise(16000 * 2, 31);
     let import = |data: &[u8]| {
         run_appsrc(
-            make_sink(&srv, "import", &[("if-exists", "error")]),
+            common::racssink(&srv, "import", &[("if-exists", "error")]),
             &format,
             &[data],
             false,
@@ -1407,7 +1401,7 @@ fn if_exists_error_refuses_an_existing_stream_and_writes_nothing() {
     // A stream that exists but holds nothing (created by someone else) is refused too.
     assert!(runtime().block_on(conn.create("empty", &format)).unwrap());
     let out = run_appsrc(
-        make_sink(&srv, "empty", &[("if-exists", "error")]),
+        common::racssink(&srv, "empty", &[("if-exists", "error")]),
         &format,
         &[&a],
         false,
@@ -1419,7 +1413,7 @@ fn if_exists_error_refuses_an_existing_stream_and_writes_nothing() {
     );
 
     // The default appends (what run twice would do by accident).
-    import_ok(make_sink(&srv, "import", &[]), &format, &[&a]);
+    import_ok(common::racssink(&srv, "import", &[]), &format, &[&a]);
     assert_eq!(info(srv.addr(), "import").unwrap().size, 2 * size);
 }
 
@@ -1428,7 +1422,7 @@ fn if_exists_error_still_appends_to_the_stream_it_created_in_the_same_run() {
     let srv = TestServer::start();
     let format = fmt(8000, 1, 16);
     let (a, b) = (noise(4000, 41), noise(6000, 42));
-    let sink = make_sink(
+    let sink = common::racssink(
         &srv,
         "own",
         &[("if-exists", "error"), ("chunk-size", "1600")],
@@ -1450,7 +1444,7 @@ fn if_exists_error_still_appends_to_the_stream_it_created_in_the_same_run() {
 #[test]
 fn if_exists_error_needs_create_if_missing() {
     let srv = TestServer::start();
-    let sink = make_sink(
+    let sink = common::racssink(
         &srv,
         "both",
         &[("if-exists", "error"), ("create-if-missing", "false")],

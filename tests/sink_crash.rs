@@ -229,16 +229,7 @@ impl Rig {
         live: bool,
         props: &[(&str, &str)],
     ) -> Rig {
-        common::init();
-        let sink = gst::ElementFactory::make("racssink")
-            .property("host", srv.host())
-            .property("port", u32::from(srv.port()))
-            .property("stream-id", id)
-            .build()
-            .unwrap();
-        for (k, v) in props {
-            sink.set_property_from_str(k, v);
-        }
+        let sink = common::racssink(srv, id, props);
         // No preroll: the pipeline is PLAYING (with its clock) before the first buffer.
         sink.set_property("async", false);
         let pipeline = gst::Pipeline::new();
@@ -1961,14 +1952,7 @@ fn a_stall_past_the_retry_timeout_says_what_is_stored_unknown_and_not_stored() {
 #[test]
 fn an_invalid_replay_window_is_a_settings_error_naming_the_forms() {
     let srv = TestServer::start();
-    common::init();
-    let sink = gst::ElementFactory::make("racssink")
-        .property("host", srv.host())
-        .property("port", u32::from(srv.port()))
-        .property("stream-id", "bad-window")
-        .property("replay-window", "ten")
-        .build()
-        .unwrap();
+    let sink = common::racssink(&srv, "bad-window", &[("replay-window", "ten")]);
     let err = common::refused_alone(&sink, gst::State::Playing);
     assert!(err.matches(gst::ResourceError::Settings), "{err:?}");
     let text = err.to_string();

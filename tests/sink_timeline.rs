@@ -595,14 +595,7 @@ fn rotate_with_the_samples_timeline_cuts_by_sample_count() {
         .property_from_str("format", "time")
         .build()
         .unwrap();
-    let sink = gst::ElementFactory::make("racssink")
-        .property("host", srv.host())
-        .property("port", u32::from(srv.port()))
-        .property("stream-id", &id)
-        .property("rotate", 1u32)
-        .property("chunk-size", 1920u32)
-        .build()
-        .unwrap();
+    let sink = common::racssink(&srv, &id, &[("rotate", "1"), ("chunk-size", "1920")]);
     pipeline.add_many([&src, &sink]).unwrap();
     src.link(&sink).unwrap();
     let frames = 3 * RATE as usize + 12_345;

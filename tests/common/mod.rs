@@ -605,3 +605,19 @@ pub fn refused_alone(element: &gst::Element, state: gst::State) -> glib::Error {
     pipeline.set_state(gst::State::Null).unwrap();
     err
 }
+
+/// A racssink writing stream `id` to `srv`, with `props` (as gst-launch-1.0 takes them) set
+/// after host, port and stream-id.
+pub fn racssink(srv: &TestServer, id: &str, props: &[(&str, &str)]) -> gst::Element {
+    init();
+    let sink = gst::ElementFactory::make("racssink")
+        .property("host", srv.host())
+        .property("port", u32::from(srv.port()))
+        .property("stream-id", id)
+        .build()
+        .expect("racssink");
+    for (name, value) in props {
+        sink.set_property_from_str(name, value);
+    }
+    sink
+}

@@ -407,7 +407,6 @@ pub struct Outcome {
 
 /// Reads `[start, stop)` of a stream with the reader.
 pub fn read(addr: SocketAddr, id: &str, start: Bound, stop: Bound, page_ms: u64) -> Outcome {
-    let pool = Pool::get(&addr.ip().to_string(), addr.port(), 3);
     let mut cfg = ReaderConfig::new(id);
     cfg.start = start;
     cfg.stop = stop;
@@ -415,6 +414,14 @@ pub fn read(addr: SocketAddr, id: &str, start: Bound, stop: Bound, page_ms: u64)
     cfg.timeout = T;
     cfg.retry_delay = Duration::from_millis(25);
     cfg.retries = 16;
+    run_reader(addr, cfg, None)
+}
+
+/// Every piece a reader with `cfg` hands out until its end or an error. With `stall`, a piece
+/// that takes longer (a follow that stalls) fails the test; without, each request is bounded
+/// by the reader's own timeout and retries.
+fn run_reader(addr: SocketAddr, cfg: ReaderConfig, stall: Option<Duration>) -> Outcome {
+    let pool = Pool::get(&addr.ip().to_string(), addr.port(), 3);
     let c = Canceller::new();
     let mut pieces = Vec::new();
     let res = block_on(&c, async {
@@ -423,7 +430,13 @@ pub fn read(addr: SocketAddr, id: &str, start: Bound, stop: Bound, page_ms: u64)
             Err(e) => return Ok((Some(e), Default::default(), true)),
         };
         loop {
-            match reader.next_piece().await {
+            let next = match stall {
+                Some(limit) => tokio::time::timeout(limit, reader.next_piece())
+                    .await
+                    .unwrap_or_else(|_| panic!("the reader handed out nothing for {limit:?}")),
+                None => reader.next_piece().await,
+            };
+            match next {
                 Ok(Some(p)) => pieces.push(p),
                 Ok(None) => return Ok((None, reader.stats(), reader.is_exact())),
                 Err(e) => return Ok((Some(e), reader.stats(), reader.is_exact())),
@@ -541,7 +554,6 @@ pub fn range_frames(start: Bound, stop: Bound, frames: u64) -> (u64, u64) {
 
 /// Follows a stream from its start (follow mode) until `frames` frames came out.
 pub fn read_follow(addr: SocketAddr, id: &str, frames: u64) -> Outcome {
-    let pool = Pool::get(&addr.ip().to_string(), addr.port(), 3);
     let mut cfg = ReaderConfig::new(id);
     cfg.stop = Bound::Frame(frames);
     cfg.follow = true;
@@ -549,27 +561,5 @@ pub fn read_follow(addr: SocketAddr, id: &str, frames: u64) -> Outcome {
     cfg.timeout = T;
     cfg.poll_interval = Duration::from_millis(20);
     cfg.retry_delay = Duration::from_millis(30);
-    let c = Canceller::new();
-    let mut pieces = Vec::new();
-    let res = block_on(&c, async {
-        let mut reader = match RangeReader::open(pool, cfg).await {
-            Ok(r) => r,
-            Err(e) => return Ok((Some(e), Default::default(), true)),
-        };
-        loop {
-            match tokio::time::timeout(T, reader.next_piece()).await {
-                Ok(Ok(Some(p))) => pieces.push(p),
-                Ok(Ok(None)) => return Ok((None, reader.stats(), reader.is_exact())),
-                Ok(Err(e)) => return Ok((Some(e), reader.stats(), reader.is_exact())),
-                Err(_) => panic!("follow mode stalled"),
-            }
-        }
-    })
-    .unwrap();
-    Outcome {
-        pieces,
-        error: res.0,
-        stats: res.1,
-        exact: res.2,
-    }
+    run_reader(addr, cfg, Some(T))
 }
