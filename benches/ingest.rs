@@ -31,6 +31,7 @@ use gstracs::client::frame::encode_frame_into;
 use gstracs::client::{block_on, stream_hash, Canceller, Connection, SessionId, StreamFormat};
 
 mod common;
+use common::process::{process_cpu, reset_peak_rss, status_kib, threads_cpu};
 use common::Target;
 
 const RATE: u32 = 44100;
@@ -41,53 +42,9 @@ const BYTES_PER_SECOND: usize = RATE as usize * CHANNELS as usize * 2;
 const BUFFER_BYTES: usize = 4096;
 const CHUNK: usize = 32768;
 
-/// CPU seconds (user + system) of the whole process so far, exited threads included.
-fn process_cpu() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime only writes the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
-}
-
-/// CPU seconds of one thread of this process, from its schedstat (nanoseconds on CPU).
-fn thread_cpu(task: &std::path::Path) -> f64 {
-    std::fs::read_to_string(task.join("schedstat"))
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .unwrap_or(0) as f64
-        * 1e-9
-}
-
 /// (CPU seconds of the whole process, CPU seconds of the in-process server's threads).
 fn cpu_split() -> (f64, f64) {
-    let total = process_cpu();
-    let mut server = 0.0;
-    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
-        for task in tasks.flatten() {
-            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-            if comm.starts_with("racs-lite") {
-                server += thread_cpu(&task.path());
-            }
-        }
-    }
-    (total, server)
-}
-
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// Resets the peak-RSS mark so that each phase reports its own peak.
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    (process_cpu(), threads_cpu("racs-lite"))
 }
 
 /// One second of generated stereo PCM, repeated; made before any measurement.

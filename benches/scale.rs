@@ -33,6 +33,7 @@ use gst::prelude::*;
 use gstracs::client::{block_on, Canceller, Connection, InfoAttr};
 
 mod common;
+use common::process::{connections_to, reset_peak_rss, status_kib, thread_cpu};
 use common::Target;
 
 const RATE: u32 = 44100;
@@ -151,35 +152,6 @@ mod push_timer {
 // ---------------------------------------------------------------------------------------------
 // Process figures.
 
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// CPU seconds of each live thread of this process, by thread id, with its name.
-fn thread_cpu() -> HashMap<String, (String, f64)> {
-    let mut out = HashMap::new();
-    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
-        for task in tasks.flatten() {
-            let path = task.path();
-            let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-            let ns = std::fs::read_to_string(path.join("schedstat"))
-                .ok()
-                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-                .unwrap_or(0);
-            out.insert(
-                task.file_name().to_string_lossy().into_owned(),
-                (comm.trim().to_string(), ns as f64 * 1e-9),
-            );
-        }
-    }
-    out
-}
-
 /// The thread groups CPU is reported for.
 const GROUPS: [&str; 4] = ["streaming", "racs-io", "feeder", "other"];
 
@@ -210,31 +182,6 @@ fn cpu_by_group(
         }
     }
     out
-}
-
-/// Established TCP connections from this machine to `port` (the client ends only).
-fn connections_to(port: u16) -> usize {
-    let mut n = 0;
-    for table in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
-        for line in std::fs::read_to_string(table)
-            .unwrap_or_default()
-            .lines()
-            .skip(1)
-        {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let (Some(rem), Some(st)) = (f.get(2), f.get(3)) else {
-                continue;
-            };
-            let rem_port = rem
-                .rsplit(':')
-                .next()
-                .and_then(|p| u16::from_str_radix(p, 16).ok());
-            if rem_port == Some(port) && *st == "01" {
-                n += 1;
-            }
-        }
-    }
-    n
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -366,7 +313,7 @@ fn run_child(run: Run, target: &Target) {
     };
 
     std::thread::sleep(WARMUP);
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    reset_peak_rss();
     let cpu0 = thread_cpu();
     let wall0 = Instant::now();
     MEASURING.store(true, Ordering::Relaxed);

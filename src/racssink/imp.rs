@@ -1633,7 +1633,53 @@ impl ObjectImpl for RacsSink {
 
 impl GstObjectImpl for RacsSink {}
 
+/// One racssink message on its way into a bus at a time, process-wide, each waiting at most
+/// [`POST_GATE_WAIT`] for its turn.
+///
+/// A GStreamer bus queues messages in a lock-free queue whose writers busy-wait for every
+/// earlier writer to finish: with hundreds of streaming threads posting at once on a few
+/// cores (1,000 sinks starting together), each poster spins behind one that was preempted, and
+/// the process stays at full CPU for minutes without a message getting through. Posters that
+/// sleep here instead leave the CPU to the one posting. The wait is bounded, so a bus handler
+/// that posts again, or waits for another racssink, delays a message at most that long and
+/// never hangs it.
+static POST_GATE: (Mutex<bool>, std::sync::Condvar) =
+    (Mutex::new(false), std::sync::Condvar::new());
+const POST_GATE_WAIT: Duration = Duration::from_millis(100);
+
+fn gated<R>(post: impl FnOnce() -> R) -> R {
+    let (lock, turn) = &POST_GATE;
+    let took = {
+        let deadline = Instant::now() + POST_GATE_WAIT;
+        let mut busy = lock.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if !*busy {
+                *busy = true;
+                break true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break false;
+            }
+            busy = turn
+                .wait_timeout(busy, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    };
+    let out = post();
+    if took {
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        turn.notify_one();
+    }
+    out
+}
+
 impl ElementImpl for RacsSink {
+    fn post_message(&self, msg: gst::Message) -> bool {
+        gated(|| self.parent_post_message(msg))
+    }
+
     fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
         static METADATA: Lazy<gst::subclass::ElementMetadata> = Lazy::new(|| {
             gst::subclass::ElementMetadata::new(

@@ -1836,7 +1836,11 @@ impl StreamWriter {
             self.held = v;
             return;
         }
-        if self.spare.len() < 4 && v.capacity() <= 2 * MAX_BLOCK_BYTES {
+        // Without a replay window (keep-time, live sources) at most one frame waits beside
+        // the one being gathered, so one spare is all a timeline correction's re-cut needs;
+        // more would stay with each of hundreds of streams.
+        let keep = if self.window == 0 { 1 } else { 4 };
+        if self.spare.len() < keep && v.capacity() <= 2 * MAX_BLOCK_BYTES {
             v.clear();
             self.spare.push(v);
         }
