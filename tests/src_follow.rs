@@ -386,10 +386,11 @@ fn a_live_edge_follower_of_5ms_blocks_costs_about_a_request_per_block() {
         infos <= blocks / 2,
         "{infos} INFO requests for {blocks} blocks of 5 ms: racssrc polls more often than every poll-interval"
     );
-    // A request per block, about 15 tables handed over (5 or so requests each), one search
-    // for the first table's name (about 40).
+    // A request per block, about 15 tables handed over (5 or so requests each, and two per
+    // 20 ms while the table is hidden: 100 ms on racs-lite, longer on a loaded machine), one
+    // search for the first table's name (about 40).
     assert!(
-        extracts <= blocks + blocks / 4 + 60,
+        extracts <= blocks + blocks / 2 + 60,
         "{extracts} EXTRACT requests for {blocks} blocks of 5 ms"
     );
 }

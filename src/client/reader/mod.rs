@@ -296,9 +296,6 @@ pub struct RangeReader {
     misses: u32,
     /// Follow mode: where the start was located again after misses, so it is done once there.
     relocated: Option<u64>,
-    /// Follow mode: where the table holding a missed block was last searched for below the
-    /// blocks read one by one, so that search is made once per position.
-    searched_below: Option<u64>,
     /// The smallest growth of the stream seen between two polls (at most one writer's block,
     /// when its blocks are of one size): a hint for when to poll.
     growth: Option<u64>,
@@ -365,7 +362,6 @@ impl RangeReader {
             table_ms: 0,
             misses: 0,
             relocated: None,
-            searched_below: None,
             growth: None,
             rtt: Duration::ZERO,
             lags: VecDeque::new(),

@@ -502,8 +502,12 @@ impl RangeReader {
             return Ok(s);
         }
         self.singles = false;
-        if self.live(cur) && self.searched_below != Some(cur.off) && !self.quick_miss(cur) {
-            self.searched_below = Some(cur.off);
+        // After the quick phase, and again after each as long (the table may have been
+        // hidden at the first try).
+        if self.live(cur)
+            && !self.quick_miss(cur)
+            && self.misses.is_multiple_of(self.quick_misses())
+        {
             if let Some(s) = self.reach_into_table(cur, kmin, kmax).await? {
                 return Ok(s);
             }
@@ -634,15 +638,27 @@ impl RangeReader {
         // the first block after the last table read, most likely names the table handed
         // over. A table that ends before the cursor is learnt (its blocks become its run), and
         // the block after it is tried next. While the table may still be hidden, that is all.
+        let mut jump: Option<u64> = None;
         for _ in 0..8 {
-            let Some(r) = self
+            let streak: Vec<Run> = self
                 .known
                 .runs()
                 .rev()
                 .take_while(|r| r.kind == Kind::Single)
-                .last()
                 .copied()
-            else {
+                .collect();
+            // After a table was learnt, tables of the same length most likely follow: try the
+            // newest block read one by one at a whole number of such tables after it first.
+            let r = jump
+                .and_then(|len| {
+                    let base = streak.last()?.start;
+                    streak
+                        .iter()
+                        .find(|r| len > 0 && (r.start - base).is_multiple_of(len))
+                        .copied()
+                })
+                .or_else(|| streak.last().copied());
+            let Some(r) = r else {
                 return Ok(None);
             };
             match self.try_single_as_table(cur, r).await? {
@@ -651,7 +667,9 @@ impl RangeReader {
                     if !self.learn_table(r, end) {
                         break;
                     }
+                    jump = Some(end - r.start);
                 }
+                Tried::No if jump.take().is_some() => continue,
                 Tried::No => break,
             }
         }
@@ -736,6 +754,12 @@ impl RangeReader {
             .map(|k| k.last_key)
             .max()
             .unwrap_or(r.last_key);
+        let span = self.key(end) - r.first_key;
+        self.table_ms = if span >= self.table_ms {
+            span
+        } else {
+            (self.table_ms * 7 + span) / 8
+        };
         self.known.drop_from(r.start);
         self.known.push(Run {
             start: r.start,
