@@ -638,6 +638,9 @@ impl RangeReader {
         // the first block after the last table read, most likely names the table handed
         // over. A table that ends before the cursor is learnt (its blocks become its run), and
         // the block after it is tried next. While the table may still be hidden, that is all.
+        if !self.cfg.follow {
+            return self.newest_single_as_table(cur).await;
+        }
         let mut jump: Option<u64> = None;
         for _ in 0..8 {
             let streak: Vec<Run> = self
@@ -691,6 +694,47 @@ impl RangeReader {
                 Tried::EndsAt(_) => return Ok(None),
                 Tried::No => continue,
             }
+        }
+        Ok(None)
+    }
+
+    /// Reading a range: the newest of the blocks read one by one whose own key returns it
+    /// names the table that may hold the block at the cursor (older ones name tables before
+    /// it).
+    async fn newest_single_as_table(&mut self, cur: Cursor) -> Result<Option<Step>, ReadError> {
+        let singles: Vec<Run> = self
+            .known
+            .runs()
+            .rev()
+            .take_while(|r| r.kind == Kind::Single)
+            .copied()
+            .collect();
+        for r in singles {
+            let own = self.q(r.first_key, r.first_key).await?;
+            self.stats.fallbacks += 1;
+            if own.is_empty() || self.tl.wide_to_stream(own.len()) > r.len {
+                continue;
+            }
+            let kmax = self.cand_keys(cur).1;
+            let y = self.upper(kmax, Some(r.first_key));
+            return match self.head(r.first_key, y, r.start).await? {
+                Head::Run(p) => {
+                    let end = r.start + self.tl.wide_to_stream(p.len());
+                    if end <= cur.off || p[..own.len()] != own[..] {
+                        return Ok(None);
+                    }
+                    self.singles = false;
+                    Ok(Some(self.accept(
+                        Kind::Head,
+                        r.first_key,
+                        r.first_key,
+                        r.start,
+                        p,
+                        Some(y),
+                    )))
+                }
+                Head::Unstable(why) => Ok(Some(Step::Retry(why))),
+            };
         }
         Ok(None)
     }
