@@ -266,8 +266,9 @@ fn bench_target(name: &str, host: &str, port: u16, pid: Option<u32>, chunks: &[u
             _ => "n/a".into(),
         };
         let l = &r.latencies_ms;
-        let requests = r.stats.get::<u64>("requests").unwrap_or(0)
-            + r.stats.get::<u64>("extra-requests").unwrap_or(0);
+        // Every request the server answered (EXTRACT and INFO); "extra-requests" counts
+        // the probes and checks among them.
+        let requests = r.stats.get::<u64>("requests").unwrap_or(0);
         println!(
             "{:>7} {:>4}/{:<3} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>14} {:>10} {:>12}",
             if chunk == 0 {

@@ -315,6 +315,87 @@ fn polls_are_timed_to_the_writers_blocks() {
 }
 
 #[test]
+fn a_live_edge_follower_of_5ms_blocks_costs_about_a_request_per_block() {
+    // 5 ms blocks written alone in real time, 1.5 s stored before the follower starts at the
+    // live edge: the table the server holds in memory then began before the start, so the
+    // first hand-over leaves a block in a table whose first block the follower never read.
+    // It is found without reading the stream again from its start (no relocation), and every
+    // later hand-over costs a few requests: one request per block, one INFO per poll
+    // interval (not per block), and the hand-overs.
+    let srv = TestServer::start();
+    let w = LiveWriter::start(&srv, "cheap-edge", 882);
+    w.wait_frames(u64::from(RATE) * 3 / 2);
+    let pool = Pool::get(&srv.host(), srv.port(), 3);
+    let mut cfg = ReaderConfig::new("cheap-edge");
+    cfg.follow = true;
+    cfg.start = Bound::End;
+    // As racssrc sets them for follow mode.
+    cfg.retry_delay = cfg.poll_interval;
+    cfg.retries = 30;
+    let c = Canceller::new();
+    let mut reader = block_on(&c, async {
+        Ok(RangeReader::open(pool, cfg).await.unwrap())
+    })
+    .unwrap();
+    let first = reader.first_frame();
+    let before = reader.stats();
+    let mut got: Vec<u8> = Vec::new();
+    let mut next = first;
+    while got.len() < RATE as usize * 3 * 8 {
+        let page = block_on(&c, async { Ok(reader.next_page().await.unwrap()) })
+            .unwrap()
+            .expect("follow mode does not end");
+        assert_eq!(page.frame, next, "pages follow each other");
+        next += page.data.len() as u64 / 8;
+        got.extend_from_slice(&page.data);
+    }
+    let st = reader.stats();
+    w.finish();
+    // Written alone, the stream's tables are named after its own blocks: EXTRACT from 0
+    // returns it in order (asked again while the last table is hidden).
+    let at = first as usize * 8;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let stored: Vec<u8> = loop {
+        let s32 = extract_s32(srv.addr(), "cheap-edge", 0, FAR_MS).unwrap();
+        let bytes: Vec<u8> = s32.iter().flat_map(|v| v.to_le_bytes()).collect();
+        if bytes.len() >= at + got.len() || Instant::now() > deadline {
+            break bytes;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        stored.len() >= at + got.len() && stored[at..at + got.len()] == got[..],
+        "the followed audio differs from the stored stream"
+    );
+    let blocks = got.len() as u64 / (4 * 2 * 220);
+    let infos = st.infos - before.infos;
+    let extracts = st.queries - before.queries;
+    eprintln!(
+        "{blocks} blocks: {extracts} EXTRACT ({} probes and checks), {infos} INFO, {} relocations, {} bytes for {} delivered",
+        st.fallbacks - before.fallbacks,
+        st.relocations,
+        st.bytes - before.bytes,
+        got.len()
+    );
+    assert_eq!(
+        st.relocations, 0,
+        "the follower read the stream again from a table start after a hand-over"
+    );
+    // 3 s of audio: 150 polls at 20 ms, far fewer than 600 blocks.
+    assert!(
+        infos <= blocks / 2,
+        "{infos} INFO requests for {blocks} blocks of 5 ms: racssrc polls more often than every poll-interval"
+    );
+    // A request per block, about 15 tables handed over (5 or so requests each, and two per
+    // 20 ms while the table is hidden: 100 ms on racs-lite, longer on a loaded machine), one
+    // search for the first table's name (about 40).
+    assert!(
+        extracts <= blocks + blocks / 2 + 60,
+        "{extracts} EXTRACT requests for {blocks} blocks of 5 ms"
+    );
+}
+
+#[test]
 fn live_edge_start_is_on_time_and_reports_its_latency() {
     // Two seconds are stored before racssrc starts: a live-edge start skips them, its first
     // buffer carries the running time of its capture (not 0, not a backlog's delay), and each

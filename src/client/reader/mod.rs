@@ -236,6 +236,9 @@ pub struct ReaderStats {
     pub bytes: u64,
     /// Stretches the server lost, reported as gaps.
     pub holes: u64,
+    /// Follow mode: positions located again from a table start after a block stayed missing
+    /// (each reads again from there, up to the whole stream).
+    pub relocations: u64,
 }
 
 /// The next block boundary to read from: its stream offset lies in `[off, off + unc]`.
@@ -841,12 +844,11 @@ impl RangeReader {
         if ahead <= 0 {
             return p;
         }
-        // Polled as each block lands, even when blocks are shorter than the poll interval: a
-        // follower that leaves the newest block unread when the server hands its table over
-        // finds it only in the table's file (hidden while written, and a descriptor the real
-        // server never closes).
+        // Never more often than the poll interval: blocks shorter than it are taken several
+        // at a time (each request costs the server about as much as a block's worth of
+        // audio is worth; see docs/racssrc.md, "Server cost").
         let wait = ahead.min(block_ns);
-        (Duration::from_nanos(wait as u64) + DUE_MARGIN).max(MIN_POLL_INTERVAL)
+        (Duration::from_nanos(wait as u64) + DUE_MARGIN).max(p)
     }
 
     async fn pause(&mut self, d: Duration) {
@@ -911,11 +913,10 @@ impl RangeReader {
                     self.done = true;
                     return Ok(None);
                 }
+                // Everything the last poll announced is read: wait before asking again.
+                let d = self.poll_wait();
+                self.pause(d).await;
                 self.refresh_size().await?;
-                if cur.off >= self.size {
-                    let d = self.poll_wait();
-                    self.pause(d).await;
-                }
                 continue;
             }
             match self.step().await? {
@@ -943,10 +944,20 @@ impl RangeReader {
                     self.refresh_size().await?;
                 }
                 steps::Step::Retry(why) => {
+                    let at = self.cursor.expect("located");
+                    let quick = self.quick_miss(at);
                     self.misses += 1;
                     self.stats.retries += 1;
+                    // Near the live edge the searches start after the quick misses.
+                    let m = if self.live(at) {
+                        self.misses.saturating_sub(self.quick_misses())
+                    } else {
+                        self.misses
+                    };
                     if self.cfg.follow
-                        && (self.misses <= 2 || self.misses.is_multiple_of(4))
+                        && !quick
+                        && m >= 1
+                        && (m <= 2 || m.is_multiple_of(4))
                         && self.reach_back().await?
                     {
                         self.misses = 0;
@@ -970,6 +981,7 @@ impl RangeReader {
                         );
                         self.relocated = Some(self.next_out);
                         self.stats.fallbacks += 1;
+                        self.stats.relocations += 1;
                         self.locate().await?;
                         self.misses = 0;
                         continue;
@@ -1121,6 +1133,7 @@ fn sum(a: ReaderStats, b: ReaderStats) -> ReaderStats {
         waits: a.waits + b.waits,
         bytes: a.bytes + b.bytes,
         holes: a.holes + b.holes,
+        relocations: a.relocations + b.relocations,
     }
 }
 

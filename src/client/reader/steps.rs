@@ -13,6 +13,12 @@ const RECENT_BYTES: u64 = 128 * 65535;
 pub(crate) const FAR: i64 = 253_402_300_799_999;
 /// How far probes look for a table's name next to a block before asking about the whole stream.
 const LOCAL_MS: i64 = 60_000;
+/// Misses at one position, following near the live edge, before the searches (see
+/// `quick_miss`).
+pub(super) const QUICK_MISSES: u32 = 4;
+/// How long the quick phase lasts at least: longer than a table stays hidden on an idle server
+/// (6-25 ms on the real one, 100 ms on racs-lite by default).
+const QUICK_WINDOW: std::time::Duration = std::time::Duration::from_millis(250);
 /// Tables tried, going back from the start of the range, before reading from the epoch's start.
 const KEYFRAME_TRIES: u32 = 24;
 
@@ -32,6 +38,14 @@ pub(super) enum Step {
     End,
 }
 
+/// What trying a block read on its own as the head of a table gave.
+enum Tried {
+    Step(Step),
+    /// Its table's run ends here, before the cursor.
+    EndsAt(u64),
+    No,
+}
+
 /// The outcome of reading a table's run.
 enum Head {
     Run(Vec<u8>),
@@ -47,6 +61,31 @@ impl RangeReader {
     /// written, whose visibility changes between two requests.
     fn recent(&self, off: u64) -> bool {
         self.cfg.follow || self.size.saturating_sub(off) <= RECENT_BYTES
+    }
+
+    /// Following, within a second of the newest block: blocks are read one per request by
+    /// their own key (each answer is exactly the block at the cursor, wherever it is filed).
+    pub(super) fn live(&self, cur: Cursor) -> bool {
+        self.cfg.follow
+            && !self.counting
+            && cur.unc == 0
+            && self.size.saturating_sub(cur.off) <= self.tl.bps
+    }
+
+    /// Following near the live edge, the first misses at a position: a table handed over is
+    /// hidden while written (6-25 ms on an idle real server), so only the cheap requests are
+    /// made (the cursor's own key, the table the last blocks read most likely went to) before
+    /// the searches.
+    pub(super) fn quick_miss(&self, cur: Cursor) -> bool {
+        self.live(cur) && self.misses < self.quick_misses()
+    }
+
+    /// How many misses the quick phase lasts: [`QUICK_WINDOW`] of pauses, at least
+    /// [`QUICK_MISSES`].
+    pub(super) fn quick_misses(&self) -> u32 {
+        let per = self.cfg.retry_delay.as_millis().max(1);
+        let n = (QUICK_WINDOW.as_millis() / per) as u32;
+        n.max(QUICK_MISSES)
     }
 
     fn allowed_misses(&self) -> u32 {
@@ -463,6 +502,23 @@ impl RangeReader {
             return Ok(s);
         }
         self.singles = false;
+        // After the quick phase, and again after each as long (the table may have been
+        // hidden at the first try).
+        if self.live(cur)
+            && !self.quick_miss(cur)
+            && self.misses.is_multiple_of(self.quick_misses())
+        {
+            if let Some(s) = self.reach_into_table(cur, kmin, kmax).await? {
+                return Ok(s);
+            }
+        }
+        if self.quick_miss(cur) {
+            return Ok(Step::Retry(format!(
+                "the block stamped {} is not visible (a table being written is hidden for a \
+                 moment)",
+                super::format_unix_ms(kmin)
+            )));
+        }
         // Following a live stream, a miss is most likely a table being written: look only where
         // it costs nothing (above every block already read), then wait. Otherwise look around
         // the block; near the newest blocks wait a while before looking everywhere, since a
@@ -508,9 +564,121 @@ impl RangeReader {
         self.hole(cur, kmin, kmax).await
     }
 
+    /// Following near the live edge, the block at the cursor missed and no block read one by
+    /// one names its table (a follower that started at the live edge, while the in-memory
+    /// table held blocks from before its start): the table holding the block is named `x`
+    /// before it (`search_below`). When `Q(x, x)` holds a block of this stream, that block is
+    /// in the table named `x` (the in-memory table holds only blocks newer than the cursor's)
+    /// and is the table's first of this stream, since no earlier block has a key at or after
+    /// `x`. The table holds every block from it to the cursor's (a table takes consecutive
+    /// arrivals), and `Q(x, k - 1)` holds exactly those, so the table's first block starts
+    /// `|Q(x, k - 1)|` bytes before the cursor. The table's run is then read from there, as
+    /// for a table read before.
+    async fn reach_into_table(
+        &mut self,
+        cur: Cursor,
+        kmin: i64,
+        kmax: i64,
+    ) -> Result<Option<Step>, ReadError> {
+        if cur.unc != 0 || kmin != kmax {
+            return Ok(None);
+        }
+        let block_ms = self
+            .block_bytes()
+            .map_or(0, |b| self.tl.bytes_to_ms_ceil(b));
+        let back = (2000i64).max(64 * block_ms).max(2 * self.table_ms);
+        let Some((x, _)) = self.search_below(cur, kmin, kmax, kmin - back).await? else {
+            return Ok(None);
+        };
+        if x >= kmin {
+            return Ok(None);
+        }
+        let first = self.q(x, x).await?;
+        self.stats.fallbacks += 1;
+        if first.is_empty() {
+            return Ok(None);
+        }
+        let before = self.q(x, kmin - 1).await?;
+        self.stats.fallbacks += 1;
+        let len = self.tl.wide_to_stream(before.len());
+        let Some(start) = cur.off.checked_sub(len) else {
+            return Ok(None);
+        };
+        // Consistent with the timeline: the block there carries the key `x`, and the answer
+        // before the cursor begins with it.
+        if len == 0
+            || self.key(start) != x
+            || before.len() < first.len()
+            || before[..first.len()] != first[..]
+        {
+            return Ok(None);
+        }
+        let y = self.upper(kmax, Some(x));
+        match self.head(x, y, start).await? {
+            Head::Run(p) => {
+                let end = start + self.tl.wide_to_stream(p.len());
+                if end <= cur.off || p.len() < before.len() || p[..before.len()] != before[..] {
+                    return Ok(None);
+                }
+                trace!(
+                    "follow: the cursor's block is in the table named {} from {start}",
+                    x - self.ref_ms
+                );
+                self.singles = false;
+                Ok(Some(self.accept(Kind::Head, x, x, start, p, Some(y))))
+            }
+            Head::Unstable(why) => Ok(Some(Step::Retry(why))),
+        }
+    }
+
     /// See `step`: the first of the blocks read one by one just before the cursor, when its
     /// own key returns it, heads a table whose run may go on past the cursor.
     async fn try_flushed_singles(&mut self, cur: Cursor) -> Result<Option<Step>, ReadError> {
+        // Read alone, a stream's tables are named after its own blocks: the oldest of them,
+        // the first block after the last table read, most likely names the table handed
+        // over. A table that ends before the cursor is learnt (its blocks become its run), and
+        // the block after it is tried next. While the table may still be hidden, that is all.
+        if !self.cfg.follow {
+            return self.newest_single_as_table(cur).await;
+        }
+        let mut jump: Option<u64> = None;
+        for _ in 0..8 {
+            let streak: Vec<Run> = self
+                .known
+                .runs()
+                .rev()
+                .take_while(|r| r.kind == Kind::Single)
+                .copied()
+                .collect();
+            // After a table was learnt, tables of the same length most likely follow: try the
+            // newest block read one by one at a whole number of such tables after it first.
+            let r = jump
+                .and_then(|len| {
+                    let base = streak.last()?.start;
+                    streak
+                        .iter()
+                        .find(|r| len > 0 && (r.start - base).is_multiple_of(len))
+                        .copied()
+                })
+                .or_else(|| streak.last().copied());
+            let Some(r) = r else {
+                return Ok(None);
+            };
+            match self.try_single_as_table(cur, r).await? {
+                Tried::Step(s) => return Ok(Some(s)),
+                Tried::EndsAt(end) => {
+                    if !self.learn_table(r, end) {
+                        break;
+                    }
+                    jump = Some(end - r.start);
+                }
+                Tried::No if jump.take().is_some() => continue,
+                Tried::No => break,
+            }
+        }
+        if self.quick_miss(cur) {
+            return Ok(None);
+        }
         // The newest of them whose own key returns it names the table that may hold the block
         // at the cursor; older ones name tables before it.
         let singles: Vec<Run> = self
@@ -520,28 +688,80 @@ impl RangeReader {
             .take_while(|r| r.kind == Kind::Single)
             .copied()
             .collect();
-        let mut found = None;
+        for r in singles {
+            match self.try_single_as_table(cur, r).await? {
+                Tried::Step(s) => return Ok(Some(s)),
+                Tried::EndsAt(_) => return Ok(None),
+                Tried::No => continue,
+            }
+        }
+        Ok(None)
+    }
+
+    /// Reading a range: the newest of the blocks read one by one whose own key returns it
+    /// names the table that may hold the block at the cursor (older ones name tables before
+    /// it).
+    async fn newest_single_as_table(&mut self, cur: Cursor) -> Result<Option<Step>, ReadError> {
+        let singles: Vec<Run> = self
+            .known
+            .runs()
+            .rev()
+            .take_while(|r| r.kind == Kind::Single)
+            .copied()
+            .collect();
         for r in singles {
             let own = self.q(r.first_key, r.first_key).await?;
             self.stats.fallbacks += 1;
-            if !own.is_empty() && self.tl.wide_to_stream(own.len()) <= r.len {
-                found = Some((r, own));
-                break;
+            if own.is_empty() || self.tl.wide_to_stream(own.len()) > r.len {
+                continue;
             }
+            let kmax = self.cand_keys(cur).1;
+            let y = self.upper(kmax, Some(r.first_key));
+            return match self.head(r.first_key, y, r.start).await? {
+                Head::Run(p) => {
+                    let end = r.start + self.tl.wide_to_stream(p.len());
+                    if end <= cur.off || p[..own.len()] != own[..] {
+                        return Ok(None);
+                    }
+                    self.singles = false;
+                    Ok(Some(self.accept(
+                        Kind::Head,
+                        r.first_key,
+                        r.first_key,
+                        r.start,
+                        p,
+                        Some(y),
+                    )))
+                }
+                Head::Unstable(why) => Ok(Some(Step::Retry(why))),
+            };
         }
-        let Some((r, own)) = found else {
-            return Ok(None);
-        };
+        Ok(None)
+    }
+
+    /// Whether the single block `r` heads a table (its own key returns it) whose run goes on
+    /// past the cursor.
+    async fn try_single_as_table(&mut self, cur: Cursor, r: Run) -> Result<Tried, ReadError> {
+        let own = self.q(r.first_key, r.first_key).await?;
+        self.stats.fallbacks += 1;
+        if own.is_empty() || self.tl.wide_to_stream(own.len()) > r.len {
+            return Ok(Tried::No);
+        }
         let kmax = self.cand_keys(cur).1;
         let y = self.upper(kmax, Some(r.first_key));
         match self.head(r.first_key, y, r.start).await? {
             Head::Run(p) => {
                 let end = r.start + self.tl.wide_to_stream(p.len());
-                if end <= cur.off || p[..own.len()] != own[..] {
-                    return Ok(None);
+                if p[..own.len()] != own[..] {
+                    return Ok(Tried::No);
+                }
+                if end <= cur.off {
+                    // The table ends before the cursor (its run stops below the key bound,
+                    // which lies past the cursor's key).
+                    return Ok(Tried::EndsAt(end));
                 }
                 self.singles = false;
-                Ok(Some(self.accept(
+                Ok(Tried::Step(self.accept(
                     Kind::Head,
                     r.first_key,
                     r.first_key,
@@ -550,8 +770,53 @@ impl RangeReader {
                     Some(y),
                 )))
             }
-            Head::Unstable(why) => Ok(Some(Step::Retry(why))),
+            Head::Unstable(why) => Ok(Tried::Step(Step::Retry(why))),
         }
+    }
+
+    /// The blocks read one by one from `r.start` to `end` are the run of the table named after
+    /// `r`'s key (read whole, ending before the cursor): record them as that run.
+    fn learn_table(&mut self, r: Run, end: u64) -> bool {
+        let later: Vec<Run> = self
+            .known
+            .runs()
+            .filter(|k| k.start >= end)
+            .copied()
+            .collect();
+        let inside = self
+            .known
+            .runs()
+            .filter(|k| k.start >= r.start && k.start < end)
+            .all(|k| k.kind == Kind::Single && k.start + k.len <= end);
+        if !inside || later.first().is_none_or(|k| k.start != end) {
+            return false;
+        }
+        let last_key = self
+            .known
+            .runs()
+            .filter(|k| k.start >= r.start && k.start < end)
+            .map(|k| k.last_key)
+            .max()
+            .unwrap_or(r.last_key);
+        let span = self.key(end) - r.first_key;
+        self.table_ms = if span >= self.table_ms {
+            span
+        } else {
+            (self.table_ms * 7 + span) / 8
+        };
+        self.known.drop_from(r.start);
+        self.known.push(Run {
+            start: r.start,
+            len: end - r.start,
+            name: r.first_key,
+            first_key: r.first_key,
+            last_key,
+            kind: Kind::Head,
+        });
+        for k in later {
+            self.known.push(k);
+        }
+        true
     }
 
     /// The block at the cursor when a request for its own key returns it (its table is named
@@ -591,8 +856,10 @@ impl RangeReader {
         self.learn_key(k);
         let cur = self.cursor.expect("located");
         self.open_table = None;
-        if self.singles {
-            // The in-memory table: one block per key.
+        if self.singles || self.live(cur) {
+            // The in-memory table: one block per key. Following near the live edge, the
+            // cursor's block is most likely there too: reading it as a table's run would ask
+            // twice more for nothing.
             return Ok(Some(self.accept(Kind::Single, k, k, cur.off, block, None)));
         }
         let y = self.upper(k, Some(k));
@@ -677,6 +944,10 @@ impl RangeReader {
             last_key,
             kind,
         };
+        if kind == Kind::Single && len >= self.tl.bpf {
+            // One block exactly: the writer's block size, as a hint for polling.
+            self.growth = Some(self.growth.map_or(len, |g| g.min(len)));
+        }
         // A run read again from an earlier start replaces what it covers.
         self.known.drop_from(start);
         self.known.push(run);
