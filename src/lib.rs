@@ -21,6 +21,6 @@ gst::plugin_define!(
     "MPL",
     env!("CARGO_PKG_NAME"),
     env!("CARGO_PKG_NAME"),
-    env!("CARGO_PKG_NAME"),
+    env!("RACS_PLUGIN_ORIGIN"),
     env!("BUILD_REL_DATE")
 );
