@@ -939,7 +939,7 @@ impl ObjectImpl for RacsSrc {
                 glib::ParamSpecUInt::builder("poll-interval")
                     .nick("Poll interval")
                     .blurb(
-                        "Follow mode: milliseconds between two requests for the stream's size once the next block is due (before that it waits until the block is due by the stream's timeline, at most one block); part of the latency reported",
+                        "Follow mode: the shortest time in ms between two requests for the stream's size; blocks shorter than that are read several per poll, and a stream written in longer blocks is asked when its next block is due; part of the latency reported",
                     )
                     .minimum(MIN_POLL_INTERVAL_MS)
                     .maximum(60_000)
