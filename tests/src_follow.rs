@@ -496,6 +496,7 @@ fn hidden_flushing_tables_are_waited_out_with_5ms_blocks() {
     let (out, rest) = f.stop();
     let writer = w.finish();
     let all: Vec<gst::Message> = messages.into_iter().chain(rest).collect();
+    common::assert_tidy_messages(&all);
     assert!(errors(&writer).is_empty(), "writer: {:?}", errors(&writer));
     assert!(
         ok,
@@ -551,6 +552,7 @@ fn follower_survives_a_server_kill_and_restart() {
     let (out, rest) = f.stop();
     let writer = w.finish();
     let all: Vec<gst::Message> = messages.into_iter().chain(more).chain(rest).collect();
+    common::assert_tidy_messages(&all);
     assert!(errors(&writer).is_empty(), "writer: {:?}", errors(&writer));
     assert!(
         ok,
@@ -653,6 +655,7 @@ fn a_stalled_live_edge_follower_drops_to_the_live_edge_and_says_so() {
     let (out, rest) = f.stop();
     w.finish();
     let all: Vec<gst::Message> = messages.into_iter().chain(rest).collect();
+    common::assert_tidy_messages(&all);
     assert!(ok, "{:?}", errors(&all));
     let qos = qos_messages(&all);
     assert!(!qos.is_empty(), "no QoS message after a 1.5 s stall");
@@ -690,14 +693,42 @@ fn a_stalled_follower_with_catch_up_keep_delivers_every_sample() {
         &[("live-edge", "true"), ("catch-up", "keep")],
     );
     stall_once(&f, 5, Duration::from_millis(1500));
+    // The stats' live-lag at every buffer: it rises with the stall and falls as racssrc
+    // catches up.
+    let lags = Arc::new(Mutex::new(Vec::new()));
+    let (lags2, weak) = (lags.clone(), f.src.downgrade());
+    f.src
+        .static_pad("src")
+        .unwrap()
+        .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            if let Some(src) = weak.upgrade() {
+                let stats = src.property::<gst::Structure>("stats");
+                lags2
+                    .lock()
+                    .unwrap()
+                    .push(stats.get::<u64>("live-lag").unwrap());
+            }
+            gst::PadProbeReturn::Ok
+        });
     let (ok, messages) = f.wait(Duration::from_secs(20), |o| o.len() >= 40);
     let (out, rest) = f.stop();
     w.finish();
     let all: Vec<gst::Message> = messages.into_iter().chain(rest).collect();
     assert!(ok, "{:?}", errors(&all));
+    common::assert_tidy_messages(&all);
     assert!(
         !qos_messages(&all).is_empty(),
         "no QoS message after a 1.5 s stall"
+    );
+    let lags = lags.lock().unwrap().clone();
+    let most = *lags.iter().max().unwrap();
+    assert!(
+        most >= 1_000_000_000,
+        "live-lag never showed the 1.5 s stall: {lags:?}"
+    );
+    assert!(
+        *lags.last().unwrap() < most / 2,
+        "live-lag did not fall as racssrc caught up: {lags:?}"
     );
     let warnings = common::warning_texts(&all);
     assert!(
@@ -738,6 +769,7 @@ fn a_server_that_stays_down_ends_the_follower_after_retry_timeout() {
     let took = t.elapsed();
     let _ = f.stop();
     let _ = w.finish();
+    common::assert_tidy_messages(&messages);
     let errs = errors(&messages);
     assert_eq!(errs.len(), 1, "{errs:?}");
     assert!(errs[0].contains("retry-timeout"), "{errs:?}");
