@@ -631,6 +631,16 @@ impl RangeReader {
         }
     }
 
+    /// The runs of blocks read one by one after the last table read, newest first.
+    fn singles_newest_first(&self) -> Vec<Run> {
+        self.known
+            .runs()
+            .rev()
+            .take_while(|r| r.kind == Kind::Single)
+            .copied()
+            .collect()
+    }
+
     /// See `step`: the first of the blocks read one by one just before the cursor, when its
     /// own key returns it, heads a table whose run may go on past the cursor.
     async fn try_flushed_singles(&mut self, cur: Cursor) -> Result<Option<Step>, ReadError> {
@@ -643,13 +653,7 @@ impl RangeReader {
         }
         let mut jump: Option<u64> = None;
         for _ in 0..8 {
-            let streak: Vec<Run> = self
-                .known
-                .runs()
-                .rev()
-                .take_while(|r| r.kind == Kind::Single)
-                .copied()
-                .collect();
+            let streak = self.singles_newest_first();
             // After a table was learnt, tables of the same length most likely follow: try the
             // newest block read one by one at a whole number of such tables after it first.
             let r = jump
@@ -681,13 +685,7 @@ impl RangeReader {
         }
         // The newest of them whose own key returns it names the table that may hold the block
         // at the cursor; older ones name tables before it.
-        let singles: Vec<Run> = self
-            .known
-            .runs()
-            .rev()
-            .take_while(|r| r.kind == Kind::Single)
-            .copied()
-            .collect();
+        let singles = self.singles_newest_first();
         for r in singles {
             match self.try_single_as_table(cur, r).await? {
                 Tried::Step(s) => return Ok(Some(s)),
@@ -702,13 +700,7 @@ impl RangeReader {
     /// names the table that may hold the block at the cursor (older ones name tables before
     /// it).
     async fn newest_single_as_table(&mut self, cur: Cursor) -> Result<Option<Step>, ReadError> {
-        let singles: Vec<Run> = self
-            .known
-            .runs()
-            .rev()
-            .take_while(|r| r.kind == Kind::Single)
-            .copied()
-            .collect();
+        let singles = self.singles_newest_first();
         for r in singles {
             let own = self.q(r.first_key, r.first_key).await?;
             self.stats.fallbacks += 1;
