@@ -135,7 +135,6 @@ struct Follower {
 impl Follower {
     fn start(srv: &TestServer, id: &str, props: &[(&str, &str)]) -> Follower {
         common::init();
-        let pipeline = gst::Pipeline::new();
         let mut b = gst::ElementFactory::make("racssrc")
             .property("host", srv.host())
             .property("port", u32::from(srv.port()))
@@ -144,12 +143,7 @@ impl Follower {
             b = b.property_from_str(k, v);
         }
         let src = b.build().unwrap();
-        let sink = gst::ElementFactory::make("fakesink")
-            .property("sync", false)
-            .build()
-            .unwrap();
-        pipeline.add_many([&src, &sink]).unwrap();
-        src.link(&sink).unwrap();
+        let (pipeline, _) = common::into_fakesink(&src);
         let out = Arc::new(Mutex::new(Vec::new()));
         let out2 = out.clone();
         let weak = src.downgrade();

@@ -444,14 +444,7 @@ impl SrcProbe {
 
     /// A probe pipeline around an element made by the test.
     pub fn around(src: gst::Element) -> SrcProbe {
-        init();
-        let pipeline = gst::Pipeline::new();
-        let sink = gst::ElementFactory::make("fakesink")
-            .property("sync", false)
-            .build()
-            .unwrap();
-        pipeline.add_many([&src, &sink]).unwrap();
-        src.link(&sink).unwrap();
+        let (pipeline, sink) = into_fakesink(&src);
         let received = std::sync::Arc::new(std::sync::Mutex::new(Received::default()));
         let r = received.clone();
         let unix_caps = gst::Caps::new_empty_simple("timestamp/x-unix");
@@ -620,4 +613,17 @@ pub fn racssink(srv: &TestServer, id: &str, props: &[(&str, &str)]) -> gst::Elem
         sink.set_property_from_str(name, value);
     }
     sink
+}
+
+/// A pipeline of `src ! fakesink sync=false`: the pipeline and the sink.
+pub fn into_fakesink(src: &gst::Element) -> (gst::Pipeline, gst::Element) {
+    init();
+    let pipeline = gst::Pipeline::new();
+    let sink = gst::ElementFactory::make("fakesink")
+        .property("sync", false)
+        .build()
+        .unwrap();
+    pipeline.add_many([src, &sink]).unwrap();
+    src.link(&sink).unwrap();
+    (pipeline, sink)
 }
